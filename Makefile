@@ -1,0 +1,33 @@
+# HopGate build, test and demo targets. `make demo` and `make test` are the two commands of the README.
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X github.com/hopgate/hopgate/internal/version.Version=$(VERSION)
+export CGO_ENABLED ?= 0
+
+.PHONY: build test test-short lint generate demo bench clean
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/hopgate-server ./cmd/hopgate-client
+
+# The race detector needs cgo; the binaries themselves are built with CGO_ENABLED=0 by the e2e tests.
+test:
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 9m ./...
+
+test-short:
+	CGO_ENABLED=1 $(GO) test -short -count=1 ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+	cd proto && $(GO) tool buf lint
+
+generate:
+	cd proto && $(GO) tool buf generate
+	$(GO) generate ./ent
+
+demo:
+	./scripts/demo.sh
+
+clean:
+	rm -rf bin data .demo

@@ -1,0 +1,118 @@
+// Command hopgate-client is the agent: it opens the tunnel to hopgate-server and serves its requests
+// from a local target, so the private host needs no open port.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hopgate/hopgate/internal/agent"
+	"github.com/hopgate/hopgate/internal/config"
+	"github.com/hopgate/hopgate/internal/proxy"
+	"github.com/hopgate/hopgate/internal/version"
+)
+
+// Exit codes, as the product documents them.
+const (
+	exitBadConfig = 2
+	exitRefused   = 3
+)
+
+func main() {
+	for _, a := range os.Args[1:] {
+		if a == "--version" || a == "-version" {
+			fmt.Println("hopgate-client", version.Version)
+			return
+		}
+	}
+	cfg, err := config.LoadClient(os.Args[1:], os.LookupEnv, ".env")
+	if errors.Is(err, config.ErrHelp) {
+		config.ClientUsage(os.Stdout)
+		return
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hopgate-client: bad configuration:\n%v\n", err)
+		os.Exit(exitBadConfig)
+	}
+	log := config.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
+	tlsConf, err := serverTLS(cfg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hopgate-client: bad configuration:\nHOP_CLIENT_CA_FILE (--ca-file): %v\n", err)
+		os.Exit(exitBadConfig)
+	}
+	if cfg.SkipVerify() {
+		log.Warn("--debug: the server certificate is not verified")
+	}
+	agentID := cfg.AgentID
+	if agentID == "" {
+		agentID = defaultAgentID()
+	}
+
+	local := proxy.NewLocal(cfg.LocalTarget, proxy.LocalOptions{Logger: log})
+	defer local.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	err = agent.Run(ctx, agent.Options{
+		ServerAddr:   cfg.ServerAddr,
+		Domain:       cfg.Domain,
+		APIKey:       cfg.APIKey,
+		AgentID:      agentID,
+		Version:      version.Version,
+		Target:       cfg.LocalTarget.String(),
+		TLS:          tlsConf,
+		PingInterval: cfg.PingInterval,
+		DrainTimeout: cfg.ShutdownTimeout,
+		Serve:        local.ServeStream,
+		Logger:       log,
+	})
+	if errors.Is(err, agent.ErrRefused) {
+		log.Error("the gateway refused this agent; check --domain and --api-key", "err", err)
+		os.Exit(exitRefused)
+	}
+	if err != nil {
+		log.Error("hopgate-client failed", "err", err)
+		os.Exit(1)
+	}
+	log.Info("stopped")
+}
+
+func serverTLS(cfg *config.Client) (*tls.Config, error) {
+	host, _, err := net.SplitHostPort(cfg.ServerAddr)
+	if err != nil {
+		host = cfg.ServerAddr
+	}
+	conf := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", cfg.CAFile)
+		}
+		conf.RootCAs = pool
+	}
+	conf.InsecureSkipVerify = cfg.SkipVerify()
+	return conf, nil
+}
+
+func defaultAgentID() string {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "agent"
+	}
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return host + "-" + hex.EncodeToString(b[:])
+}

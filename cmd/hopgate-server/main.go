@@ -1,0 +1,43 @@
+// Command hopgate-server is the public end of HopGate: HTTPS, the tunnel service, the admin API and
+// the reverse proxy to agents, on one port.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hopgate/hopgate/internal/config"
+	"github.com/hopgate/hopgate/internal/server"
+	"github.com/hopgate/hopgate/internal/version"
+)
+
+func main() {
+	for _, a := range os.Args[1:] {
+		if a == "--version" || a == "-version" {
+			fmt.Println("hopgate-server", version.Version)
+			return
+		}
+	}
+	cfg, err := config.LoadServer(os.Args[1:], os.LookupEnv, ".env")
+	if errors.Is(err, config.ErrHelp) {
+		config.ServerUsage(os.Stdout)
+		return
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hopgate-server: bad configuration:\n%v\n", err)
+		os.Exit(2)
+	}
+	log := config.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
+	log.Info("starting hopgate-server", "version", version.Version, "config", cfg)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := server.Run(ctx, cfg, log, nil); err != nil {
+		log.Error("hopgate-server failed", "err", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,38 @@
+// Package schema holds the ent schemas of HopGate's store. The SQL that creates the tables lives in
+// migrations/; ent never migrates the database itself, so a change here needs a new migration there.
+package schema
+
+import (
+	"time"
+
+	"entgo.io/ent"
+	"entgo.io/ent/schema/field"
+)
+
+// Domain is a name served through a tunnel, with the hash of the client API key that may open it.
+type Domain struct {
+	ent.Schema
+}
+
+// Fields of the Domain.
+func (Domain) Fields() []ent.Field {
+	return []ent.Field{
+		// Canonical form (lowercase, punycode, no trailing dot), so the unique constraint holds
+		// across spellings of the same name.
+		field.String("name").
+			NotEmpty().
+			MaxLen(253).
+			Unique(),
+		// Hex SHA-256 of the client API key; the key itself is never stored.
+		field.String("key_hash").
+			Sensitive(),
+		field.String("memo").
+			Default(""),
+		field.Time("created_at").
+			Default(time.Now).
+			Immutable(),
+		field.Time("updated_at").
+			Default(time.Now).
+			UpdateDefault(time.Now),
+	}
+}

@@ -1,0 +1,108 @@
+package config
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net/url"
+	"time"
+)
+
+// Client holds the settings of hopgate-client. LoadClient fills and validates
+// it; afterwards it is read-only.
+type Client struct {
+	ServerAddr string // host:port of the gateway's HTTPS listener
+	Domain     string // the domain this agent serves, lowercase without trailing dot
+	APIKey     string // secret: the domain's client API key
+
+	// LocalTarget is where requests go: scheme http or https and a host; a
+	// plain host:port setting becomes http://host:port.
+	LocalTarget *url.URL
+
+	// Debug skips verification of the server certificate, unless CAFile is
+	// set: then the server is verified against CAFile (see SkipVerify).
+	Debug  bool
+	CAFile string // PEM roots to trust for the server instead of the system's; checked readable
+
+	PingInterval    time.Duration
+	ShutdownTimeout time.Duration
+	AgentID         string // empty: the caller makes one (hostname + random suffix)
+
+	LogLevel  slog.Level
+	LogFormat string // "json" or "text"
+}
+
+// SkipVerify tells whether the agent must skip verification of the server
+// certificate: only with --debug and no --ca-file, because a CA file given
+// on purpose is worth checking even while debugging.
+func (c *Client) SkipVerify() bool { return c.Debug && c.CAFile == "" }
+
+func clientSettings(c *Client) []setting {
+	return []setting{
+		{env: "HOP_CLIENT_SERVER_ADDR", flag: "server-addr", required: true,
+			usage: "the gateway's HTTPS address, e.g. gateway.example.com:443",
+			bind:  bind(&c.ServerAddr, "host:port", parseDialAddr)},
+		{env: "HOP_CLIENT_DOMAIN", flag: "domain", required: true,
+			usage: "the registered domain this agent serves",
+			bind:  bind(&c.Domain, "name", parseDomain)},
+		{env: "HOP_CLIENT_API_KEY", flag: "api-key", required: true, secret: true,
+			usage: "client API key of the domain, as shown once by the admin API",
+			bind:  bind(&c.APIKey, "key", parseString)},
+		{env: "HOP_CLIENT_LOCAL_TARGET", flag: "local-target", required: true,
+			usage: "the private service: host:port (plain HTTP) or an http:// or https:// URL",
+			bind:  bind(&c.LocalTarget, "target", parseLocalTarget)},
+		{env: "HOP_CLIENT_DEBUG", flag: "debug", def: "false",
+			usage: "skip verification of the server certificate (ignored when --ca-file is set: the CA file wins)",
+			bind:  bindBool(&c.Debug)},
+		{env: "HOP_CLIENT_CA_FILE", flag: "ca-file",
+			usage: "PEM file of roots to trust for the server instead of the system roots; must be readable",
+			bind:  bind(&c.CAFile, "file", parseReadableFile)},
+		{env: "HOP_CLIENT_PING_INTERVAL", flag: "ping-interval", def: "15s",
+			usage: "how often the agent pings the server to detect a dead tunnel",
+			bind:  bind(&c.PingInterval, "duration", parsePositiveDuration)},
+		{env: "HOP_CLIENT_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: "30s",
+			usage: "how long a signal waits for in-flight requests",
+			bind:  bind(&c.ShutdownTimeout, "duration", parsePositiveDuration)},
+		{env: "HOP_CLIENT_AGENT_ID", flag: "agent-id", shownDefault: "hostname + random suffix",
+			usage: "name of this agent in the server's status and logs",
+			bind:  bind(&c.AgentID, "id", parseString)},
+		{env: "HOP_CLIENT_LOG_LEVEL", flag: "log-level", def: "info",
+			usage: "debug, info, warn or error",
+			bind:  bind(&c.LogLevel, "level", parseLogLevel)},
+		{env: "HOP_CLIENT_LOG_FORMAT", flag: "log-format", def: "text",
+			usage: "json or text",
+			bind:  bind(&c.LogFormat, "format", parseLogFormat)},
+	}
+}
+
+// LoadClient reads the settings of hopgate-client, like LoadServer.
+func LoadClient(args []string, lookupEnv func(string) (string, bool), dotenvPath string) (*Client, error) {
+	c := &Client{}
+	_, errs, err := load("hopgate-client", clientSettings(c), args, lookupEnv, dotenvPath)
+	if err != nil {
+		return nil, err
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// ClientUsage writes the help of hopgate-client: every flag, its variable,
+// default and meaning.
+func ClientUsage(w io.Writer) {
+	usage(w, "hopgate-client",
+		"Private end of HopGate: keeps a tunnel to the gateway open and passes the requests for\n--domain to --local-target. Exit codes: 0 after a signal, 2 bad configuration,\n3 the server refused the domain or key.",
+		clientSettings(&Client{}))
+}
+
+// LogValue shows the settings with the API key redacted.
+func (c Client) LogValue() slog.Value { return slog.GroupValue(c.attrs()...) }
+
+// String is LogValue as text, so that %v and %s never print the API key.
+func (c Client) String() string { return formatAttrs("config.Client", c.attrs()) }
+
+// GoString is String, so that %#v never prints the API key either.
+func (c Client) GoString() string { return c.String() }
+
+func (c Client) attrs() []slog.Attr { return logAttrs(clientSettings(&c), nil) }

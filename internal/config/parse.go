@@ -1,0 +1,323 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math"
+	"net"
+	"net/mail"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Parsers turn the text of one setting into its typed value. They are only
+// called with non-empty, trimmed text, and their errors say what was expected;
+// the loader prefixes the variable and flag name.
+
+func parseString(s string) (string, error) { return s, nil }
+
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(s) {
+	case "1", "true", "yes", "on":
+		return true, nil
+	case "0", "false", "no", "off":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q is not a boolean (1/0, true/false, yes/no, on/off)", s)
+}
+
+func parseNonNegativeInt(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a whole number ≥ 0", s)
+	}
+	return n, nil
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration like 30s", s)
+	}
+	return d, nil
+}
+
+func parseNonNegativeDuration(s string) (time.Duration, error) {
+	d, err := parseDuration(s)
+	if err == nil && d < 0 {
+		err = fmt.Errorf("%q is negative; want a duration ≥ 0 like 30m (0 = no limit)", s)
+	}
+	return d, err
+}
+
+func parsePositiveDuration(s string) (time.Duration, error) {
+	d, err := parseDuration(s)
+	if err == nil && d <= 0 {
+		err = fmt.Errorf("%q is not a duration greater than zero like 30s", s)
+	}
+	return d, err
+}
+
+// parseSeconds reads a whole number of seconds greater than zero, for the
+// settings whose name ends in _SECONDS.
+func parseSeconds(s string) (time.Duration, error) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > math.MaxInt64/int64(time.Second) {
+		return 0, fmt.Errorf("%q is not a whole number of seconds greater than 0 like 15", s)
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
+// parseCSV splits a comma-separated list, dropping blanks around and between items.
+func parseCSV(s string) ([]string, error) {
+	var out []string
+	for item := range strings.SplitSeq(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out, nil
+}
+
+// parseIPs reads a comma-separated list of IPv4 or IPv6 addresses.
+func parseIPs(s string) ([]net.IP, error) {
+	items, _ := parseCSV(s)
+	var (
+		ips  []net.IP
+		errs []error
+	)
+	for _, item := range items {
+		ip := net.ParseIP(item)
+		if ip == nil {
+			errs = append(errs, fmt.Errorf("%q is not an IP address", item))
+			continue
+		}
+		ips = append(ips, ip)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return ips, nil
+}
+
+// parseListen reads an address to listen on: host:port, where host may be
+// empty (all interfaces) and port may be 0 (any free port).
+func parseListen(s string) (string, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || !validPort(port, 0) || strings.ContainsAny(host, " /") {
+		return "", fmt.Errorf("%q is not a listen address host:port like :443 or 127.0.0.1:9180", s)
+	}
+	return s, nil
+}
+
+// parseDialAddr reads an address to connect to: host:port with both parts.
+func parseDialAddr(s string) (string, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" || !validPort(port, 1) || strings.ContainsAny(host, " /") {
+		return "", fmt.Errorf("%q is not an address host:port like gateway.example.com:443", s)
+	}
+	return s, nil
+}
+
+func validPort(port string, lowest int) bool {
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= lowest && n <= 65535 && port == strconv.Itoa(n)
+}
+
+// parseHTTPURL reads an absolute http:// or https:// URL with a host.
+func parseHTTPURL(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+		return "", fmt.Errorf("%q is not an http:// or https:// URL like https://acme-v02.api.letsencrypt.org/directory", s)
+	}
+	return s, nil
+}
+
+// parseLocalTarget reads where the agent sends requests: host:port (plain
+// HTTP) or an http:// or https:// URL.
+func parseLocalTarget(s string) (*url.URL, error) {
+	bad := fmt.Errorf("%q is not a local target host:port like 127.0.0.1:8080 or a URL like http://localhost:8080", s)
+	if !strings.Contains(s, "://") {
+		if _, err := parseDialAddr(s); err != nil {
+			return nil, bad
+		}
+		return &url.URL{Scheme: "http", Host: s}, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, bad
+	}
+	u.Scheme = strings.ToLower(u.Scheme)
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, bad
+	}
+	if p := u.Port(); p != "" && !validPort(p, 1) {
+		return nil, bad
+	}
+	return u, nil
+}
+
+func parseLogLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("%q is not a log level (debug, info, warn, error)", s)
+}
+
+func parseLogFormat(s string) (string, error) {
+	switch f := strings.ToLower(s); f {
+	case "json", "text":
+		return f, nil
+	}
+	return "", fmt.Errorf("%q is not a log format (json, text)", s)
+}
+
+// parseDomain reads a DNS name and returns it canonical: lowercase, without
+// the trailing dot. internal/hostname has the full rules for names from the
+// network; configuration only needs to catch typos.
+func parseDomain(s string) (string, error) {
+	d, ok := canonicalDomain(s)
+	if !ok {
+		return "", fmt.Errorf("%q is not a domain name (labels of a-z, 0-9 and -, at most 253 characters)", s)
+	}
+	return d, nil
+}
+
+// parseDomains reads a comma-separated list of domain names, canonical and
+// without repeats.
+func parseDomains(s string) ([]string, error) {
+	items, _ := parseCSV(s)
+	var (
+		out  []string
+		errs []error
+		seen = make(map[string]bool, len(items))
+	)
+	for _, item := range items {
+		d, err := parseDomain(item)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+func canonicalDomain(s string) (string, bool) {
+	d := strings.TrimSuffix(strings.ToLower(s), ".")
+	if d == "" || len(d) > 253 {
+		return "", false
+	}
+	labels := strings.Split(d, ".")
+	for _, label := range labels {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return "", false
+		}
+		for _, c := range []byte(label) {
+			if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+				return "", false
+			}
+		}
+	}
+	// An all-digit last label is an IP address, not a name.
+	if strings.Trim(labels[len(labels)-1], "0123456789") == "" {
+		return "", false
+	}
+	return d, true
+}
+
+// parseDSN accepts a Postgres URL. Its errors never repeat the value, which
+// may hold a password.
+func parseDSN(s string) (string, error) {
+	lower := strings.ToLower(s)
+	if !strings.HasPrefix(lower, "postgres://") && !strings.HasPrefix(lower, "postgresql://") {
+		return "", errors.New("not a postgres:// or postgresql:// URL (leave empty for the embedded SQLite store)")
+	}
+	if u, err := url.Parse(s); err != nil || u.Host == "" && u.Query().Get("host") == "" {
+		return "", errors.New("not a valid postgres:// URL like postgres://user:password@db:5432/hopgate?sslmode=require (value not shown: it may hold a password)")
+	}
+	return s, nil
+}
+
+// redactDSN hides the password of a Postgres URL, in the user part and in a
+// password= query parameter.
+func redactDSN(dsn string) string {
+	if dsn == "" {
+		return ""
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return redacted
+	}
+	if q := u.Query(); q.Has("password") {
+		q.Set("password", "xxxxx")
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
+}
+
+func parseEmail(s string) (string, error) {
+	a, err := mail.ParseAddress(s)
+	if err != nil || a.Address != s || a.Name != "" {
+		return "", fmt.Errorf("%q is not an email address like admin@example.com", s)
+	}
+	return s, nil
+}
+
+// parseReadableFile checks that the file can be opened for reading now, so a
+// wrong path fails at start rather than at the first handshake.
+func parseReadableFile(s string) (string, error) {
+	f, err := os.Open(s)
+	if err != nil {
+		return "", fmt.Errorf("%q is not a readable file: %w", s, pathReason(err))
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("%q is not a readable file: %w", s, pathReason(err))
+	}
+	if info.IsDir() {
+		return "", fmt.Errorf("%q is a directory, not a readable file", s)
+	}
+	return s, nil
+}
+
+// parseDir checks that an override directory exists.
+func parseDir(s string) (string, error) {
+	info, err := os.Stat(s)
+	if err != nil {
+		return "", fmt.Errorf("%q is not a directory: %w", s, pathReason(err))
+	}
+	if !info.IsDir() {
+		return "", fmt.Errorf("%q is not a directory", s)
+	}
+	return s, nil
+}
+
+// pathReason drops the path from an *fs.PathError, which the message
+// already quotes.
+func pathReason(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}

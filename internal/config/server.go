@@ -1,0 +1,212 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"time"
+)
+
+// ACME directories of Let's Encrypt.
+const (
+	LetsEncryptProduction = "https://acme-v02.api.letsencrypt.org/directory"
+	LetsEncryptStaging    = "https://acme-staging-v02.api.letsencrypt.org/directory"
+)
+
+// Server holds the settings of hopgate-server. LoadServer fills and validates
+// it; afterwards it is read-only.
+type Server struct {
+	HTTPListen  string // host:port of the plain-HTTP listener
+	HTTPSListen string // host:port of the TLS listener
+	HTTPProxy   bool   // also proxy tunneled domains over plain HTTP
+
+	// Domain is the gateway's own name, lowercase without trailing dot;
+	// "localhost" in debug when unset.
+	Domain       string
+	ProxyDomains []string // extra names to hold certificates for, canonical, no repeats
+	Debug        bool
+
+	ProxyTimeout       time.Duration // wait for an agent's response headers
+	ShutdownTimeout    time.Duration // drain time after SIGTERM
+	TunnelPingInterval time.Duration // keepalive ping; a tunnel is dead after 3 missed pongs
+
+	MetricsListen string // host:port of /metrics; empty = disabled
+
+	AdminAPIKey string // secret; empty disables the admin API
+
+	DBDSN             string // secret (password); postgres:// URL or empty for SQLite in DataDir
+	DataDir           string
+	DBMaxOpenConns    int // 0 = unlimited
+	DBMaxIdleConns    int
+	DBConnMaxLifetime time.Duration // 0 = no limit
+
+	ACMEEmail      string
+	ACMECADir      string   // directory URL; staging when ACMEUseStaging and not set
+	ACMEUseStaging bool     // already applied to ACMECADir
+	ACMECARoots    string   // PEM file of extra roots for the ACME server; checked readable
+	ACMECacheDir   string   // DataDir/acme when unset
+	ACMEExpectIPs  []net.IP // empty = no check
+
+	ErrorPagesDir  string // empty = embedded pages
+	ErrorAssetsDir string // empty = embedded assets
+
+	LogLevel  slog.Level
+	LogFormat string // "json" or "text"; text in debug unless set
+}
+
+// TunnelMissedPongs is how many pings in a row may go unanswered before the
+// server declares a tunnel dead.
+const TunnelMissedPongs = 3
+
+// serverSettings is the table of hopgate-server, bound to the fields of s.
+func serverSettings(s *Server) []setting {
+	return []setting{
+		{env: "HOP_SERVER_HTTP_LISTEN", flag: "http-listen", def: ":80",
+			usage: "plain-HTTP listener: ACME HTTP-01 answers; everything else redirects to HTTPS (308) unless --http-proxy",
+			bind:  bind(&s.HTTPListen, "host:port", parseListen)},
+		{env: "HOP_SERVER_HTTPS_LISTEN", flag: "https-listen", def: ":443",
+			usage: "TLS listener (h2, http/1.1): tunnel gRPC service, admin API, proxied traffic",
+			bind:  bind(&s.HTTPSListen, "host:port", parseListen)},
+		{env: "HOP_SERVER_HTTP_PROXY", flag: "http-proxy", def: "false",
+			usage: "also proxy tunneled domains on the plain-HTTP listener (behind a TLS-terminating balancer)",
+			bind:  bindBool(&s.HTTPProxy)},
+		{env: "HOP_SERVER_DOMAIN", flag: "domain",
+			shownDefault: `(required; "localhost" with --debug)`,
+			usage:        "the gateway's own name: admin API, tunnel endpoint, health; never proxied",
+			bind:         bind(&s.Domain, "name", parseDomain)},
+		{env: "HOP_SERVER_PROXY_DOMAINS", flag: "proxy-domains",
+			usage: "extra names (comma-separated) to hold certificates for at start",
+			bind:  bind(&s.ProxyDomains, "name,...", parseDomains)},
+		{env: "HOP_SERVER_DEBUG", flag: "debug", def: "false",
+			usage: "development mode: self-signed certificates, embedded store, text logs, never a public CA",
+			bind:  bindBool(&s.Debug)},
+		{env: "HOP_SERVER_PROXY_TIMEOUT_SECONDS", flag: "proxy-timeout-seconds", def: "15",
+			usage: "seconds allowed for the agent to return response headers (504 after; not a limit on body streaming)",
+			bind:  bind(&s.ProxyTimeout, "seconds", parseSeconds)},
+		{env: "HOP_SERVER_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: "30s",
+			usage: "how long SIGTERM waits for in-flight requests",
+			bind:  bind(&s.ShutdownTimeout, "duration", parsePositiveDuration)},
+		{env: "HOP_SERVER_TUNNEL_PING_INTERVAL", flag: "tunnel-ping-interval", def: "15s",
+			usage: fmt.Sprintf("how often the server pings agents; a tunnel is dead after %d missed pongs", TunnelMissedPongs),
+			bind:  bind(&s.TunnelPingInterval, "duration", parsePositiveDuration)},
+		{env: "HOP_SERVER_METRICS_LISTEN", flag: "metrics-listen", def: "127.0.0.1:9180", keepEmpty: true,
+			usage: "listener of Prometheus /metrics; set it empty to disable",
+			bind:  bind(&s.MetricsListen, "host:port", parseListen)},
+		{env: "HOP_ADMIN_API_KEY", flag: "admin-api-key", secret: true,
+			usage: "Bearer key of the admin API; empty disables the admin API",
+			bind:  bind(&s.AdminAPIKey, "key", parseString)},
+		{env: "HOP_DB_DSN", flag: "db-dsn", secret: true,
+			usage: "postgres:// or postgresql:// URL selects Postgres; empty selects embedded SQLite in --data-dir",
+			bind:  bind(&s.DBDSN, "url", parseDSN)},
+		{env: "HOP_DATA_DIR", flag: "data-dir", def: "./data",
+			usage: "directory of the embedded database, certificates and account keys",
+			bind:  bind(&s.DataDir, "dir", parseString)},
+		{env: "HOP_DB_MAX_OPEN_CONNS", flag: "db-max-open-conns", def: "10",
+			usage: "most open database connections (0 = unlimited)",
+			bind:  bind(&s.DBMaxOpenConns, "n", parseNonNegativeInt)},
+		{env: "HOP_DB_MAX_IDLE_CONNS", flag: "db-max-idle-conns", def: "5",
+			usage: "most idle database connections kept; at most --db-max-open-conns",
+			bind:  bind(&s.DBMaxIdleConns, "n", parseNonNegativeInt)},
+		{env: "HOP_DB_CONN_MAX_LIFETIME", flag: "db-conn-max-lifetime", def: "30m",
+			usage: "longest time a database connection is reused (0 = no limit)",
+			bind:  bind(&s.DBConnMaxLifetime, "duration", parseNonNegativeDuration)},
+		{env: "HOP_ACME_EMAIL", flag: "acme-email",
+			usage: "ACME account contact",
+			bind:  bind(&s.ACMEEmail, "address", parseEmail)},
+		{env: "HOP_ACME_CA_DIR", flag: "acme-ca-dir", def: LetsEncryptProduction,
+			usage: "ACME directory URL; an explicit value wins over --acme-use-staging",
+			bind:  bind(&s.ACMECADir, "url", parseHTTPURL)},
+		{env: "HOP_ACME_USE_STAGING", flag: "acme-use-staging", def: "false",
+			usage: "use the Let's Encrypt staging directory (" + LetsEncryptStaging + ") unless --acme-ca-dir is set",
+			bind:  bindBool(&s.ACMEUseStaging)},
+		{env: "HOP_ACME_CA_ROOTS", flag: "acme-ca-roots",
+			usage: "PEM file of extra roots to trust for the ACME server (e.g. Pebble); must be readable",
+			bind:  bind(&s.ACMECARoots, "file", parseReadableFile)},
+		{env: "HOP_ACME_CACHE_DIR", flag: "acme-cache-dir", shownDefault: "$HOP_DATA_DIR/acme",
+			usage: "certificate storage (files)",
+			bind:  bind(&s.ACMECacheDir, "dir", parseString)},
+		{env: "HOP_ACME_EXPECT_IPS", flag: "acme-expect-ips",
+			usage: "comma-separated IPs; a name is only issued/served if it resolves to one of these",
+			bind:  bind(&s.ACMEExpectIPs, "ip,...", parseIPs)},
+		{env: "HOP_ERROR_PAGES_DIR", flag: "error-pages-dir",
+			usage: "directory overriding the embedded error pages",
+			bind:  bind(&s.ErrorPagesDir, "dir", parseDir)},
+		{env: "HOP_ERROR_ASSETS_DIR", flag: "error-assets-dir",
+			usage: "directory overriding the embedded error page assets",
+			bind:  bind(&s.ErrorAssetsDir, "dir", parseDir)},
+		{env: "HOP_LOG_LEVEL", flag: "log-level", def: "info",
+			usage: "debug, info, warn or error",
+			bind:  bind(&s.LogLevel, "level", parseLogLevel)},
+		{env: "HOP_LOG_FORMAT", flag: "log-format", def: "json", shownDefault: `"json" ("text" with --debug)`,
+			usage: "json or text",
+			bind:  bind(&s.LogFormat, "format", parseLogFormat)},
+	}
+}
+
+// LoadServer reads the settings of hopgate-server from args (without the
+// program name), lookupEnv (os.LookupEnv in main) and the .env file at
+// dotenvPath ("" for none; a missing file is fine). The error joins every
+// problem found, each naming its variable and flag; it is ErrHelp for -h/--help.
+func LoadServer(args []string, lookupEnv func(string) (string, bool), dotenvPath string) (*Server, error) {
+	s := &Server{}
+	settings := serverSettings(s)
+	got, errs, err := load("hopgate-server", settings, args, lookupEnv, dotenvPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if s.Domain == "" {
+		if s.Debug {
+			s.Domain = "localhost"
+		} else {
+			errs = append(errs, find(settings, "HOP_SERVER_DOMAIN").errorf("required (the gateway's own name) unless HOP_SERVER_DEBUG is on"))
+		}
+	}
+	if s.DBMaxOpenConns > 0 && s.DBMaxIdleConns > s.DBMaxOpenConns {
+		errs = append(errs, find(settings, "HOP_DB_MAX_IDLE_CONNS").errorf(
+			"%d is more than HOP_DB_MAX_OPEN_CONNS (--db-max-open-conns) %d", s.DBMaxIdleConns, s.DBMaxOpenConns))
+	}
+	if s.Debug && !got.explicit("HOP_LOG_FORMAT") {
+		s.LogFormat = "text"
+	}
+	if s.ACMEUseStaging && !got.explicit("HOP_ACME_CA_DIR") {
+		s.ACMECADir = LetsEncryptStaging
+	}
+	if s.ACMECacheDir == "" {
+		s.ACMECacheDir = filepath.Join(s.DataDir, "acme")
+	}
+
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return s, nil
+}
+
+// ServerUsage writes the help of hopgate-server: every flag, its variable,
+// default and meaning.
+func ServerUsage(w io.Writer) {
+	usage(w, "hopgate-server",
+		"Public end of HopGate: serves HTTPS for the gateway's domain and proxies every registered\ndomain to the agent connected for it.",
+		serverSettings(&Server{}))
+}
+
+// LogValue shows the settings with secrets redacted: the admin key as
+// "[redacted]", the password of the DSN as "xxxxx".
+func (s Server) LogValue() slog.Value {
+	return slog.GroupValue(s.attrs()...)
+}
+
+// String is LogValue as text, so that %v and %s never print a secret.
+func (s Server) String() string { return formatAttrs("config.Server", s.attrs()) }
+
+// GoString is String, so that %#v never prints a secret either.
+func (s Server) GoString() string { return s.String() }
+
+func (s Server) attrs() []slog.Attr {
+	return logAttrs(serverSettings(&s), map[string]func() slog.Value{
+		"HOP_DB_DSN": func() slog.Value { return slog.StringValue(redactDSN(s.DBDSN)) },
+	})
+}

@@ -1,0 +1,202 @@
+// Package edge is the gateway's front door: the one HTTPS listener (and the plain-HTTP one), and the
+// router that sends each request to the tunnel service, the gateway's own endpoints or a tenant's agent.
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hopgate/hopgate/internal/errorpage"
+	"github.com/hopgate/hopgate/internal/hostname"
+	"github.com/hopgate/hopgate/internal/metrics"
+	"github.com/hopgate/hopgate/internal/proxy"
+	"github.com/hopgate/hopgate/internal/tunnel"
+)
+
+// TunnelPathPrefix is reserved for the tunnel service on every host.
+const TunnelPathPrefix = "/hopgate.tunnel.v1.TunnelService/"
+
+// Domains answers whether a name is registered. ErrStoreUnavailable (wrapped) means it cannot tell now.
+type Domains interface {
+	Registered(ctx context.Context, domain string) (bool, error)
+}
+
+// ErrStoreUnavailable is what a Domains implementation wraps when the store cannot answer.
+var ErrStoreUnavailable = errors.New("domain store unavailable")
+
+// Agents picks a live agent for a domain.
+type Agents interface {
+	Pick(domain string) *tunnel.Agent
+}
+
+// RouterOptions wires the router.
+type RouterOptions struct {
+	// GatewayDomain is the gateway's own name: admin, health and assets live there and nothing is proxied.
+	GatewayDomain string
+	Tunnel        http.Handler
+	// Admin serves /api/v1/admin/; nil answers 404 there (admin API disabled).
+	Admin   http.Handler
+	Ready   func(ctx context.Context) error
+	Agents  Agents
+	Domains Domains
+	Proxy   *proxy.Gateway
+	Errors  *errorpage.Writer
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
+	// ProxyOnly serves tenants only (the plain-HTTP listener in proxy mode): no tunnel, no admin.
+	ProxyOnly bool
+}
+
+// Router dispatches requests on the one port.
+type Router struct {
+	o RouterOptions
+}
+
+// NewRouter builds the router.
+func NewRouter(o RouterOptions) *Router {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	o.GatewayDomain = strings.ToLower(strings.TrimSuffix(o.GatewayDomain, "."))
+	return &Router{o: o}
+}
+
+func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, TunnelPathPrefix) {
+		if !rt.o.ProxyOnly && isGRPC(r) {
+			rt.o.Tunnel.ServeHTTP(w, r)
+			return
+		}
+		rt.o.Errors.Write(w, r, http.StatusNotFound, "reserved for the tunnel service")
+		return
+	}
+	host := hostOnly(r.Host)
+	if host == rt.o.GatewayDomain {
+		if rt.o.ProxyOnly {
+			rt.o.Errors.Write(w, r, http.StatusNotFound, "")
+			return
+		}
+		rt.serveGateway(w, r)
+		return
+	}
+	rt.serveTenant(w, r)
+}
+
+func (rt *Router) serveGateway(w http.ResponseWriter, r *http.Request) {
+	switch p := r.URL.Path; {
+	case p == "/healthz":
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+	case p == "/readyz":
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := rt.o.Ready(ctx); err != nil {
+			rt.o.Logger.Warn("not ready", "err", err)
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "error": "store unreachable"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+	case strings.HasPrefix(p, "/api/v1/admin/") || p == "/api/v1/admin":
+		if rt.o.Admin == nil {
+			writeJSON(w, http.StatusNotFound, map[string]any{"success": false, "error": "admin API is disabled"})
+			return
+		}
+		rt.o.Admin.ServeHTTP(w, r)
+	case strings.HasPrefix(p, errorpage.AssetsPrefix):
+		rt.o.Errors.Assets().ServeHTTP(w, r)
+	default:
+		rt.o.Errors.Write(w, r, http.StatusNotFound, "")
+	}
+}
+
+func (rt *Router) serveTenant(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	defer func() {
+		if rt.o.Metrics != nil && sw.code != 0 {
+			rt.o.Metrics.ObserveRequest(sw.code, r.Method, time.Since(start))
+		}
+	}()
+	domain := hostname.FromHost(r.Host)
+	if domain == "" {
+		rt.fail(sw, r, http.StatusNotFound, "unknown_domain", "")
+		return
+	}
+	if agent := rt.o.Agents.Pick(domain); agent != nil {
+		rt.o.Proxy.Forward(sw, r, agent)
+		return
+	}
+	known, err := rt.o.Domains.Registered(r.Context(), domain)
+	switch {
+	case err != nil:
+		rt.o.Logger.Warn("domain lookup failed", "err", err)
+		rt.fail(sw, r, http.StatusServiceUnavailable, "store_unavailable", "")
+	case !known:
+		rt.fail(sw, r, http.StatusNotFound, "unknown_domain", "")
+	default:
+		rt.fail(sw, r, http.StatusServiceUnavailable, "no_agent", "no agent connected for this domain")
+	}
+}
+
+func (rt *Router) fail(w http.ResponseWriter, r *http.Request, code int, reason, msg string) {
+	if rt.o.Metrics != nil {
+		rt.o.Metrics.ProxyErrors.WithLabelValues(reason).Inc()
+	}
+	rt.o.Errors.Write(w, r, code, msg)
+}
+
+// isGRPC reports whether r is a gRPC call: HTTP/2 with a gRPC content type.
+func isGRPC(r *http.Request) bool {
+	return r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+}
+
+// hostOnly lowercases a Host header and strips its port and trailing dot.
+func hostOnly(h string) string {
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		h = host
+	}
+	return strings.ToLower(strings.TrimSuffix(h, "."))
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// statusWriter remembers the status code for metrics and passes everything else through.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.code == 0 && code >= 200 {
+		s.code = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(p []byte) (int, error) {
+	if s.code == 0 {
+		s.code = http.StatusOK
+	}
+	return s.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach Flush, Hijack and deadlines of the real writer.
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// Flush is needed directly: httputil.ReverseProxy flushes streamed responses through it.
+func (s *statusWriter) Flush() {
+	if s.code == 0 {
+		s.code = http.StatusOK
+	}
+	http.NewResponseController(s.ResponseWriter).Flush()
+}

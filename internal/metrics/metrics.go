@@ -1,0 +1,84 @@
+// Package metrics defines the server's Prometheus series, with labels bounded so that visitors cannot
+// create new series.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics holds every series the server exports.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	Requests       *prometheus.CounterVec
+	Duration       prometheus.Histogram
+	TunnelsActive  prometheus.Gauge
+	TunnelConnects *prometheus.CounterVec
+	TunnelBytes    *prometheus.CounterVec
+	ProxyErrors    *prometheus.CounterVec
+	CertExpiry     *prometheus.GaugeVec
+}
+
+// New registers the series on a fresh registry, with the Go and process collectors.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		reg: reg,
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopgate_http_requests_total", Help: "Proxied HTTP requests by status code and method.",
+		}, []string{"code", "method"}),
+		Duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "hopgate_http_request_duration_seconds", Help: "Time to serve proxied requests, to the end of the body.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}),
+		TunnelsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hopgate_tunnels_active", Help: "Agent tunnels connected now.",
+		}),
+		TunnelConnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopgate_tunnel_connects_total", Help: "Tunnel attempts by result.",
+		}, []string{"result"}),
+		TunnelBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopgate_tunnel_bytes_total", Help: "Body bytes carried through tunnels, by direction.",
+		}, []string{"direction"}),
+		ProxyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopgate_proxy_errors_total", Help: "Requests the gateway answered with its own error, by reason.",
+		}, []string{"reason"}),
+		CertExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hopgate_certificate_expiry_timestamp_seconds", Help: "Expiry of served certificates (Unix time).",
+		}, []string{"name"}),
+	}
+	reg.MustRegister(m.Requests, m.Duration, m.TunnelsActive, m.TunnelConnects, m.TunnelBytes, m.ProxyErrors, m.CertExpiry,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves /metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+var standardMethods = map[string]bool{
+	http.MethodGet: true, http.MethodHead: true, http.MethodPost: true, http.MethodPut: true,
+	http.MethodPatch: true, http.MethodDelete: true, http.MethodConnect: true, http.MethodOptions: true,
+	http.MethodTrace: true,
+}
+
+// Method bounds the method label: anything non-standard is OTHER.
+func Method(m string) string {
+	if standardMethods[m] {
+		return m
+	}
+	return "OTHER"
+}
+
+// ObserveRequest counts one proxied request.
+func (m *Metrics) ObserveRequest(code int, method string, elapsed time.Duration) {
+	m.Requests.WithLabelValues(strconv.Itoa(code), Method(method)).Inc()
+	m.Duration.Observe(elapsed.Seconds())
+}

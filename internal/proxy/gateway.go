@@ -1,0 +1,213 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"sync"
+	"time"
+
+	"github.com/hopgate/hopgate/internal/tunnel"
+	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+)
+
+// Errors the gateway reports to its ErrorWriter, each with its own status code.
+var (
+	// ErrNoAgent: the domain is registered but no agent can take the request (503).
+	ErrNoAgent = errors.New("no agent connected for this domain")
+	// ErrHeaderTimeout: the agent sent no response headers in time (504).
+	ErrHeaderTimeout = errors.New("no response headers from the agent in time")
+	// ErrUpstream: the agent or its local target failed before sending headers (502).
+	ErrUpstream = errors.New("the agent or its local target failed")
+)
+
+// ErrorWriter writes an error response (page, JSON or text) with code.
+type ErrorWriter func(w http.ResponseWriter, r *http.Request, code int, err error)
+
+// GatewayOptions configures the server end of the proxy.
+type GatewayOptions struct {
+	// HeaderTimeout is how long the agent has to return response headers (not the body).
+	HeaderTimeout time.Duration
+	WriteError    ErrorWriter
+	Logger        *slog.Logger
+}
+
+// Gateway proxies visitor requests through agents. It is net/http/httputil.ReverseProxy with a
+// Transport that speaks tunnel streams, so hop-by-hop headers, X-Forwarded-*, trailers, flushing and
+// protocol upgrades are handled by the standard library in one place.
+type Gateway struct {
+	rp   *httputil.ReverseProxy
+	opts GatewayOptions
+}
+
+type agentKey struct{}
+
+// NewGateway builds the proxy.
+func NewGateway(opts GatewayOptions) *Gateway {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.HeaderTimeout <= 0 {
+		opts.HeaderTimeout = 15 * time.Second
+	}
+	g := &Gateway{opts: opts}
+	g.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			// Inbound X-Forwarded-* are already dropped by Rewrite mode; these are the gateway's own.
+			pr.SetXForwarded()
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = pr.In.Host
+		},
+		Transport:    &streamTransport{timeout: opts.HeaderTimeout},
+		BufferPool:   bufferPool{},
+		ErrorHandler: g.handleError,
+		ErrorLog:     slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+	}
+	return g
+}
+
+// Forward proxies r to agent.
+func (g *Gateway) Forward(w http.ResponseWriter, r *http.Request, agent *tunnel.Agent) {
+	ctx := context.WithValue(r.Context(), agentKey{}, agent)
+	g.rp.ServeHTTP(w, r.WithContext(ctx))
+}
+
+func (g *Gateway) handleError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		// The visitor is gone; nobody reads an error page.
+		return
+	}
+	code := http.StatusBadGateway
+	switch {
+	case errors.Is(err, ErrNoAgent):
+		code = http.StatusServiceUnavailable
+	case errors.Is(err, ErrHeaderTimeout):
+		code = http.StatusGatewayTimeout
+	}
+	g.opts.Logger.Debug("proxy error", "host", r.Host, "status", code, "err", err)
+	if g.opts.WriteError != nil {
+		g.opts.WriteError(w, r, code, err)
+		return
+	}
+	http.Error(w, http.StatusText(code), code)
+}
+
+// streamTransport is the RoundTripper that carries one request over one tunnel stream.
+type streamTransport struct {
+	timeout time.Duration
+}
+
+func (t *streamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	agent, _ := req.Context().Value(agentKey{}).(*tunnel.Agent)
+	if agent == nil {
+		return nil, ErrNoAgent
+	}
+	ctx := req.Context()
+	upgrade := req.Header.Get("Upgrade") != ""
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	head := &tunnelv1.RequestHead{
+		Method:        req.Method,
+		Scheme:        req.URL.Scheme,
+		Host:          req.Host,
+		Path:          req.URL.RequestURI(),
+		Headers:       toWire(req.Header),
+		ContentLength: req.ContentLength,
+		EndStream:     !hasBody && !upgrade,
+		TrailerNames:  trailerNames(req.Trailer),
+		RemoteAddr:    req.RemoteAddr,
+	}
+	st, err := agent.Session.OpenStream(ctx, head)
+	if err != nil {
+		return nil, errors.Join(ErrNoAgent, err)
+	}
+	// A visitor that goes away resets the stream, which cancels the request at the local target.
+	stop := context.AfterFunc(ctx, func() {
+		st.Reset(tunnelv1.ResetReason_RESET_REASON_CANCEL, "visitor went away")
+	})
+	if hasBody {
+		go sendBody(st, req)
+	}
+
+	waitCtx, cancel := context.WithTimeoutCause(ctx, t.timeout, ErrHeaderTimeout)
+	rh, err := st.AwaitResponse(waitCtx)
+	cancel()
+	if err != nil {
+		stop()
+		if errors.Is(context.Cause(waitCtx), ErrHeaderTimeout) && ctx.Err() == nil {
+			st.Reset(tunnelv1.ResetReason_RESET_REASON_TIMEOUT, "no response headers in time")
+			return nil, ErrHeaderTimeout
+		}
+		st.Close()
+		return nil, errors.Join(ErrUpstream, err)
+	}
+	res := &http.Response{
+		Status:        http.StatusText(int(rh.Status)),
+		StatusCode:    int(rh.Status),
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        fromWire(rh.Headers),
+		ContentLength: rh.ContentLength,
+		Trailer:       announced(rh.TrailerNames),
+		Request:       req,
+	}
+	res.Body = &responseBody{st: st, res: res, stop: stop}
+	return res, nil
+}
+
+// sendBody streams the visitor's body to the agent, then its trailers.
+func sendBody(st *tunnel.Stream, req *http.Request) {
+	if _, err := st.ReadFrom(req.Body); err != nil {
+		var reset *tunnel.ResetError
+		if !errors.As(err, &reset) && !errors.Is(err, tunnel.ErrSessionClosed) {
+			st.Reset(tunnelv1.ResetReason_RESET_REASON_CANCEL, "visitor request body failed")
+		}
+		return
+	}
+	_ = st.CloseWrite(toWire(req.Trailer))
+}
+
+// responseBody reads the agent's response; it is also the writable side of an upgraded connection.
+type responseBody struct {
+	st   *tunnel.Stream
+	res  *http.Response
+	stop func() bool
+	once sync.Once
+}
+
+func (b *responseBody) Read(p []byte) (int, error) {
+	n, err := b.st.Read(p)
+	if err == io.EOF {
+		if tr := b.st.Trailers(); len(tr) > 0 {
+			if b.res.Trailer == nil {
+				b.res.Trailer = make(http.Header, len(tr))
+			}
+			fillWire(b.res.Trailer, tr)
+		}
+	}
+	return n, err
+}
+
+func (b *responseBody) Write(p []byte) (int, error) { return b.st.Write(p) }
+
+// CloseWrite half-closes an upgraded connection towards the target.
+func (b *responseBody) CloseWrite() error { return b.st.CloseWrite(nil) }
+
+func (b *responseBody) Close() error {
+	b.once.Do(func() {
+		b.stop()
+		b.st.Close()
+	})
+	return nil
+}
+
+// bufferPool lends ReverseProxy 32 KiB copy buffers.
+type bufferPool struct{}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, tunnel.ChunkSize); return &b }}
+
+func (bufferPool) Get() []byte  { return *(copyBuffers.Get().(*[]byte)) }
+func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }

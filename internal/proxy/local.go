@@ -1,0 +1,195 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/hopgate/hopgate/internal/tunnel"
+	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+)
+
+// LocalOptions configures the agent end of the proxy.
+type LocalOptions struct {
+	// TLSConfig is used for https targets; nil means system roots.
+	TLSConfig *tls.Config
+	Logger    *slog.Logger
+}
+
+// Local serves tunnel streams by sending each as an HTTP request to the local target.
+type Local struct {
+	target    *url.URL
+	transport *http.Transport
+	log       *slog.Logger
+}
+
+// NewLocal builds the agent's proxy to target (http or https URL, optionally with a base path).
+func NewLocal(target *url.URL, opts LocalOptions) *Local {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
+		DialContext: dialer.DialContext,
+		// Keep many warm connections: every tunneled request would otherwise pay a dial.
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		TLSClientConfig:       opts.TLSConfig,
+		ForceAttemptHTTP2:     true,
+		// The visitor's Accept-Encoding passes through untouched; the agent must not add gzip and
+		// then decompress behind the visitor's back.
+		DisableCompression: true,
+		WriteBufferSize:    64 << 10,
+		ReadBufferSize:     64 << 10,
+	}
+	return &Local{target: target, transport: tr, log: opts.Logger}
+}
+
+// Close drops idle connections to the target.
+func (l *Local) Close() { l.transport.CloseIdleConnections() }
+
+// ServeStream proxies one stream to the local target and streams the response back.
+func (l *Local) ServeStream(st *tunnel.Stream) {
+	defer st.Close()
+	h := st.Request()
+	req, err := l.newRequest(st, h)
+	if err != nil {
+		st.Reset(tunnelv1.ResetReason_RESET_REASON_PROTOCOL_ERROR, err.Error())
+		return
+	}
+	res, err := l.transport.RoundTrip(req)
+	if err != nil {
+		if st.Context().Err() == nil {
+			l.log.Warn("local target failed", "stream", st.ID(), "err", err)
+		}
+		st.Reset(tunnelv1.ResetReason_RESET_REASON_TARGET_UNREACHABLE, "local target: "+err.Error())
+		return
+	}
+	defer res.Body.Close()
+	head := &tunnelv1.ResponseHead{
+		Status:        uint32(res.StatusCode),
+		Headers:       toWire(res.Header),
+		ContentLength: res.ContentLength,
+		TrailerNames:  trailerNames(res.Trailer),
+		EndStream:     res.Body == http.NoBody,
+	}
+	if err := st.SendResponse(head); err != nil {
+		return
+	}
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		l.relayUpgraded(st, res)
+		return
+	}
+	if head.EndStream {
+		return
+	}
+	if _, err := st.ReadFrom(res.Body); err != nil {
+		var reset *tunnel.ResetError
+		if !errors.As(err, &reset) && !errors.Is(err, tunnel.ErrSessionClosed) {
+			st.Reset(tunnelv1.ResetReason_RESET_REASON_TARGET_ABORTED, "local target body: "+err.Error())
+		}
+		return
+	}
+	_ = st.CloseWrite(toWire(res.Trailer))
+}
+
+func (l *Local) newRequest(st *tunnel.Stream, h *tunnelv1.RequestHead) (*http.Request, error) {
+	ref, err := url.ParseRequestURI(h.Path)
+	if err != nil {
+		return nil, err
+	}
+	u := *l.target
+	u.Path, u.RawPath = joinPath(l.target, ref)
+	u.RawQuery = ref.RawQuery
+	upgrade := hasUpgrade(h.Headers)
+	var body io.Reader = http.NoBody
+	if !h.EndStream && !upgrade {
+		body = &requestBody{st: st}
+	}
+	req, err := http.NewRequestWithContext(st.Context(), h.Method, u.String(), body)
+	if err != nil {
+		return nil, err
+	}
+	req.Host = h.Host
+	req.Header = fromWire(h.Headers)
+	if !h.EndStream && !upgrade {
+		req.ContentLength = h.ContentLength
+		req.Trailer = announced(h.TrailerNames)
+		body.(*requestBody).req = req
+	}
+	return req, nil
+}
+
+// relayUpgraded copies both ways once the target switched protocols (WebSocket and the like).
+func (l *Local) relayUpgraded(st *tunnel.Stream, res *http.Response) {
+	conn, ok := res.Body.(io.ReadWriteCloser)
+	if !ok {
+		st.Reset(tunnelv1.ResetReason_RESET_REASON_TARGET_ABORTED, "upgraded body is not writable")
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = io.Copy(conn, st)
+		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			_ = conn.Close()
+		}
+	}()
+	if _, err := st.ReadFrom(conn); err == nil {
+		_ = st.CloseWrite(nil)
+	}
+	_ = conn.Close()
+	<-done
+}
+
+// joinPath prefixes the request path with the target's base path.
+func joinPath(target, ref *url.URL) (path, rawPath string) {
+	base := strings.TrimSuffix(target.Path, "/")
+	if base == "" {
+		return ref.Path, ref.RawPath
+	}
+	if ref.RawPath == "" {
+		return base + ref.Path, ""
+	}
+	return base + ref.Path, strings.TrimSuffix(target.EscapedPath(), "/") + ref.RawPath
+}
+
+func hasUpgrade(hs []*tunnelv1.Header) bool {
+	for _, h := range hs {
+		if strings.EqualFold(h.Name, "Upgrade") && len(h.Values) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// requestBody is the visitor's body as the local target reads it; trailers land in req.Trailer at EOF,
+// where the Transport looks for them.
+type requestBody struct {
+	st  *tunnel.Stream
+	req *http.Request
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	n, err := b.st.Read(p)
+	if err == io.EOF && b.req != nil {
+		if tr := b.st.Trailers(); len(tr) > 0 {
+			if b.req.Trailer == nil {
+				b.req.Trailer = make(http.Header, len(tr))
+			}
+			fillWire(b.req.Trailer, tr)
+		}
+	}
+	return n, err
+}

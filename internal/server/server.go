@@ -1,0 +1,237 @@
+// Package server assembles hopgate-server from its parts and runs it until its context ends.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/hopgate/hopgate/internal/admin"
+	"github.com/hopgate/hopgate/internal/config"
+	"github.com/hopgate/hopgate/internal/edge"
+	"github.com/hopgate/hopgate/internal/errorpage"
+	"github.com/hopgate/hopgate/internal/metrics"
+	"github.com/hopgate/hopgate/internal/proxy"
+	"github.com/hopgate/hopgate/internal/registry"
+	"github.com/hopgate/hopgate/internal/tunnel"
+	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+)
+
+// Run starts the gateway described by cfg and serves until ctx ends, then shuts down gracefully:
+// stop accepting, send GoAway to agents, let requests in flight finish within cfg.ShutdownTimeout.
+// ready, if not nil, is called with the bound HTTPS address once the gateway serves.
+func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(httpsAddr net.Addr)) error {
+	store, err := registry.Open(ctx, registry.Options{
+		DSN:             cfg.DBDSN,
+		DataDir:         cfg.DataDir,
+		MaxOpenConns:    cfg.DBMaxOpenConns,
+		MaxIdleConns:    cfg.DBMaxIdleConns,
+		ConnMaxLifetime: cfg.DBConnMaxLifetime,
+	})
+	if err != nil {
+		return fmt.Errorf("open domain store: %w", err)
+	}
+	defer store.Close()
+	if cfg.DBDSN == "" {
+		log.Info("domain store: embedded SQLite", "path", filepath.Join(cfg.DataDir, registry.DBFile))
+	} else {
+		log.Info("domain store: PostgreSQL")
+	}
+
+	pages, err := errorpage.New(cfg.ErrorPagesDir, cfg.ErrorAssetsDir)
+	if err != nil {
+		return err
+	}
+	m := metrics.New()
+	hub := tunnel.NewHub(func(total int) { m.TunnelsActive.Set(float64(total)) })
+
+	svc := tunnel.NewService(hub, authenticator{store}, tunnel.ServiceOptions{
+		PingInterval: cfg.TunnelPingInterval,
+		PublicURL:    publicURL(cfg),
+		OnConnect:    func(result string) { m.TunnelConnects.WithLabelValues(result).Inc() },
+		Logger:       log,
+	})
+	grpcServer := grpc.NewServer()
+	tunnelv1.RegisterTunnelServiceServer(grpcServer, svc)
+
+	var adminAPI http.Handler
+	if cfg.AdminAPIKey == "" {
+		log.Warn("admin API disabled: HOP_ADMIN_API_KEY is empty")
+	} else {
+		adminAPI = admin.New(store, hub, cfg.AdminAPIKey, log)
+	}
+
+	gw := proxy.NewGateway(proxy.GatewayOptions{
+		HeaderTimeout: cfg.ProxyTimeout,
+		WriteError: func(w http.ResponseWriter, r *http.Request, code int, err error) {
+			m.ProxyErrors.WithLabelValues(proxyReason(code)).Inc()
+			pages.Write(w, r, code, http.StatusText(code))
+		},
+		Logger: log,
+	})
+	routerOpts := edge.RouterOptions{
+		GatewayDomain: cfg.Domain,
+		Tunnel:        grpcServer,
+		Admin:         adminAPI,
+		Ready:         store.Ping,
+		Agents:        hub,
+		Domains:       domains{store},
+		Proxy:         gw,
+		Errors:        pages,
+		Metrics:       m,
+		Logger:        log,
+	}
+	var plain http.Handler
+	if cfg.HTTPProxy {
+		plainOpts := routerOpts
+		plainOpts.ProxyOnly = true
+		plain = edge.NewRouter(plainOpts)
+	}
+
+	tlsConf, err := certificates(cfg, log)
+	if err != nil {
+		return err
+	}
+	srv, err := edge.Listen(edge.ListenOptions{
+		HTTPSAddr: cfg.HTTPSListen,
+		HTTPAddr:  cfg.HTTPListen,
+		TLSConfig: tlsConf,
+		HTTPS:     edge.NewRouter(routerOpts),
+		HTTP:      plain,
+		Logger:    log,
+	})
+	if err != nil {
+		return err
+	}
+	metricsSrv, err := serveMetrics(cfg.MetricsListen, m, log)
+	if err != nil {
+		_ = srv.Shutdown(context.Background())
+		return err
+	}
+	log.Info("hopgate-server listening", "https", srv.HTTPSAddr().String(), "http", fmt.Sprint(srv.HTTPAddr()), "domain", cfg.Domain, "debug", cfg.Debug)
+	if ready != nil {
+		ready(srv.HTTPSAddr())
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "grace", cfg.ShutdownTimeout)
+	case runErr = <-srv.Errors():
+		log.Error("listener failed", "err", runErr)
+	}
+
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	drained := make(chan struct{})
+	go func() {
+		svc.Drain(shutdownCtx)
+		close(drained)
+	}()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		log.Warn("shutdown", "err", err)
+	}
+	<-drained
+	grpcServer.Stop()
+	if metricsSrv != nil {
+		_ = metricsSrv.Close()
+	}
+	log.Info("stopped")
+	return runErr
+}
+
+// certificates returns the TLS set-up of the HTTPS listener.
+func certificates(cfg *config.Server, log *slog.Logger) (*tls.Config, error) {
+	dir := filepath.Join(cfg.DataDir, "selfsigned")
+	names := append([]string{cfg.Domain}, cfg.ProxyDomains...)
+	cert, path, err := edge.SelfSigned(dir, names)
+	if err != nil {
+		return nil, fmt.Errorf("self-signed certificate: %w", err)
+	}
+	issuer, err := edge.NewDebugIssuer(cert)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Debug {
+		log.Info("debug mode: self-signed certificate; trust it on agents with --ca-file", "ca_file", path)
+	} else {
+		log.Warn("serving a self-signed certificate: ACME issuance is not part of this build yet", "ca_file", path)
+	}
+	return &tls.Config{GetCertificate: issuer.GetCertificate}, nil
+}
+
+func serveMetrics(addr string, m *metrics.Metrics, log *slog.Logger) (*http.Server, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen metrics on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	s := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = s.Serve(ln) }()
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	return s, nil
+}
+
+func publicURL(cfg *config.Server) func(string) string {
+	_, port, _ := net.SplitHostPort(cfg.HTTPSListen)
+	return func(domain string) string {
+		if port == "" || port == "443" || port == "0" {
+			return "https://" + domain
+		}
+		return "https://" + net.JoinHostPort(domain, port)
+	}
+}
+
+func proxyReason(code int) string {
+	switch code {
+	case http.StatusServiceUnavailable:
+		return "no_agent"
+	case http.StatusGatewayTimeout:
+		return "timeout"
+	default:
+		return "upstream"
+	}
+}
+
+// authenticator adapts the registry to the tunnel service.
+type authenticator struct{ store *registry.Store }
+
+func (a authenticator) Authenticate(ctx context.Context, domain, key string) (string, error) {
+	d, err := a.store.Authenticate(ctx, domain, key)
+	switch {
+	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrInvalidInput):
+		return "", fmt.Errorf("%w: %w", tunnel.ErrUnknownDomain, err)
+	case errors.Is(err, registry.ErrKeyMismatch):
+		return "", fmt.Errorf("%w: %w", tunnel.ErrBadKey, err)
+	case err != nil:
+		return "", err
+	}
+	return d.Name, nil
+}
+
+// domains adapts the registry to the router.
+type domains struct{ store *registry.Store }
+
+func (d domains) Registered(ctx context.Context, name string) (bool, error) {
+	_, err := d.store.Get(ctx, name)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrInvalidInput):
+		return false, nil
+	default:
+		return false, fmt.Errorf("%w: %w", edge.ErrStoreUnavailable, err)
+	}
+}

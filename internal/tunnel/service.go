@@ -1,0 +1,175 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Errors an Authenticator returns (wrapped) so that the service can answer with the right code.
+var (
+	ErrUnknownDomain = errors.New("domain is not registered")
+	ErrBadKey        = errors.New("client API key does not match")
+	// ErrDomainClosed ends the tunnels of a domain that was unregistered or whose key was rotated.
+	ErrDomainClosed = errors.New("domain unregistered or key rotated")
+)
+
+// helloTimeout bounds how long a new tunnel may take to say who it is.
+const helloTimeout = 10 * time.Second
+
+// Authenticator checks an agent's domain and key and returns the canonical domain name.
+type Authenticator interface {
+	Authenticate(ctx context.Context, domain, key string) (string, error)
+}
+
+// ServiceOptions tunes the server end of tunnels.
+type ServiceOptions struct {
+	PingInterval time.Duration
+	// PublicURL tells an agent where its domain is served.
+	PublicURL func(domain string) string
+	// OnConnect is told the result of each tunnel attempt: ok, unauthenticated, unknown_domain, error.
+	OnConnect func(result string)
+	Logger    *slog.Logger
+}
+
+// Service is the server side of the TunnelService: it authenticates agents and keeps their sessions
+// in the Hub while they last.
+type Service struct {
+	tunnelv1.UnimplementedTunnelServiceServer
+	hub  *Hub
+	auth Authenticator
+	opts ServiceOptions
+}
+
+// NewService builds the gRPC service.
+func NewService(hub *Hub, auth Authenticator, opts ServiceOptions) *Service {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.PublicURL == nil {
+		opts.PublicURL = func(d string) string { return "https://" + d }
+	}
+	if opts.OnConnect == nil {
+		opts.OnConnect = func(string) {}
+	}
+	return &Service{hub: hub, auth: auth, opts: opts}
+}
+
+// OpenTunnel serves one agent connection for as long as it lasts.
+func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFrame, tunnelv1.TunnelFrame]) error {
+	ctx := stream.Context()
+	hello, err := recvHello(ctx, stream)
+	if err != nil {
+		s.opts.OnConnect("error")
+		return err
+	}
+	domain, err := s.auth.Authenticate(ctx, hello.Domain, hello.ApiKey)
+	switch {
+	case errors.Is(err, ErrUnknownDomain):
+		s.opts.OnConnect("unknown_domain")
+		return status.Error(codes.PermissionDenied, "domain is not registered with this gateway")
+	case errors.Is(err, ErrBadKey):
+		s.opts.OnConnect("unauthenticated")
+		return status.Error(codes.Unauthenticated, "client API key is not valid for this domain")
+	case err != nil:
+		s.opts.OnConnect("error")
+		s.opts.Logger.Warn("tunnel authentication unavailable", "err", err)
+		return status.Error(codes.Unavailable, "gateway cannot check keys right now; retry")
+	}
+
+	sessionID := newSessionID()
+	sess := NewSession(stream, Config{
+		LocalWindow:  DefaultInitialWindow,
+		PeerWindow:   hello.InitialWindow,
+		PingInterval: s.opts.PingInterval,
+		Logger:       s.opts.Logger.With("domain", domain, "session", sessionID),
+	})
+	accepted := &Frame{Kind: &tunnelv1.TunnelFrame_Accepted{Accepted: &tunnelv1.Accepted{
+		SessionId:     sessionID,
+		PublicUrl:     s.opts.PublicURL(domain),
+		InitialWindow: DefaultInitialWindow,
+	}}}
+	// Accepted goes out before the session's sender starts, so it is the first frame the agent sees.
+	if err := stream.Send(accepted); err != nil {
+		s.opts.OnConnect("error")
+		return err
+	}
+	agent := &Agent{Domain: domain, AgentID: hello.AgentId, Session: sess}
+	s.hub.Add(agent)
+	defer s.hub.Remove(agent)
+	s.opts.OnConnect("ok")
+	log := s.opts.Logger.With("domain", domain, "agent_id", hello.AgentId, "session", sessionID)
+	log.Info("tunnel up", "agent_version", hello.Version)
+	err = sess.Run(ctx)
+	log.Info("tunnel down", "reason", err)
+	if errors.Is(err, ErrDomainClosed) {
+		return status.Error(codes.PermissionDenied, "domain unregistered or key rotated")
+	}
+	return nil
+}
+
+// Drain sends GoAway on every tunnel, waits until their streams finish or ctx ends, then closes them.
+func (s *Service) Drain(ctx context.Context) {
+	agents := s.hub.All()
+	for _, a := range agents {
+		a.Session.GoAway("server shutting down")
+	}
+	for _, a := range agents {
+		_ = a.Session.Wait(ctx)
+		a.Session.Close(ErrGoingAway)
+	}
+}
+
+func recvHello(ctx context.Context, stream grpc.BidiStreamingServer[tunnelv1.TunnelFrame, tunnelv1.TunnelFrame]) (*tunnelv1.Hello, error) {
+	type result struct {
+		f   *tunnelv1.TunnelFrame
+		err error
+	}
+	ch := make(chan result, 1)
+	// Recv has no deadline of its own; the goroutine ends when the handler returns and the call ends.
+	go func() {
+		f, err := stream.Recv()
+		ch <- result{f, err}
+	}()
+	t := time.NewTimer(helloTimeout)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, r.err
+		}
+		h := r.f.GetHello()
+		if h == nil {
+			return nil, status.Error(codes.InvalidArgument, "first frame must be hello")
+		}
+		return h, nil
+	case <-t.C:
+		return nil, status.Error(codes.DeadlineExceeded, "no hello in time")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func newSessionID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// DescribeRefusal turns an OpenTunnel error into the words a user needs.
+func DescribeRefusal(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err.Error()
+	}
+	return fmt.Sprintf("%s: %s", st.Code(), st.Message())
+}

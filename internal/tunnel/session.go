@@ -1,0 +1,463 @@
+// Package tunnel carries many logical streams over one OpenTunnel call, on both ends.
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+)
+
+// Frame is the unit both ends exchange.
+type Frame = tunnelv1.TunnelFrame
+
+// FrameConn is one OpenTunnel call seen from either end: grpc's client and server streams both fit.
+type FrameConn interface {
+	Send(*Frame) error
+	Recv() (*Frame, error)
+}
+
+// Flow-control and framing constants. Both ends announce their initial window in Hello/Accepted,
+// so these are defaults, not protocol constants.
+const (
+	// ChunkSize is the largest Data payload a stream sends; large enough that per-frame costs vanish
+	// against the copy, small enough that one stream's chunk does not delay others for long.
+	ChunkSize = 32 << 10
+	// DefaultInitialWindow is the credit a new stream starts with in each direction.
+	DefaultInitialWindow = 256 << 10
+	// DefaultMaxWindow caps how far a stream's receive window grows: the memory bound per stream.
+	DefaultMaxWindow = 4 << 20
+	// missedPings is how many ping intervals may pass without a pong before the tunnel is dead.
+	missedPings = 3
+	// dataQueue bounds how many data frames wait for the sender; writers block (back-pressure) when full.
+	dataQueue = 32
+	// controlQueue bounds control frames; they are small and the sender prefers them.
+	controlQueue = 256
+)
+
+var (
+	// ErrSessionClosed is returned for work on a session that has ended.
+	ErrSessionClosed = errors.New("tunnel session closed")
+	// ErrGoingAway is returned by OpenStream once either end has sent GoAway.
+	ErrGoingAway = errors.New("tunnel session is draining")
+	// ErrTunnelDead means the peer stopped answering pings.
+	ErrTunnelDead = errors.New("tunnel peer stopped answering pings")
+)
+
+// Config sets up a Session.
+type Config struct {
+	// Accept is called in its own goroutine for every stream the peer opens (agent side).
+	// Nil means the peer may not open streams (server side).
+	Accept func(*Stream)
+	// LocalWindow is the initial credit this end grants each stream; PeerWindow the credit the peer grants.
+	LocalWindow, PeerWindow uint32
+	// MaxWindow caps the receive window growth of a stream.
+	MaxWindow uint32
+	// PingInterval is how often this end pings; 0 disables pings from this end.
+	PingInterval time.Duration
+	// OnGoAway is called once when the peer sends GoAway.
+	OnGoAway func(reason string)
+	Logger   *slog.Logger
+}
+
+// outFrame is a frame waiting for the sender, with the pooled buffer to release once it is sent.
+type outFrame struct {
+	f   *Frame
+	buf *[]byte
+}
+
+// Session multiplexes logical streams over one FrameConn. One goroutine owns Send; the receiving
+// loop never blocks on a stream, because a stream never receives more than the credit it granted.
+type Session struct {
+	conn FrameConn
+	cfg  Config
+	log  *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	ctrl chan outFrame
+	data chan outFrame
+
+	mu       sync.Mutex
+	streams  map[uint64]*Stream
+	nextID   uint64
+	goingAwy bool
+
+	active   atomic.Int64
+	lastPong atomic.Int64 // unix nano of the last frame heard from the peer
+	wg       sync.WaitGroup
+}
+
+// NewSession wraps conn. Call Run to start it.
+func NewSession(conn FrameConn, cfg Config) *Session {
+	if cfg.LocalWindow == 0 {
+		cfg.LocalWindow = DefaultInitialWindow
+	}
+	if cfg.PeerWindow == 0 {
+		cfg.PeerWindow = DefaultInitialWindow
+	}
+	if cfg.MaxWindow < cfg.LocalWindow {
+		cfg.MaxWindow = max(DefaultMaxWindow, cfg.LocalWindow)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Session{
+		conn:    conn,
+		cfg:     cfg,
+		log:     cfg.Logger,
+		ctrl:    make(chan outFrame, controlQueue),
+		data:    make(chan outFrame, dataQueue),
+		streams: make(map[uint64]*Stream),
+	}
+	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	s.lastPong.Store(time.Now().UnixNano())
+	return s
+}
+
+// Run serves the session until the connection fails, ctx ends or Close is called, then resets every
+// open stream and waits for its own goroutines. It returns the cause.
+func (s *Session) Run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { s.cancel(context.Cause(ctx)) })
+	defer stop()
+
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.sendLoop()
+	}()
+	if s.cfg.PingInterval > 0 {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.pingLoop()
+		}()
+	}
+	recvDone := make(chan error, 1)
+	go func() { recvDone <- s.recvLoop() }()
+
+	var err error
+	select {
+	case err = <-recvDone:
+		s.cancel(err)
+	case <-s.ctx.Done():
+	}
+	err = context.Cause(s.ctx)
+	s.resetAll(err)
+	s.wg.Wait()
+	return err
+}
+
+// Done is closed when the session has ended.
+func (s *Session) Done() <-chan struct{} { return s.ctx.Done() }
+
+// Err is why the session ended, or nil while it runs.
+func (s *Session) Err() error {
+	if s.ctx.Err() == nil {
+		return nil
+	}
+	return context.Cause(s.ctx)
+}
+
+// Close ends the session at once; open streams see err.
+func (s *Session) Close(err error) {
+	if err == nil {
+		err = ErrSessionClosed
+	}
+	s.cancel(err)
+}
+
+// ActiveStreams is the number of streams open now: the load measure for picking an agent.
+func (s *Session) ActiveStreams() int { return int(s.active.Load()) }
+
+// GoAway tells the peer that this end takes no new streams; streams in flight go on.
+func (s *Session) GoAway(reason string) {
+	s.mu.Lock()
+	s.goingAwy = true
+	s.mu.Unlock()
+	_ = s.sendControl(&Frame{Kind: &tunnelv1.TunnelFrame_Goaway{Goaway: &tunnelv1.GoAway{Reason: reason}}})
+}
+
+// Draining reports whether GoAway was sent or received.
+func (s *Session) Draining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.goingAwy
+}
+
+// Wait blocks until no stream is open or ctx ends.
+func (s *Session) Wait(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for s.ActiveStreams() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// OpenStream starts a stream by sending head. Only the server opens streams.
+func (s *Session) OpenStream(ctx context.Context, head *tunnelv1.RequestHead) (*Stream, error) {
+	s.mu.Lock()
+	if s.ctx.Err() != nil {
+		s.mu.Unlock()
+		return nil, s.closedErr()
+	}
+	if s.goingAwy {
+		s.mu.Unlock()
+		return nil, ErrGoingAway
+	}
+	s.nextID++
+	st := newStream(s, s.nextID)
+	st.sendEnded = false
+	s.streams[st.id] = st
+	s.mu.Unlock()
+	s.active.Add(1)
+
+	if err := s.sendControlCtx(ctx, &Frame{StreamId: st.id, Kind: &tunnelv1.TunnelFrame_RequestHead{RequestHead: head}}); err != nil {
+		st.abort(err)
+		return nil, err
+	}
+	if head.EndStream {
+		st.markSendEnded()
+	}
+	return st, nil
+}
+
+func (s *Session) closedErr() error {
+	if err := context.Cause(s.ctx); err != nil {
+		return fmt.Errorf("%w: %w", ErrSessionClosed, err)
+	}
+	return ErrSessionClosed
+}
+
+// sendControl queues a control frame; control frames overtake data frames.
+func (s *Session) sendControl(f *Frame) error { return s.sendControlCtx(context.Background(), f) }
+
+func (s *Session) sendControlCtx(ctx context.Context, f *Frame) error {
+	select {
+	case s.ctrl <- outFrame{f: f}:
+		return nil
+	case <-s.ctx.Done():
+		return s.closedErr()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// sendData queues a data or end frame behind earlier data frames.
+func (s *Session) sendData(ctx context.Context, of outFrame) error {
+	select {
+	case s.data <- of:
+		return nil
+	case <-s.ctx.Done():
+		return s.closedErr()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Session) sendLoop() {
+	for {
+		// Control frames first: window updates and heads must not wait behind bulk data.
+		select {
+		case of := <-s.ctrl:
+			if !s.write(of) {
+				return
+			}
+			continue
+		default:
+		}
+		select {
+		case of := <-s.ctrl:
+			if !s.write(of) {
+				return
+			}
+		case of := <-s.data:
+			// A stream queues its head on ctrl before its data: drain ctrl so the head goes first.
+			if !s.drainControl() || !s.write(of) {
+				return
+			}
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Session) drainControl() bool {
+	for {
+		select {
+		case of := <-s.ctrl:
+			if !s.write(of) {
+				return false
+			}
+		default:
+			return true
+		}
+	}
+}
+
+func (s *Session) write(of outFrame) bool {
+	err := s.conn.Send(of.f)
+	if of.buf != nil {
+		putChunk(of.buf)
+	}
+	if err != nil {
+		s.cancel(fmt.Errorf("send frame: %w", err))
+		return false
+	}
+	return true
+}
+
+func (s *Session) pingLoop() {
+	t := time.NewTicker(s.cfg.PingInterval)
+	defer t.Stop()
+	var nonce uint64
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case now := <-t.C:
+			if now.Sub(time.Unix(0, s.lastPong.Load())) > missedPings*s.cfg.PingInterval {
+				s.cancel(ErrTunnelDead)
+				return
+			}
+			nonce++
+			if s.sendControl(&Frame{Kind: &tunnelv1.TunnelFrame_Ping{Ping: &tunnelv1.Ping{Nonce: nonce}}}) != nil {
+				return
+			}
+		}
+	}
+}
+
+func (s *Session) recvLoop() error {
+	for {
+		f, err := s.conn.Recv()
+		if err != nil {
+			return fmt.Errorf("receive frame: %w", err)
+		}
+		// Any frame proves the peer alive; a busy tunnel needs no pong to stay up.
+		s.lastPong.Store(time.Now().UnixNano())
+		if err := s.dispatch(f); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *Session) dispatch(f *Frame) error {
+	switch k := f.Kind.(type) {
+	case *tunnelv1.TunnelFrame_Ping:
+		// Never block the receiving loop for a pong: if the control queue is full, the frames ahead of
+		// it prove us alive just as well.
+		select {
+		case s.ctrl <- outFrame{f: &Frame{Kind: &tunnelv1.TunnelFrame_Pong{Pong: &tunnelv1.Pong{Nonce: k.Ping.Nonce}}}}:
+		default:
+		}
+		return nil
+	case *tunnelv1.TunnelFrame_Pong:
+		return nil
+	case *tunnelv1.TunnelFrame_Goaway:
+		s.mu.Lock()
+		first := !s.goingAwy
+		s.goingAwy = true
+		s.mu.Unlock()
+		if first && s.cfg.OnGoAway != nil {
+			s.cfg.OnGoAway(k.Goaway.Reason)
+		}
+		return nil
+	case *tunnelv1.TunnelFrame_RequestHead:
+		s.acceptStream(f.StreamId, k.RequestHead)
+		return nil
+	}
+	st := s.stream(f.StreamId)
+	if st == nil {
+		// Frames for a stream that already ended cross a reset in flight: harmless, dropped by design.
+		return nil
+	}
+	switch k := f.Kind.(type) {
+	case *tunnelv1.TunnelFrame_ResponseHead:
+		st.deliverResponse(k.ResponseHead)
+	case *tunnelv1.TunnelFrame_Data:
+		st.deliverData(k.Data.Payload)
+	case *tunnelv1.TunnelFrame_End:
+		st.deliverEnd(k.End.Trailers)
+	case *tunnelv1.TunnelFrame_Reset_:
+		st.deliverReset(k.Reset_.Reason, k.Reset_.Message)
+	case *tunnelv1.TunnelFrame_WindowUpdate:
+		st.addCredit(int64(k.WindowUpdate.Increment))
+	default:
+		return fmt.Errorf("unexpected frame %T on stream %d", f.Kind, f.StreamId)
+	}
+	return nil
+}
+
+func (s *Session) acceptStream(id uint64, head *tunnelv1.RequestHead) {
+	s.mu.Lock()
+	if s.cfg.Accept == nil || s.goingAwy || s.streams[id] != nil || id <= s.nextID {
+		s.mu.Unlock()
+		_ = s.sendControl(resetFrame(id, tunnelv1.ResetReason_RESET_REASON_REFUSED, "stream refused"))
+		return
+	}
+	s.nextID = id
+	st := newStream(s, id)
+	st.request = head
+	if head.EndStream {
+		st.recvEnded = true
+	}
+	s.streams[id] = st
+	s.mu.Unlock()
+	s.active.Add(1)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.cfg.Accept(st)
+	}()
+}
+
+func (s *Session) stream(id uint64) *Stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streams[id]
+}
+
+func (s *Session) forget(id uint64) {
+	s.mu.Lock()
+	_, ok := s.streams[id]
+	delete(s.streams, id)
+	s.mu.Unlock()
+	if ok {
+		s.active.Add(-1)
+	}
+}
+
+func (s *Session) resetAll(cause error) {
+	s.mu.Lock()
+	all := make([]*Stream, 0, len(s.streams))
+	for _, st := range s.streams {
+		all = append(all, st)
+	}
+	s.mu.Unlock()
+	for _, st := range all {
+		st.abort(fmt.Errorf("%w: %w", ErrSessionClosed, cause))
+	}
+}
+
+func resetFrame(id uint64, reason tunnelv1.ResetReason, msg string) *Frame {
+	return &Frame{StreamId: id, Kind: &tunnelv1.TunnelFrame_Reset_{Reset_: &tunnelv1.Reset{Reason: reason, Message: msg}}}
+}
+
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, ChunkSize); return &b }}
+
+func getChunk() *[]byte  { return chunkPool.Get().(*[]byte) }
+func putChunk(b *[]byte) { chunkPool.Put(b) }
