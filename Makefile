@@ -20,10 +20,10 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
-	cd proto && $(GO) tool buf lint
+
 
 generate:
-	cd proto && $(GO) tool buf generate
+	cd proto && $(GO) tool buf lint && $(GO) tool buf generate
 	$(GO) generate ./ent
 
 demo:

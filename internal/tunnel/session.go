@@ -84,6 +84,9 @@ type Session struct {
 	ctrl chan outFrame
 	data chan outFrame
 
+	// openMu keeps stream ids and their heads in the same order on the wire: the agent refuses an id
+	// lower than one it has seen.
+	openMu   sync.Mutex
 	mu       sync.Mutex
 	streams  map[uint64]*Stream
 	nextID   uint64
@@ -209,6 +212,8 @@ func (s *Session) Wait(ctx context.Context) error {
 
 // OpenStream starts a stream by sending head. Only the server opens streams.
 func (s *Session) OpenStream(ctx context.Context, head *tunnelv1.RequestHead) (*Stream, error) {
+	s.openMu.Lock()
+	defer s.openMu.Unlock()
 	s.mu.Lock()
 	if s.ctx.Err() != nil {
 		s.mu.Unlock()
@@ -404,7 +409,7 @@ func (s *Session) dispatch(f *Frame) error {
 
 func (s *Session) acceptStream(id uint64, head *tunnelv1.RequestHead) {
 	s.mu.Lock()
-	if s.cfg.Accept == nil || s.goingAwy || s.streams[id] != nil || id <= s.nextID {
+	if s.ctx.Err() != nil || s.cfg.Accept == nil || s.goingAwy || s.streams[id] != nil || id <= s.nextID {
 		s.mu.Unlock()
 		_ = s.sendControl(resetFrame(id, tunnelv1.ResetReason_RESET_REASON_REFUSED, "stream refused"))
 		return
@@ -416,9 +421,11 @@ func (s *Session) acceptStream(id uint64, head *tunnelv1.RequestHead) {
 		st.recvEnded = true
 	}
 	s.streams[id] = st
+	// Added under mu: Run cancels, then resets every stream under mu, then waits; a stream accepted
+	// before that reset is counted before the wait starts.
+	s.wg.Add(1)
 	s.mu.Unlock()
 	s.active.Add(1)
-	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		s.cfg.Accept(st)

@@ -148,7 +148,18 @@ func (st *Stream) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		st.mu.Unlock()
-		<-st.readable
+		select {
+		case <-st.readable:
+		case <-st.ctx.Done():
+			// Normally abort has set recvErr before the context ends; this covers a session that
+			// ended without reaching the stream, so a reader can never wait forever.
+			st.mu.Lock()
+			stuck := st.recvErr == nil && st.buffered == 0 && !st.recvEnded
+			st.mu.Unlock()
+			if stuck {
+				return 0, context.Cause(st.ctx)
+			}
+		}
 	}
 }
 
