@@ -128,7 +128,7 @@ func (rt *Router) serveTenant(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if agent := rt.o.Agents.Pick(domain); agent != nil {
-		rt.o.Proxy.Forward(sw, r, agent)
+		rt.o.Proxy.Forward(sw, r, agent, func() *tunnel.Agent { return rt.o.Agents.Pick(domain) })
 		return
 	}
 	known, err := rt.o.Domains.Registered(r.Context(), domain)

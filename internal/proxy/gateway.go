@@ -45,6 +45,11 @@ type Gateway struct {
 
 type agentKey struct{}
 
+// repickKey holds a func that picks a live agent again, for requests refused by a draining agent.
+type repickKey struct{}
+
+const maxRefusedRetries = 2
+
 // NewGateway builds the proxy.
 func NewGateway(opts GatewayOptions) *Gateway {
 	if opts.Logger == nil {
@@ -69,9 +74,12 @@ func NewGateway(opts GatewayOptions) *Gateway {
 	return g
 }
 
-// Forward proxies r to agent.
-func (g *Gateway) Forward(w http.ResponseWriter, r *http.Request, agent *tunnel.Agent) {
+// Forward proxies r to agent; repick, if not nil, chooses another agent when a draining one refuses.
+func (g *Gateway) Forward(w http.ResponseWriter, r *http.Request, agent *tunnel.Agent, repick func() *tunnel.Agent) {
 	ctx := context.WithValue(r.Context(), agentKey{}, agent)
+	if repick != nil {
+		ctx = context.WithValue(ctx, repickKey{}, repick)
+	}
 	g.rp.ServeHTTP(w, r.WithContext(ctx))
 }
 
@@ -132,8 +140,20 @@ func (t *streamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 
 	waitCtx, cancel := context.WithTimeoutCause(ctx, t.timeout, ErrHeaderTimeout)
+	defer cancel()
 	rh, err := st.AwaitResponse(waitCtx)
-	cancel()
+	for retry := 0; err != nil && retry < maxRefusedRetries && head.EndStream && refused(err); retry++ {
+		// An agent that began draining as the head crossed its GoAway refuses the stream before doing
+		// anything with it: a request without a body is then safe to send to another agent.
+		stop()
+		if st, err = t.reopen(ctx, req, head); err != nil {
+			return nil, err
+		}
+		stop = context.AfterFunc(ctx, func() {
+			st.Reset(tunnelv1.ResetReason_RESET_REASON_CANCEL, "visitor went away")
+		})
+		rh, err = st.AwaitResponse(waitCtx)
+	}
 	if err != nil {
 		stop()
 		if errors.Is(context.Cause(waitCtx), ErrHeaderTimeout) && ctx.Err() == nil {
@@ -156,6 +176,28 @@ func (t *streamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	res.Body = &responseBody{st: st, res: res, stop: stop}
 	return res, nil
+}
+
+func refused(err error) bool {
+	var reset *tunnel.ResetError
+	return errors.As(err, &reset) && reset.Remote && reset.Reason == tunnelv1.ResetReason_RESET_REASON_REFUSED
+}
+
+// reopen opens the request on another live agent of the domain.
+func (t *streamTransport) reopen(ctx context.Context, req *http.Request, head *tunnelv1.RequestHead) (*tunnel.Stream, error) {
+	repick, _ := req.Context().Value(repickKey{}).(func() *tunnel.Agent)
+	if repick == nil {
+		return nil, ErrNoAgent
+	}
+	agent := repick()
+	if agent == nil {
+		return nil, ErrNoAgent
+	}
+	st, err := agent.Session.OpenStream(ctx, head)
+	if err != nil {
+		return nil, errors.Join(ErrNoAgent, err)
+	}
+	return st, nil
 }
 
 // sendBody streams the visitor's body to the agent, then its trailers.

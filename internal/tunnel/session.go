@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,8 @@ var (
 	ErrSessionClosed = errors.New("tunnel session closed")
 	// ErrGoingAway is returned by OpenStream once either end has sent GoAway.
 	ErrGoingAway = errors.New("tunnel session is draining")
+	// ErrPeerClosed means the peer ended the call.
+	ErrPeerClosed = errors.New("tunnel peer closed the connection")
 	// ErrTunnelDead means the peer stopped answering pings.
 	ErrTunnelDead = errors.New("tunnel peer stopped answering pings")
 )
@@ -349,6 +352,10 @@ func (s *Session) pingLoop() {
 func (s *Session) recvLoop() error {
 	for {
 		f, err := s.conn.Recv()
+		if err == io.EOF {
+			// Not wrapped: a stream cut short by the call's end must never read as a clean io.EOF.
+			return ErrPeerClosed
+		}
 		if err != nil {
 			return fmt.Errorf("receive frame: %w", err)
 		}

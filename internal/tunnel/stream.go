@@ -157,7 +157,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 			stuck := st.recvErr == nil && st.buffered == 0 && !st.recvEnded
 			st.mu.Unlock()
 			if stuck {
-				return 0, context.Cause(st.ctx)
+				st.abort(fmt.Errorf("%w: %w", ErrSessionClosed, context.Cause(st.ctx)))
 			}
 		}
 	}
