@@ -57,7 +57,12 @@ func main() {
 		agentID = defaultAgentID()
 	}
 
-	local := proxy.NewLocal(cfg.LocalTarget, proxy.LocalOptions{Logger: log})
+	localTLS, err := targetTLS(cfg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hopgate-client: bad configuration:\nHOP_CLIENT_LOCAL_CA_FILE (--local-ca-file): %v\n", err)
+		os.Exit(exitBadConfig)
+	}
+	local := proxy.NewLocal(cfg.LocalTarget, proxy.LocalOptions{TLSConfig: localTLS, Logger: log})
 	defer local.Close()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -91,20 +96,36 @@ func serverTLS(cfg *config.Client) (*tls.Config, error) {
 	if err != nil {
 		host = cfg.ServerAddr
 	}
-	conf := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
-	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return nil, err
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s holds no PEM certificate", cfg.CAFile)
-		}
-		conf.RootCAs = pool
+	roots, err := loadRoots(cfg.CAFile)
+	if err != nil {
+		return nil, err
 	}
-	conf.InsecureSkipVerify = cfg.SkipVerify()
-	return conf, nil
+	return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12, RootCAs: roots, InsecureSkipVerify: cfg.SkipVerify()}, nil
+}
+
+// targetTLS is the TLS set-up towards an https:// local target.
+func targetTLS(cfg *config.Client) (*tls.Config, error) {
+	roots, err := loadRoots(cfg.LocalCAFile)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{RootCAs: roots, InsecureSkipVerify: cfg.LocalInsecureSkipVerify}, nil
+}
+
+// loadRoots reads a PEM bundle; an empty path means the system roots (nil).
+func loadRoots(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return pool, nil
 }
 
 func defaultAgentID() string {

@@ -24,6 +24,10 @@ type Client struct {
 	Debug  bool
 	CAFile string // PEM roots to trust for the server instead of the system's; checked readable
 
+	// LocalCAFile and LocalInsecureSkipVerify apply to an https:// local target.
+	LocalCAFile             string
+	LocalInsecureSkipVerify bool
+
 	PingInterval    time.Duration
 	ShutdownTimeout time.Duration
 	AgentID         string // empty: the caller makes one (hostname + random suffix)
@@ -49,7 +53,7 @@ func clientSettings(c *Client) []setting {
 			usage: "client API key of the domain, as shown once by the admin API",
 			bind:  bind(&c.APIKey, "key", parseString)},
 		{env: "HOP_CLIENT_LOCAL_TARGET", flag: "local-target", required: true,
-			usage: "the private service: host:port (plain HTTP) or an http:// or https:// URL",
+			usage: "the private service: host:port (plain HTTP), an http:// or https:// URL (its path prefixes every request path) or unix:///path.sock",
 			bind:  bind(&c.LocalTarget, "target", parseLocalTarget)},
 		{env: "HOP_CLIENT_DEBUG", flag: "debug", def: "false",
 			usage: "skip verification of the server certificate (ignored when --ca-file is set: the CA file wins)",
@@ -57,6 +61,12 @@ func clientSettings(c *Client) []setting {
 		{env: "HOP_CLIENT_CA_FILE", flag: "ca-file",
 			usage: "PEM file of roots to trust for the server instead of the system roots; must be readable",
 			bind:  bind(&c.CAFile, "file", parseReadableFile)},
+		{env: "HOP_CLIENT_LOCAL_CA_FILE", flag: "local-ca-file",
+			usage: "PEM file of roots to trust for an https:// local target instead of the system roots",
+			bind:  bind(&c.LocalCAFile, "file", parseReadableFile)},
+		{env: "HOP_CLIENT_LOCAL_INSECURE_SKIP_VERIFY", flag: "local-insecure-skip-verify", def: "false",
+			usage: "do not verify the certificate of an https:// local target",
+			bind:  bindBool(&c.LocalInsecureSkipVerify)},
 		{env: "HOP_CLIENT_PING_INTERVAL", flag: "ping-interval", def: "15s",
 			usage: "how often the agent pings the server to detect a dead tunnel",
 			bind:  bind(&c.PingInterval, "duration", parsePositiveDuration)},

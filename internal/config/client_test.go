@@ -59,13 +59,15 @@ func TestLoadClientEveryFlag(t *testing.T) {
 		"--local-target", "https://app.internal:8443",
 		"--debug",
 		"--ca-file", ca,
+		"--local-ca-file", ca,
+		"--local-insecure-skip-verify",
 		"--ping-interval", "5s",
 		"--shutdown-timeout", "10s",
 		"--agent-id", "host-1-ab12",
 		"--log-level", "debug",
 		"--log-format", "json",
 	}
-	if n := len(clientSettings(&Client{})); n != len(args)/2+1 { // --debug has no value
+	if n := len(clientSettings(&Client{})); n != len(args)/2+1 { // --debug and --local-insecure-skip-verify have no value
 		t.Fatalf("test covers %d flags, the table has %d", len(args)/2+1, n)
 	}
 	got, err := LoadClient(args, clientEnv().lookup, noDotenv(t))
@@ -73,17 +75,19 @@ func TestLoadClientEveryFlag(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &Client{
-		ServerAddr:      "127.0.0.1:8443",
-		Domain:          "app.example.com",
-		APIKey:          "flag-key",
-		LocalTarget:     &url.URL{Scheme: "https", Host: "app.internal:8443"},
-		Debug:           true,
-		CAFile:          ca,
-		PingInterval:    5 * time.Second,
-		ShutdownTimeout: 10 * time.Second,
-		AgentID:         "host-1-ab12",
-		LogLevel:        slog.LevelDebug,
-		LogFormat:       "json",
+		ServerAddr:              "127.0.0.1:8443",
+		Domain:                  "app.example.com",
+		APIKey:                  "flag-key",
+		LocalTarget:             &url.URL{Scheme: "https", Host: "app.internal:8443"},
+		Debug:                   true,
+		CAFile:                  ca,
+		LocalCAFile:             ca,
+		LocalInsecureSkipVerify: true,
+		PingInterval:            5 * time.Second,
+		ShutdownTimeout:         10 * time.Second,
+		AgentID:                 "host-1-ab12",
+		LogLevel:                slog.LevelDebug,
+		LogFormat:               "json",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("\n got %#v\nwant %#v", got, want)

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"net/mail"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -105,6 +106,31 @@ func parseIPs(s string) ([]net.IP, error) {
 	return ips, nil
 }
 
+// parseCIDRs reads a CSV of CIDR prefixes or single addresses (a /32 or /128).
+func parseCIDRs(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	var errs []error
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(part); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		if a, err := netip.ParseAddr(part); err == nil {
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		errs = append(errs, fmt.Errorf("%q is not a CIDR like 10.0.0.0/8 or an IP address", part))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
 // parseListen reads an address to listen on: host:port, where host may be
 // empty (all interfaces) and port may be 0 (any free port).
 func parseListen(s string) (string, error) {
@@ -149,6 +175,14 @@ func parseLocalTarget(s string) (*url.URL, error) {
 		return &url.URL{Scheme: "http", Host: s}, nil
 	}
 	u, err := url.Parse(s)
+	if err == nil && strings.EqualFold(u.Scheme, "unix") {
+		// unix:///run/app.sock: the socket path is the URL's path; there is no base path.
+		if u.Host != "" || u.Path == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+			return nil, fmt.Errorf("%q is not a unix socket target like unix:///run/app.sock", s)
+		}
+		u.Scheme = "unix"
+		return u, nil
+	}
 	if err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return nil, bad
 	}

@@ -3,6 +3,7 @@ package config
 import (
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -213,6 +214,24 @@ func TestParseLocalTarget(t *testing.T) {
 		{in: "http://user:pw@localhost:8080", wantErr: bad},
 		{in: "http://localhost:8080/?a=b", wantErr: bad},
 		{in: "http://localhost:8080/#top", wantErr: bad},
+		{in: "unix:///run/app.sock", want: &url.URL{Scheme: "unix", Path: "/run/app.sock"}},
+		{in: "UNIX:///tmp/app.sock", want: &url.URL{Scheme: "unix", Path: "/tmp/app.sock"}},
+		{in: "unix://host/run/app.sock", wantErr: "is not a unix socket target"},
+		{in: "unix://", wantErr: "is not a unix socket target"},
+		{in: "unix:///run/app.sock?x=1", wantErr: "is not a unix socket target"},
+	})
+}
+
+func TestParseCIDRs(t *testing.T) {
+	const bad = "is not a CIDR"
+	runParse(t, parseCIDRs, []parseCase[[]netip.Prefix]{
+		{in: "10.0.0.0/8", want: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+		{in: "10.1.2.3/8, ::1", want: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
+		{in: "192.0.2.7", want: []netip.Prefix{netip.MustParsePrefix("192.0.2.7/32")}},
+		{in: ",", want: nil},
+		{in: "10.0.0.0/33", wantErr: bad},
+		{in: "example.com", wantErr: bad},
+		{in: "10.0.0.1/8/8", wantErr: bad},
 	})
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"time"
 )
@@ -32,6 +33,10 @@ type Server struct {
 	ProxyTimeout       time.Duration // wait for an agent's response headers
 	ShutdownTimeout    time.Duration // drain time after SIGTERM
 	TunnelPingInterval time.Duration // keepalive ping; a tunnel is dead after 3 missed pongs
+
+	// TrustedProxies are peers whose X-Forwarded-* and X-Real-IP headers are kept (a load balancer in
+	// front of the gateway); everyone else's are replaced.
+	TrustedProxies []netip.Prefix
 
 	MetricsListen string // host:port of /metrics; empty = disabled
 
@@ -89,6 +94,9 @@ func serverSettings(s *Server) []setting {
 		{env: "HOP_SERVER_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: "30s",
 			usage: "how long SIGTERM waits for in-flight requests",
 			bind:  bind(&s.ShutdownTimeout, "duration", parsePositiveDuration)},
+		{env: "HOP_SERVER_TRUSTED_PROXIES", flag: "trusted-proxies",
+			usage: "CSV of CIDRs whose X-Forwarded-For/-Proto/-Host and X-Real-IP are trusted; empty trusts nobody",
+			bind:  bind(&s.TrustedProxies, "CIDR list", parseCIDRs)},
 		{env: "HOP_SERVER_TUNNEL_PING_INTERVAL", flag: "tunnel-ping-interval", def: "15s",
 			usage: fmt.Sprintf("how often the server pings agents; a tunnel is dead after %d missed pongs", TunnelMissedPongs),
 			bind:  bind(&s.TunnelPingInterval, "duration", parsePositiveDuration)},

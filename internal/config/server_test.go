@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -81,6 +82,7 @@ func TestLoadServerEveryVariable(t *testing.T) {
 		"HOP_SERVER_PROXY_TIMEOUT_SECONDS": "20",
 		"HOP_SERVER_SHUTDOWN_TIMEOUT":      "45s",
 		"HOP_SERVER_TUNNEL_PING_INTERVAL":  "5s",
+		"HOP_SERVER_TRUSTED_PROXIES":       "10.0.0.0/8, 192.0.2.1,2001:db8::/32",
 		"HOP_SERVER_METRICS_LISTEN":        ":9100",
 		"HOP_ADMIN_API_KEY":                "admin-key",
 		"HOP_DB_DSN":                       "postgres://hop:pw@db:5432/hopgate",
@@ -108,6 +110,7 @@ func TestLoadServerEveryVariable(t *testing.T) {
 		ProxyTimeout:       20 * time.Second,
 		ShutdownTimeout:    45 * time.Second,
 		TunnelPingInterval: 5 * time.Second,
+		TrustedProxies:     []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.1/32"), netip.MustParsePrefix("2001:db8::/32")},
 		MetricsListen:      ":9100",
 		AdminAPIKey:        "admin-key",
 		DBDSN:              "postgres://hop:pw@db:5432/hopgate",

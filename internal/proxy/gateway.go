@@ -5,8 +5,12 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
+	"net/netip"
+	"net/textproto"
 	"sync"
 	"time"
 
@@ -32,7 +36,10 @@ type GatewayOptions struct {
 	// HeaderTimeout is how long the agent has to return response headers (not the body).
 	HeaderTimeout time.Duration
 	WriteError    ErrorWriter
-	Logger        *slog.Logger
+	// TrustedProxies are peers whose X-Forwarded-* and X-Real-IP are kept and extended; from anyone
+	// else those headers are replaced by the gateway's own.
+	TrustedProxies []netip.Prefix
+	Logger         *slog.Logger
 }
 
 // Gateway proxies visitor requests through agents. It is net/http/httputil.ReverseProxy with a
@@ -60,18 +67,68 @@ func NewGateway(opts GatewayOptions) *Gateway {
 	}
 	g := &Gateway{opts: opts}
 	g.rp = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			// Inbound X-Forwarded-* are already dropped by Rewrite mode; these are the gateway's own.
-			pr.SetXForwarded()
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = pr.In.Host
-		},
+		Rewrite:      g.rewrite,
 		Transport:    &streamTransport{timeout: opts.HeaderTimeout},
 		BufferPool:   bufferPool{},
 		ErrorHandler: g.handleError,
 		ErrorLog:     slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
 	}
 	return g
+}
+
+// rewrite sets the forwarding headers. Rewrite mode has already removed the inbound X-Forwarded-*
+// from the outbound request; a trusted peer's are put back so SetXForwarded appends to them.
+func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
+	in, out := pr.In, pr.Out
+	out.URL.Scheme = "http"
+	out.URL.Host = in.Host
+	if g.trusted(in.RemoteAddr) {
+		for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+			if v := in.Header.Values(h); len(v) > 0 {
+				out.Header[h] = v
+			}
+		}
+		host, proto := out.Header.Get("X-Forwarded-Host"), out.Header.Get("X-Forwarded-Proto")
+		pr.SetXForwarded()
+		// The balancer in front saw the visitor's Host and scheme; keep what it said.
+		if host != "" {
+			out.Header.Set("X-Forwarded-Host", host)
+		}
+		if proto != "" {
+			out.Header.Set("X-Forwarded-Proto", proto)
+		}
+		if out.Header.Get("X-Real-Ip") == "" {
+			out.Header.Set("X-Real-Ip", clientIP(in.RemoteAddr))
+		}
+		return
+	}
+	pr.SetXForwarded()
+	out.Header.Set("X-Real-Ip", clientIP(in.RemoteAddr))
+}
+
+func (g *Gateway) trusted(remoteAddr string) bool {
+	if len(g.opts.TrustedProxies) == 0 {
+		return false
+	}
+	addr, err := netip.ParseAddr(clientIP(remoteAddr))
+	if err != nil {
+		return false
+	}
+	addr = addr.Unmap()
+	for _, p := range g.opts.TrustedProxies {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+func clientIP(remoteAddr string) string {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return remoteAddr
+	}
+	return host
 }
 
 // Forward proxies r to agent; repick, if not nil, chooses another agent when a draining one refuses.
@@ -152,6 +209,16 @@ func (t *streamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		stop = context.AfterFunc(ctx, func() {
 			st.Reset(tunnelv1.ResetReason_RESET_REASON_CANCEL, "visitor went away")
 		})
+		rh, err = st.AwaitResponse(waitCtx)
+	}
+	for err == nil && tunnel.Informational(rh) {
+		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
+			// ReverseProxy's trace writes the 1xx to the visitor.
+			if terr := trace.Got1xxResponse(int(rh.Status), textproto.MIMEHeader(fromWire(rh.Headers))); terr != nil {
+				err = terr
+				break
+			}
+		}
 		rh, err = st.AwaitResponse(waitCtx)
 	}
 	if err != nil {

@@ -1,12 +1,15 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"net/url"
 	"strings"
 	"time"
@@ -24,38 +27,70 @@ type LocalOptions struct {
 
 // Local serves tunnel streams by sending each as an HTTP request to the local target.
 type Local struct {
-	target    *url.URL
+	target *url.URL
+	// transport speaks HTTP/1.1 (or h2 by ALPN to https targets); h2c speaks HTTP/2 without TLS, which
+	// gRPC needs from a plain local target.
 	transport *http.Transport
+	h2c       *http.Transport
 	log       *slog.Logger
 }
 
-// NewLocal builds the agent's proxy to target (http or https URL, optionally with a base path).
+// NewLocal builds the agent's proxy to target: an http or https URL (optionally with a base path)
+// or unix:///path.sock.
 func NewLocal(target *url.URL, opts LocalOptions) *Local {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
-	tr := &http.Transport{
-		DialContext: dialer.DialContext,
-		// Keep many warm connections: every tunneled request would otherwise pay a dial.
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		TLSClientConfig:       opts.TLSConfig,
-		ForceAttemptHTTP2:     true,
-		// The visitor's Accept-Encoding passes through untouched; the agent must not add gzip and
-		// then decompress behind the visitor's back.
-		DisableCompression: true,
-		WriteBufferSize:    64 << 10,
-		ReadBufferSize:     64 << 10,
+	dial := dialer.DialContext
+	if target.Scheme == "unix" {
+		socket := target.Path
+		dial = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "unix", socket)
+		}
+		// Requests are written as http://localhost/...; the Host header is the visitor's anyway.
+		target = &url.URL{Scheme: "http", Host: "localhost"}
 	}
-	return &Local{target: target, transport: tr, log: opts.Logger}
+	newTransport := func() *http.Transport {
+		return &http.Transport{
+			DialContext: dial,
+			// Keep many warm connections: every tunneled request would otherwise pay a dial.
+			MaxIdleConns:          1024,
+			MaxIdleConnsPerHost:   256,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   10 * time.Second,
+			ExpectContinueTimeout: time.Second,
+			// A backstop only: the gateway resets a stream whose headers take longer than its
+			// HOP_SERVER_PROXY_TIMEOUT_SECONDS, which cancels the request here first.
+			ResponseHeaderTimeout: 10 * time.Minute,
+			TLSClientConfig:       opts.TLSConfig,
+			ForceAttemptHTTP2:     true,
+			// The visitor's Accept-Encoding passes through untouched; the agent must not add gzip and
+			// then decompress behind the visitor's back.
+			DisableCompression: true,
+			WriteBufferSize:    64 << 10,
+			ReadBufferSize:     64 << 10,
+		}
+	}
+	h2c := newTransport()
+	h2c.Protocols = new(http.Protocols)
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	return &Local{target: target, transport: newTransport(), h2c: h2c, log: opts.Logger}
 }
 
 // Close drops idle connections to the target.
-func (l *Local) Close() { l.transport.CloseIdleConnections() }
+func (l *Local) Close() {
+	l.transport.CloseIdleConnections()
+	l.h2c.CloseIdleConnections()
+}
+
+// transportFor picks h2c for gRPC to a plain target: gRPC cannot run over HTTP/1.1.
+func (l *Local) transportFor(req *http.Request) *http.Transport {
+	if l.target.Scheme == "http" && strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc") {
+		return l.h2c
+	}
+	return l.transport
+}
 
 // ServeStream proxies one stream to the local target and streams the response back.
 func (l *Local) ServeStream(st *tunnel.Stream) {
@@ -66,7 +101,7 @@ func (l *Local) ServeStream(st *tunnel.Stream) {
 		st.Reset(tunnelv1.ResetReason_RESET_REASON_PROTOCOL_ERROR, err.Error())
 		return
 	}
-	res, err := l.transport.RoundTrip(req)
+	res, err := l.transportFor(req).RoundTrip(req)
 	if err != nil {
 		if st.Context().Err() == nil {
 			l.log.Warn("local target failed", "stream", st.ID(), "err", err)
@@ -115,7 +150,17 @@ func (l *Local) newRequest(st *tunnel.Stream, h *tunnelv1.RequestHead) (*http.Re
 	if !h.EndStream && !upgrade {
 		body = &requestBody{st: st}
 	}
-	req, err := http.NewRequestWithContext(st.Context(), h.Method, u.String(), body)
+	// Informational responses (103 Early Hints, 102) go to the visitor as they come. 100 Continue is
+	// not forwarded: the gateway answers the visitor's Expect itself when it starts reading the body.
+	ctx := httptrace.WithClientTrace(st.Context(), &httptrace.ClientTrace{
+		Got1xxResponse: func(code int, header textproto.MIMEHeader) error {
+			if code == http.StatusContinue {
+				return nil
+			}
+			return st.SendResponse(&tunnelv1.ResponseHead{Status: uint32(code), Headers: toWire(http.Header(header))})
+		},
+	})
+	req, err := http.NewRequestWithContext(ctx, h.Method, u.String(), body)
 	if err != nil {
 		return nil, err
 	}

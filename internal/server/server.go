@@ -70,7 +70,8 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 	}
 
 	gw := proxy.NewGateway(proxy.GatewayOptions{
-		HeaderTimeout: cfg.ProxyTimeout,
+		HeaderTimeout:  cfg.ProxyTimeout,
+		TrustedProxies: cfg.TrustedProxies,
 		WriteError: func(w http.ResponseWriter, r *http.Request, code int, err error) {
 			m.ProxyErrors.WithLabelValues(proxyReason(code)).Inc()
 			pages.Write(w, r, code, http.StatusText(code))

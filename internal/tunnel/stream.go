@@ -29,6 +29,9 @@ func (e *ResetError) Error() string {
 	return fmt.Sprintf("stream reset by %s: %s: %s", side, e.Reason, e.Message)
 }
 
+// maxInformational bounds the 1xx heads queued for one stream.
+const maxInformational = 4
+
 // Stream is one logical stream: a request and its response. Each direction has its own credit, so a
 // stream whose reader is slow holds at most its window in memory and never blocks the session.
 type Stream struct {
@@ -38,6 +41,10 @@ type Stream struct {
 	cancel  context.CancelCauseFunc
 	request *tunnelv1.RequestHead
 	respCh  chan *tunnelv1.ResponseHead
+	// info carries informational (1xx) heads ahead of the final one; final holds a final head that
+	// AwaitResponse took while informational ones were still queued. Only the awaiting goroutine uses it.
+	info  chan *tunnelv1.ResponseHead
+	final *tunnelv1.ResponseHead
 
 	readable chan struct{}
 	credited chan struct{}
@@ -63,6 +70,7 @@ func newStream(s *Session, id uint64) *Stream {
 		id:       id,
 		s:        s,
 		respCh:   make(chan *tunnelv1.ResponseHead, 1),
+		info:     make(chan *tunnelv1.ResponseHead, maxInformational),
 		readable: make(chan struct{}, 1),
 		credited: make(chan struct{}, 1),
 		window:   int64(s.cfg.LocalWindow),
@@ -81,11 +89,30 @@ func (st *Stream) Context() context.Context { return st.ctx }
 // Request is the head that opened the stream (agent side).
 func (st *Stream) Request() *tunnelv1.RequestHead { return st.request }
 
-// AwaitResponse waits for the peer's response head (server side).
+// AwaitResponse waits for the peer's next response head (server side): informational (1xx, but 101)
+// heads first, in order, then the final one.
 func (st *Stream) AwaitResponse(ctx context.Context) (*tunnelv1.ResponseHead, error) {
-	select {
-	case h := <-st.respCh:
+	if h := st.final; h != nil {
+		st.final = nil
 		return h, nil
+	}
+	select {
+	case h := <-st.info:
+		return h, nil
+	default:
+	}
+	select {
+	case h := <-st.info:
+		return h, nil
+	case h := <-st.respCh:
+		// Heads arrive in order, so informational ones queued before this final one go first.
+		select {
+		case i := <-st.info:
+			st.final = h
+			return i, nil
+		default:
+			return h, nil
+		}
 	case <-st.ctx.Done():
 		select {
 		case h := <-st.respCh:
@@ -96,6 +123,11 @@ func (st *Stream) AwaitResponse(ctx context.Context) (*tunnelv1.ResponseHead, er
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// Informational reports whether a response head is a 1xx that another head follows.
+func Informational(h *tunnelv1.ResponseHead) bool {
+	return h.Status >= 100 && h.Status < 200 && h.Status != 101
 }
 
 // SendResponse sends the response head (agent side).
@@ -393,6 +425,15 @@ func (st *Stream) abort(err error) {
 }
 
 func (st *Stream) deliverResponse(h *tunnelv1.ResponseHead) {
+	if Informational(h) {
+		// Informational heads beyond the queue are dropped: HTTP lets a proxy drop 1xx responses,
+		// and the receiving loop must not wait for a slow awaiter.
+		select {
+		case st.info <- h:
+		default:
+		}
+		return
+	}
 	select {
 	case st.respCh <- h:
 	default:
