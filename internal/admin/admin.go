@@ -48,6 +48,8 @@ type handler struct {
 	enabled bool
 	log     *slog.Logger
 	routes  map[string]route
+	// reserved names can never be tenants: the gateway's own name is never proxied.
+	reserved map[string]bool
 }
 
 type route struct {
@@ -57,8 +59,9 @@ type route struct {
 
 // New returns the admin API. Requests must carry "Authorization: Bearer <apiKey>". With an empty
 // apiKey the API is disabled and every path answers 404, as if it did not exist. agents may be nil
-// (no tunnels: counts are 0, nothing to close); logger nil means slog.Default().
-func New(reg Registry, agents Agents, apiKey string, logger *slog.Logger) http.Handler {
+// (no tunnels: counts are 0, nothing to close); logger nil means slog.Default(). reserved names (the
+// gateway's own) cannot be registered.
+func New(reg Registry, agents Agents, apiKey string, logger *slog.Logger, reserved ...string) http.Handler {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -66,11 +69,15 @@ func New(reg Registry, agents Agents, apiKey string, logger *slog.Logger) http.H
 		agents = noAgents{}
 	}
 	h := &handler{
-		reg:     reg,
-		agents:  agents,
-		keyHash: sha256.Sum256([]byte(apiKey)),
-		enabled: apiKey != "",
-		log:     logger.With("component", "admin"),
+		reg:      reg,
+		agents:   agents,
+		keyHash:  sha256.Sum256([]byte(apiKey)),
+		enabled:  apiKey != "",
+		log:      logger.With("component", "admin"),
+		reserved: make(map[string]bool, len(reserved)),
+	}
+	for _, name := range reserved {
+		h.reserved[name] = true
 	}
 	h.routes = map[string]route{
 		Prefix + "domains/register":   {http.MethodPost, h.register},
@@ -139,6 +146,10 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 	}
 	name, ok := canonical(w, req.Domain)
 	if !ok {
+		return
+	}
+	if h.reserved[name] {
+		writeError(w, http.StatusBadRequest, "domain "+name+" is the gateway's own name and cannot be registered")
 		return
 	}
 	d, key, err := h.reg.Register(r.Context(), name, req.Memo)

@@ -149,28 +149,41 @@ func runOnce(ctx context.Context, o Options) (up bool, err error) {
 
 	runErr := make(chan error, 1)
 	go func() { runErr <- sess.Run(callCtx) }()
+	go func() {
+		// A dead session (missed pings) must end the call: a Send blocked on a frozen gateway only
+		// returns when the call's context ends.
+		<-sess.Done()
+		cancelCall()
+	}()
 	select {
 	case err := <-runErr:
 		return true, classify(err)
 	case <-goAway:
 		// Finish what is in flight, then reconnect (to the restarted or another gateway).
-		drain(sess, o.DrainTimeout)
-		sess.Close(tunnel.ErrGoingAway)
-		<-runErr
+		drain(sess, runErr, o.DrainTimeout)
 		return true, tunnel.ErrGoingAway
 	case <-ctx.Done():
 		sess.GoAway("agent shutting down")
-		drain(sess, o.DrainTimeout)
-		sess.Close(context.Canceled)
-		<-runErr
+		drain(sess, runErr, o.DrainTimeout)
 		return true, nil
 	}
 }
 
-func drain(sess *tunnel.Session, timeout time.Duration) {
+// drain lets the streams in flight finish and their last frames go out, then half-closes the call
+// and waits for the gateway to end it: cancelling the call instead could drop frames still buffered
+// in gRPC. The whole drain is bounded by timeout.
+func drain(sess *tunnel.Session, runErr <-chan error, timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	_ = sess.Wait(ctx)
+	sess.CloseSend()
+	select {
+	case <-runErr:
+		return
+	case <-ctx.Done():
+	}
+	sess.Close(tunnel.ErrGoingAway)
+	<-runErr
 }
 
 func recvWithContext(ctx context.Context, stream tunnel.FrameConn) (*tunnelv1.TunnelFrame, error) {

@@ -334,6 +334,15 @@ func parseReadableFile(s string) (string, error) {
 	return s, nil
 }
 
+// parseDataDir reads the data directory; it may not exist yet. '?' and '#' are refused because the
+// embedded database is opened through a file: URI, where they would cut the path short.
+func parseDataDir(s string) (string, error) {
+	if strings.ContainsAny(s, "?#") {
+		return "", fmt.Errorf("%q is not a usable data directory: it may not contain '?' or '#'", s)
+	}
+	return s, nil
+}
+
 // parseDir checks that an override directory exists.
 func parseDir(s string) (string, error) {
 	info, err := os.Stat(s)

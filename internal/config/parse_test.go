@@ -222,6 +222,15 @@ func TestParseLocalTarget(t *testing.T) {
 	})
 }
 
+func TestParseDataDir(t *testing.T) {
+	runParse(t, parseDataDir, []parseCase[string]{
+		{in: "./data", want: "./data"},
+		{in: "/var/lib/hop gate", want: "/var/lib/hop gate"},
+		{in: "/tmp/a#b", wantErr: "may not contain"},
+		{in: "/tmp/a?b", wantErr: "may not contain"},
+	})
+}
+
 func TestParseCIDRs(t *testing.T) {
 	const bad = "is not a CIDR"
 	runParse(t, parseCIDRs, []parseCase[[]netip.Prefix]{

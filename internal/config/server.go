@@ -111,7 +111,7 @@ func serverSettings(s *Server) []setting {
 			bind:  bind(&s.DBDSN, "url", parseDSN)},
 		{env: "HOP_DATA_DIR", flag: "data-dir", def: "./data",
 			usage: "directory of the embedded database, certificates and account keys",
-			bind:  bind(&s.DataDir, "dir", parseString)},
+			bind:  bind(&s.DataDir, "dir", parseDataDir)},
 		{env: "HOP_DB_MAX_OPEN_CONNS", flag: "db-max-open-conns", def: "10",
 			usage: "most open database connections (0 = unlimited)",
 			bind:  bind(&s.DBMaxOpenConns, "n", parseNonNegativeInt)},

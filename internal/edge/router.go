@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hopgate/hopgate/internal/errorpage"
@@ -70,7 +71,7 @@ func NewRouter(o RouterOptions) *Router {
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if strings.HasPrefix(r.URL.Path, TunnelPathPrefix) {
 		if !rt.o.ProxyOnly && isGRPC(r) {
-			rt.o.Tunnel.ServeHTTP(w, r)
+			rt.serveTunnel(w, r)
 			return
 		}
 		rt.o.Errors.Write(w, r, http.StatusNotFound, "reserved for the tunnel service")
@@ -86,6 +87,27 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rt.serveTenant(w, r)
+}
+
+// serveTunnel hands the call to gRPC, with a way to fail its blocked writes. grpc-go runs the method
+// handler in its own goroutine, which can outlive this one; the writer is only touched while this
+// handler runs.
+func (rt *Router) serveTunnel(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	var mu sync.Mutex
+	done := false
+	setDeadline := func(t time.Time) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if done {
+			return nil
+		}
+		return rc.SetWriteDeadline(t)
+	}
+	rt.o.Tunnel.ServeHTTP(w, r.WithContext(tunnel.WithWriteDeadline(r.Context(), setDeadline)))
+	mu.Lock()
+	done = true
+	mu.Unlock()
 }
 
 func (rt *Router) serveGateway(w http.ResponseWriter, r *http.Request) {

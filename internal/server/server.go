@@ -66,7 +66,7 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 	if cfg.AdminAPIKey == "" {
 		log.Warn("admin API disabled: HOP_ADMIN_API_KEY is empty")
 	} else {
-		adminAPI = admin.New(store, hub, cfg.AdminAPIKey, log)
+		adminAPI = admin.New(store, hub, cfg.AdminAPIKey, log, cfg.Domain)
 	}
 
 	gw := proxy.NewGateway(proxy.GatewayOptions{

@@ -23,6 +23,15 @@ var (
 	ErrDomainClosed = errors.New("domain unregistered or key rotated")
 )
 
+type writeDeadlineKey struct{}
+
+// WithWriteDeadline hands the service a way to fail blocked writes of the call carried by ctx (the
+// SetWriteDeadline of its http.ResponseController when gRPC is served through net/http). set must be
+// safe to call at any time, also after the HTTP handler returned.
+func WithWriteDeadline(ctx context.Context, set func(time.Time) error) context.Context {
+	return context.WithValue(ctx, writeDeadlineKey{}, set)
+}
+
 // helloTimeout bounds how long a new tunnel may take to say who it is.
 const helloTimeout = 10 * time.Second
 
@@ -106,6 +115,17 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 	agent := &Agent{Domain: domain, AgentID: hello.AgentId, Session: sess}
 	s.hub.Add(agent)
 	defer s.hub.Remove(agent)
+	unblock, _ := ctx.Value(writeDeadlineKey{}).(func(time.Time) error)
+	go func() {
+		<-sess.Done()
+		// The agent leaves the table the moment its session ends, even if the call lingers.
+		s.hub.Remove(agent)
+		// A frozen agent stops reading, and a Send to it would block until TCP gives up (minutes):
+		// failing the pending write lets the session's sender, and so this call, end now.
+		if unblock != nil {
+			_ = unblock(time.Now())
+		}
+	}()
 	s.opts.OnConnect("ok")
 	log := s.opts.Logger.With("domain", domain, "agent_id", hello.AgentId, "session", sessionID)
 	log.Info("tunnel up", "agent_version", hello.Version)

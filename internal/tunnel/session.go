@@ -69,9 +69,11 @@ type Config struct {
 }
 
 // outFrame is a frame waiting for the sender, with the pooled buffer to release once it is sent.
+// closeSend instead half-closes the call once everything queued before it is sent.
 type outFrame struct {
-	f   *Frame
-	buf *[]byte
+	f         *Frame
+	buf       *[]byte
+	closeSend bool
 }
 
 // Session multiplexes logical streams over one FrameConn. One goroutine owns Send; the receiving
@@ -95,9 +97,13 @@ type Session struct {
 	nextID   uint64
 	goingAwy bool
 
-	active   atomic.Int64
-	lastPong atomic.Int64 // unix nano of the last frame heard from the peer
-	wg       sync.WaitGroup
+	active atomic.Int64
+	// queued counts frames handed to the sender and not yet through conn.Send: a stream stops being
+	// active once its last frame is queued, and a drain must also wait for the queue to empty.
+	queued     atomic.Int64
+	sendClosed bool         // owned by the sender goroutine
+	lastPong   atomic.Int64 // unix nano of the last frame heard from the peer
+	wg         sync.WaitGroup
 }
 
 // NewSession wraps conn. Call Run to start it.
@@ -197,11 +203,11 @@ func (s *Session) Draining() bool {
 	return s.goingAwy
 }
 
-// Wait blocks until no stream is open or ctx ends.
+// Wait blocks until no stream is open and every queued frame has been sent, or ctx ends.
 func (s *Session) Wait(ctx context.Context) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
-	for s.ActiveStreams() > 0 {
+	for s.ActiveStreams() > 0 || s.queued.Load() > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -254,26 +260,38 @@ func (s *Session) closedErr() error {
 func (s *Session) sendControl(f *Frame) error { return s.sendControlCtx(context.Background(), f) }
 
 func (s *Session) sendControlCtx(ctx context.Context, f *Frame) error {
+	s.queued.Add(1)
 	select {
 	case s.ctrl <- outFrame{f: f}:
 		return nil
 	case <-s.ctx.Done():
+		s.queued.Add(-1)
 		return s.closedErr()
 	case <-ctx.Done():
+		s.queued.Add(-1)
 		return ctx.Err()
 	}
 }
 
 // sendData queues a data or end frame behind earlier data frames.
 func (s *Session) sendData(ctx context.Context, of outFrame) error {
+	s.queued.Add(1)
 	select {
 	case s.data <- of:
 		return nil
 	case <-s.ctx.Done():
+		s.queued.Add(-1)
 		return s.closedErr()
 	case <-ctx.Done():
+		s.queued.Add(-1)
 		return ctx.Err()
 	}
+}
+
+// CloseSend half-closes the call after every frame queued so far, which tells the peer, in order,
+// that nothing more will come; frames queued later are discarded.
+func (s *Session) CloseSend() {
+	_ = s.sendData(context.Background(), outFrame{closeSend: true})
 }
 
 func (s *Session) sendLoop() {
@@ -317,7 +335,18 @@ func (s *Session) drainControl() bool {
 }
 
 func (s *Session) write(of outFrame) bool {
-	err := s.conn.Send(of.f)
+	defer s.queued.Add(-1)
+	var err error
+	switch {
+	case s.sendClosed:
+	case of.closeSend:
+		s.sendClosed = true
+		if cs, ok := s.conn.(interface{ CloseSend() error }); ok {
+			err = cs.CloseSend()
+		}
+	default:
+		err = s.conn.Send(of.f)
+	}
 	if of.buf != nil {
 		putChunk(of.buf)
 	}
@@ -372,9 +401,11 @@ func (s *Session) dispatch(f *Frame) error {
 	case *tunnelv1.TunnelFrame_Ping:
 		// Never block the receiving loop for a pong: if the control queue is full, the frames ahead of
 		// it prove us alive just as well.
+		s.queued.Add(1)
 		select {
 		case s.ctrl <- outFrame{f: &Frame{Kind: &tunnelv1.TunnelFrame_Pong{Pong: &tunnelv1.Pong{Nonce: k.Ping.Nonce}}}}:
 		default:
+			s.queued.Add(-1)
 		}
 		return nil
 	case *tunnelv1.TunnelFrame_Pong:

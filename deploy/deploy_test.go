@@ -1,0 +1,451 @@
+// Package deploy_test checks the deployment files in this folder against the code: the Grafana
+// dashboard and the Prometheus rules may only use series that hopgate-server exports, the compose
+// file must name its services, and the images must stamp the version variable that exists.
+package deploy_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/hopgate/hopgate/internal/metrics"
+	"github.com/hopgate/hopgate/internal/version"
+)
+
+// metricName finds the series an expression selects: the families the server exports (hopgate_*,
+// and go_*/process_* from the standard collectors) and `up`, which Prometheus adds to every target.
+var metricName = regexp.MustCompile(`\b(?:(?:hopgate|go|process)_[A-Za-z0-9_]+|up)\b`)
+
+// quoted matches PromQL string literals (label values, regexes), which name no series.
+var quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'`)
+
+// synthetic series come from Prometheus itself, not from the scraped process.
+var synthetic = map[string]bool{"up": true}
+
+// metricNames returns the series names used in a PromQL expression or a Grafana label_values() query.
+func metricNames(expr string) []string {
+	names := metricName.FindAllString(quoted.ReplaceAllString(expr, `""`), -1)
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+// unknownMetrics lists, per expression, the names that are neither exported nor synthetic.
+func unknownMetrics(exprs []string, exported map[string]bool) []string {
+	var bad []string
+	for _, e := range exprs {
+		for _, n := range metricNames(e) {
+			if !exported[n] && !synthetic[n] {
+				bad = append(bad, n+" in "+e)
+			}
+		}
+	}
+	return bad
+}
+
+// exportedSeries scrapes a fresh metrics.Metrics over HTTP, as Prometheus does, after giving every
+// labelled vector one child so that it appears; the result holds sample names, so a histogram shows
+// as its _bucket, _sum and _count series.
+func exportedSeries(t *testing.T) map[string]bool {
+	t.Helper()
+	m := metrics.New()
+	touchVectors(t, m)
+
+	srv := httptest.NewServer(m.Handler())
+	t.Cleanup(srv.Close)
+	req, err := http.NewRequest(http.MethodGet, srv.URL+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/plain; version=0.0.4")
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape: %s: %s", resp.Status, body)
+	}
+
+	names := map[string]bool{}
+	for line := range strings.Lines(string(body)) {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if i := strings.IndexAny(line, "{ "); i > 0 {
+			names[line[:i]] = true
+		}
+	}
+	if len(names) == 0 {
+		t.Fatalf("scrape returned no samples:\n%s", body)
+	}
+	return names
+}
+
+// touchVectors creates one child in every labelled vector of m, whatever its labels are: it tries
+// label value lists of growing length until the vector accepts one. Reflection keeps this right when
+// a vector is added to metrics.Metrics or its labels change.
+func touchVectors(t *testing.T, m *metrics.Metrics) {
+	t.Helper()
+	v := reflect.ValueOf(m).Elem()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		if !v.Type().Field(i).IsExported() || f.Kind() != reflect.Pointer || f.IsNil() {
+			continue
+		}
+		var try func(...string) error
+		switch vec := f.Interface().(type) {
+		case *prometheus.CounterVec:
+			try = func(lv ...string) error { _, err := vec.GetMetricWithLabelValues(lv...); return err }
+		case *prometheus.GaugeVec:
+			try = func(lv ...string) error { _, err := vec.GetMetricWithLabelValues(lv...); return err }
+		case *prometheus.HistogramVec:
+			try = func(lv ...string) error { _, err := vec.GetMetricWithLabelValues(lv...); return err }
+		case *prometheus.SummaryVec:
+			try = func(lv ...string) error { _, err := vec.GetMetricWithLabelValues(lv...); return err }
+		default:
+			continue
+		}
+		ok := false
+		for n := 0; n <= 10 && !ok; n++ {
+			ok = try(slices.Repeat([]string{"x"}, n)...) == nil
+		}
+		if !ok {
+			t.Fatalf("metrics.Metrics.%s: no label value list of up to 10 values fits", v.Type().Field(i).Name)
+		}
+	}
+}
+
+// dashboardExprs returns every query of the dashboard: panel targets (rows included) and template
+// variables.
+func dashboardExprs(t *testing.T, path string) []string {
+	t.Helper()
+	type target struct {
+		Expr string `json:"expr"`
+	}
+	type panel struct {
+		Title   string   `json:"title"`
+		Type    string   `json:"type"`
+		Targets []target `json:"targets"`
+		Panels  []panel  `json:"panels"`
+	}
+	var d struct {
+		UID        string  `json:"uid"`
+		Title      string  `json:"title"`
+		Panels     []panel `json:"panels"`
+		Templating struct {
+			List []struct {
+				Type  string          `json:"type"`
+				Query json.RawMessage `json:"query"`
+			} `json:"list"`
+		} `json:"templating"`
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &d); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if d.UID == "" || d.Title == "" {
+		t.Errorf("%s: uid and title are required for provisioning", path)
+	}
+	var exprs []string
+	var walk func([]panel)
+	walk = func(ps []panel) {
+		for _, p := range ps {
+			if p.Type != "row" && len(p.Targets) == 0 {
+				t.Errorf("%s: panel %q has no query", path, p.Title)
+			}
+			for _, tg := range p.Targets {
+				if strings.TrimSpace(tg.Expr) == "" {
+					t.Errorf("%s: panel %q has an empty expression", path, p.Title)
+				}
+				exprs = append(exprs, tg.Expr)
+			}
+			walk(p.Panels)
+		}
+	}
+	walk(d.Panels)
+	for _, v := range d.Templating.List {
+		if v.Type != "query" {
+			continue
+		}
+		// Grafana stores a variable's query as a string or as {"query": "..."}.
+		var s string
+		var obj struct {
+			Query string `json:"query"`
+		}
+		switch {
+		case json.Unmarshal(v.Query, &s) == nil:
+		case json.Unmarshal(v.Query, &obj) == nil:
+			s = obj.Query
+		default:
+			t.Fatalf("%s: template query %s", path, v.Query)
+		}
+		exprs = append(exprs, s)
+	}
+	return exprs
+}
+
+type ruleFile struct {
+	Groups []struct {
+		Name  string `yaml:"name"`
+		Rules []struct {
+			Alert       string            `yaml:"alert"`
+			Record      string            `yaml:"record"`
+			Expr        string            `yaml:"expr"`
+			For         string            `yaml:"for"`
+			Labels      map[string]string `yaml:"labels"`
+			Annotations map[string]string `yaml:"annotations"`
+		} `yaml:"rules"`
+	} `yaml:"groups"`
+}
+
+func readYAML(t *testing.T, path string, v any) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(raw)))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+func TestExtractorFindsUnknownMetrics(t *testing.T) {
+	exported := map[string]bool{"hopgate_tunnels_active": true, "go_goroutines": true}
+	tests := []struct {
+		name string
+		expr string
+		want []string // unknown names, in order
+	}{
+		{"all known", `sum(hopgate_tunnels_active) + go_goroutines`, nil},
+		{"unknown family", `rate(hopgate_nonexistent_total{job="x"}[5m])`, []string{"hopgate_nonexistent_total"}},
+		{"renamed process metric", `process_resident_memory`, []string{"process_resident_memory"}},
+		{"up is synthetic", `up{job="hopgate-server"} == 0`, nil},
+		{"names in strings are not series", `hopgate_tunnels_active{job="hopgate_fake_x",instance=~"go_.*|up"}`, nil},
+		{"label names are not series", `sum by (le, code) (rate(hopgate_http_requests_total[5m]))`, []string{"hopgate_http_requests_total"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, b := range unknownMetrics([]string{tc.expr}, exported) {
+				got = append(got, strings.SplitN(b, " in ", 2)[0])
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("unknownMetrics(%q) = %q, want %q", tc.expr, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestExportedSeriesIncludeTheContract(t *testing.T) {
+	exported := exportedSeries(t)
+	// PRODUCT.md "Metrics": the names the dashboards rely on.
+	for _, n := range []string{
+		"hopgate_http_requests_total",
+		"hopgate_http_request_duration_seconds_bucket",
+		"hopgate_http_request_duration_seconds_sum",
+		"hopgate_http_request_duration_seconds_count",
+		"hopgate_tunnels_active",
+		"hopgate_tunnel_connects_total",
+		"hopgate_tunnel_bytes_total",
+		"hopgate_proxy_errors_total",
+		"hopgate_certificate_expiry_timestamp_seconds",
+		"go_goroutines",
+		"process_resident_memory_bytes",
+	} {
+		if !exported[n] {
+			t.Errorf("the server does not export %s", n)
+		}
+	}
+}
+
+func TestDashboardUsesOnlyExportedMetrics(t *testing.T) {
+	exported := exportedSeries(t)
+	exprs := dashboardExprs(t, "grafana/hopgate-dashboard.json")
+	if len(exprs) == 0 {
+		t.Fatal("the dashboard has no queries")
+	}
+	for _, bad := range unknownMetrics(exprs, exported) {
+		t.Errorf("dashboard uses a series the server does not export: %s", bad)
+	}
+	// Every family the server exports under its own prefix has a panel.
+	used := map[string]bool{}
+	for _, e := range exprs {
+		for _, n := range metricNames(e) {
+			used[n] = true
+		}
+	}
+	for n := range exported {
+		if strings.HasPrefix(n, "hopgate_") && !strings.HasSuffix(n, "_sum") && !strings.HasSuffix(n, "_count") && !used[n] {
+			t.Errorf("the dashboard shows nothing of %s", n)
+		}
+	}
+}
+
+func TestAlertRulesUseOnlyExportedMetrics(t *testing.T) {
+	exported := exportedSeries(t)
+	var rf ruleFile
+	readYAML(t, "prometheus/hopgate-alerts.yaml", &rf)
+
+	alerts := map[string]string{}
+	var exprs []string
+	for _, g := range rf.Groups {
+		if g.Name == "" {
+			t.Error("a rule group has no name")
+		}
+		for _, r := range g.Rules {
+			if r.Alert == "" && r.Record == "" {
+				t.Errorf("group %s: a rule has neither alert nor record", g.Name)
+			}
+			if strings.TrimSpace(r.Expr) == "" {
+				t.Errorf("rule %s%s: empty expr", r.Alert, r.Record)
+			}
+			if r.Alert != "" && (r.Labels["severity"] == "" || r.Annotations["summary"] == "") {
+				t.Errorf("alert %s: needs labels.severity and annotations.summary", r.Alert)
+			}
+			alerts[r.Alert] = r.Expr
+			exprs = append(exprs, r.Expr)
+		}
+	}
+	for _, bad := range unknownMetrics(exprs, exported) {
+		t.Errorf("alert rules use a series the server does not export: %s", bad)
+	}
+	// The alerts issue 7 asks for, by the series each must watch.
+	for alert, series := range map[string]string{
+		"HopGateDown":                    "up",
+		"HopGateNoTunnelUp":              "hopgate_tunnels_active",
+		"HopGateHigh5xxRatio":            "hopgate_http_requests_total",
+		"HopGateCertificateExpiringSoon": "hopgate_certificate_expiry_timestamp_seconds",
+		"HopGateTunnelReconnectStorm":    "hopgate_tunnel_connects_total",
+	} {
+		expr, ok := alerts[alert]
+		if !ok {
+			t.Errorf("alert %s is missing", alert)
+			continue
+		}
+		if !slices.Contains(metricNames(expr), series) {
+			t.Errorf("alert %s does not use %s: %s", alert, series, expr)
+		}
+	}
+	if e := alerts["HopGateCertificateExpiringSoon"]; !strings.Contains(e, "14 * 86400") {
+		t.Errorf("HopGateCertificateExpiringSoon must fire 14 days ahead: %s", e)
+	}
+}
+
+func TestComposeFile(t *testing.T) {
+	type service struct {
+		Image       string         `yaml:"image"`
+		Restart     string         `yaml:"restart"`
+		Healthcheck map[string]any `yaml:"healthcheck"`
+		DependsOn   map[string]struct {
+			Condition string `yaml:"condition"`
+		} `yaml:"depends_on"`
+		Environment map[string]string `yaml:"environment"`
+	}
+	var c struct {
+		Services map[string]service `yaml:"services"`
+		Volumes  map[string]any     `yaml:"volumes"`
+	}
+	raw, err := os.ReadFile("compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &c); err != nil {
+		t.Fatalf("compose.yaml: %v", err)
+	}
+	for _, name := range []string{"postgres", "hopgate-server", "whoami", "hopgate-client"} {
+		s, ok := c.Services[name]
+		if !ok {
+			t.Errorf("compose.yaml: no service %s", name)
+			continue
+		}
+		if s.Restart == "" {
+			t.Errorf("compose.yaml: service %s has no restart policy", name)
+		}
+	}
+	for _, name := range []string{"postgres", "hopgate-server"} {
+		if c.Services[name].Healthcheck == nil {
+			t.Errorf("compose.yaml: service %s has no healthcheck", name)
+		}
+	}
+	if got := c.Services["hopgate-client"].DependsOn["hopgate-server"].Condition; got != "service_healthy" {
+		t.Errorf("compose.yaml: hopgate-client waits for hopgate-server with %q, want service_healthy", got)
+	}
+	srv := c.Services["hopgate-server"].Environment
+	if !strings.HasPrefix(srv["HOP_DB_DSN"], "postgres://") || !strings.Contains(srv["HOP_DB_DSN"], "@postgres:5432/") {
+		t.Errorf("compose.yaml: hopgate-server HOP_DB_DSN = %q, want the postgres service", srv["HOP_DB_DSN"])
+	}
+	if srv["HOP_SERVER_DEBUG"] != "false" {
+		t.Errorf("compose.yaml: hopgate-server must run with HOP_SERVER_DEBUG=false, has %q", srv["HOP_SERVER_DEBUG"])
+	}
+	for _, v := range []string{"postgres-data", "hopgate-data"} {
+		if _, ok := c.Volumes[v]; !ok {
+			t.Errorf("compose.yaml: named volume %s is not declared", v)
+		}
+	}
+}
+
+func TestDockerfilesStampTheVersion(t *testing.T) {
+	// -X silently does nothing when the variable does not exist: name it here so that renaming
+	// version.Version breaks this test instead of the images' --version.
+	_ = version.Version
+	const ldflag = "-X github.com/hopgate/hopgate/internal/version.Version=${VERSION}"
+	for file, want := range map[string][]string{
+		"../Dockerfile.server": {ldflag, "ARG VERSION", "CGO_ENABLED=0", "-trimpath", `VOLUME ["/data"]`, "EXPOSE 80 443 9180", "HEALTHCHECK --", "USER 65532:65532", "./cmd/hopgate-server"},
+		"../Dockerfile.client": {ldflag, "ARG VERSION", "CGO_ENABLED=0", "-trimpath", "HEALTHCHECK NONE", "USER 65532:65532", "distroless/static", "./cmd/hopgate-client"},
+	} {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range want {
+			if !strings.Contains(string(raw), w) {
+				t.Errorf("%s: missing %q", file, w)
+			}
+		}
+	}
+}
+
+func TestSystemdUnits(t *testing.T) {
+	for file, want := range map[string][]string{
+		"systemd/hopgate-server.service": {
+			"EnvironmentFile=/etc/hopgate/server.env", "ProtectSystem=strict", "ReadWritePaths=/var/lib/hopgate",
+			"AmbientCapabilities=CAP_NET_BIND_SERVICE", "NoNewPrivileges=yes", "KillSignal=SIGTERM",
+			"TimeoutStopSec=45", "Restart=on-failure",
+		},
+		"systemd/hopgate-client.service": {
+			"EnvironmentFile=/etc/hopgate/client.env", "ProtectSystem=strict", "NoNewPrivileges=yes",
+			"KillSignal=SIGTERM", "TimeoutStopSec=45", "Restart=on-failure", "RestartPreventExitStatus=2 3",
+		},
+	} {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(string(raw), "\n")
+		for _, w := range want {
+			if !slices.Contains(lines, w) {
+				t.Errorf("%s: no line %q", file, w)
+			}
+		}
+	}
+}
