@@ -4,13 +4,17 @@ package edge
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hopgate/hopgate/internal/errorpage"
@@ -138,18 +142,52 @@ func (rt *Router) serveGateway(w http.ResponseWriter, r *http.Request) {
 
 func (rt *Router) serveTenant(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	reqID := requestID(r)
 	sw := &statusWriter{ResponseWriter: w}
-	defer func() {
-		if rt.o.Metrics != nil && sw.code != 0 {
-			rt.o.Metrics.ObserveRequest(sw.code, r.Method, time.Since(start))
-		}
-	}()
+	var body *countingBody
+	if r.Body != nil && r.Body != http.NoBody {
+		body = &countingBody{ReadCloser: r.Body}
+		r.Body = body
+	}
 	domain := hostname.FromHost(r.Host)
+	agentID := ""
+	defer func() {
+		elapsed := time.Since(start)
+		code := sw.code
+		if code == 0 {
+			// The handler wrote nothing: the visitor went away, or the response was aborted.
+			code = 499
+		}
+		var in int64
+		if body != nil {
+			in = body.n.Load()
+		}
+		if m := rt.o.Metrics; m != nil {
+			m.ObserveRequest(code, r.Method, elapsed)
+			m.TunnelBytes.WithLabelValues("in").Add(float64(in))
+			m.TunnelBytes.WithLabelValues("out").Add(float64(sw.bytes))
+		}
+		// The access log line: never the query (it may carry tokens), a key, Authorization or Cookie.
+		rt.o.Logger.LogAttrs(r.Context(), slog.LevelInfo, "request",
+			slog.String("request_id", reqID),
+			slog.String("domain", domain),
+			slog.String("method", r.Method),
+			slog.String("path", r.URL.Path),
+			slog.Int("status", code),
+			slog.Int64("bytes_in", in),
+			slog.Int64("bytes_out", sw.bytes),
+			slog.Duration("duration", elapsed),
+			slog.String("agent", agentID),
+			slog.String("client", r.RemoteAddr),
+			slog.String("proto", r.Proto),
+		)
+	}()
 	if domain == "" {
 		rt.fail(sw, r, http.StatusNotFound, "unknown_domain", "")
 		return
 	}
 	if agent := rt.o.Agents.Pick(domain); agent != nil {
+		agentID = agent.AgentID
 		rt.o.Proxy.Forward(sw, r, agent, func() *tunnel.Agent { return rt.o.Agents.Pick(domain) })
 		return
 	}
@@ -163,6 +201,45 @@ func (rt *Router) serveTenant(w http.ResponseWriter, r *http.Request) {
 	default:
 		rt.fail(sw, r, http.StatusServiceUnavailable, "no_agent", "no agent connected for this domain")
 	}
+}
+
+// requestID returns the visitor's X-Request-Id if it looks like one, else a new one, and makes sure
+// the request carries it to the target.
+func requestID(r *http.Request) string {
+	id := r.Header.Get("X-Request-Id")
+	if !validRequestID(id) {
+		var b [12]byte
+		_, _ = rand.Read(b[:])
+		id = hex.EncodeToString(b[:])
+		r.Header.Set("X-Request-Id", id)
+	}
+	return id
+}
+
+// validRequestID accepts up to 128 visible ASCII characters: enough for UUIDs and trace ids, and
+// nothing that could break a log line.
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// countingBody counts the request body bytes the proxy reads.
+type countingBody struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
 }
 
 func (rt *Router) fail(w http.ResponseWriter, r *http.Request, code int, reason, msg string) {
@@ -195,7 +272,8 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // statusWriter remembers the status code for metrics and passes everything else through.
 type statusWriter struct {
 	http.ResponseWriter
-	code int
+	code  int
+	bytes int64
 }
 
 func (s *statusWriter) WriteHeader(code int) {
@@ -209,7 +287,9 @@ func (s *statusWriter) Write(p []byte) (int, error) {
 	if s.code == 0 {
 		s.code = http.StatusOK
 	}
-	return s.ResponseWriter.Write(p)
+	n, err := s.ResponseWriter.Write(p)
+	s.bytes += int64(n)
+	return n, err
 }
 
 // Unwrap lets http.ResponseController reach Flush, Hijack and deadlines of the real writer.

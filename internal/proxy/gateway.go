@@ -82,6 +82,9 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
 	out.URL.Scheme = "http"
 	out.URL.Host = in.Host
+	// Clone copied the trailer map before the body was read; the server fills the original at the
+	// end of the body, and that is the one the tunnel must send.
+	out.Trailer = in.Trailer
 	if g.trusted(in.RemoteAddr) {
 		for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
 			if v := in.Header.Values(h); len(v) > 0 {
