@@ -38,6 +38,11 @@ type Server struct {
 	// front of the gateway); everyone else's are replaced.
 	TrustedProxies []netip.Prefix
 
+	// Limits. 0 means no limit.
+	MaxStreamsPerTunnel int // concurrent requests on one tunnel; more get 503 at once
+	MaxAgentsPerDomain  int // tunnels one domain may hold
+	AuthFailuresPerMin  int // failed key checks (tunnel and admin API) allowed per client address
+
 	MetricsListen string // host:port of /metrics; empty = disabled
 
 	AdminAPIKey string // secret; empty disables the admin API
@@ -97,6 +102,15 @@ func serverSettings(s *Server) []setting {
 		{env: "HOP_SERVER_TRUSTED_PROXIES", flag: "trusted-proxies",
 			usage: "CSV of CIDRs whose X-Forwarded-For/-Proto/-Host and X-Real-IP are trusted; empty trusts nobody",
 			bind:  bind(&s.TrustedProxies, "CIDR list", parseCIDRs)},
+		{env: "HOP_SERVER_MAX_STREAMS_PER_TUNNEL", flag: "max-streams-per-tunnel", def: "1000",
+			usage: "concurrent requests one tunnel carries; more are answered 503 at once (0: no limit)",
+			bind:  bind(&s.MaxStreamsPerTunnel, "count", parseNonNegativeInt)},
+		{env: "HOP_SERVER_MAX_AGENTS_PER_DOMAIN", flag: "max-agents-per-domain", def: "16",
+			usage: "agents one domain may connect at once (0: no limit)",
+			bind:  bind(&s.MaxAgentsPerDomain, "count", parseNonNegativeInt)},
+		{env: "HOP_SERVER_AUTH_FAILURES_PER_MINUTE", flag: "auth-failures-per-minute", def: "20",
+			usage: "failed key checks allowed per client address and minute, on tunnels and the admin API; then 429 (0: no limit)",
+			bind:  bind(&s.AuthFailuresPerMin, "count", parseNonNegativeInt)},
 		{env: "HOP_SERVER_TUNNEL_PING_INTERVAL", flag: "tunnel-ping-interval", def: "15s",
 			usage: fmt.Sprintf("how often the server pings agents; a tunnel is dead after %d missed pongs", TunnelMissedPongs),
 			bind:  bind(&s.TunnelPingInterval, "duration", parsePositiveDuration)},

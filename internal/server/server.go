@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/hopgate/hopgate/internal/admin"
+	"github.com/hopgate/hopgate/internal/authlimit"
 	"github.com/hopgate/hopgate/internal/config"
 	"github.com/hopgate/hopgate/internal/edge"
 	"github.com/hopgate/hopgate/internal/errorpage"
@@ -53,12 +54,20 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 	m := metrics.New()
 	hub := tunnel.NewHub(func(total int) { m.TunnelsActive.Set(float64(total)) })
 
-	svc := tunnel.NewService(hub, authenticator{store}, tunnel.ServiceOptions{
-		PingInterval: cfg.TunnelPingInterval,
-		PublicURL:    publicURL(cfg),
-		OnConnect:    func(result string) { m.TunnelConnects.WithLabelValues(result).Inc() },
-		Logger:       log,
-	})
+	authLimiter := authlimit.New(cfg.AuthFailuresPerMin)
+	svcOpts := tunnel.ServiceOptions{
+		PingInterval:       cfg.TunnelPingInterval,
+		MaxStreams:         cfg.MaxStreamsPerTunnel,
+		MaxAgentsPerDomain: cfg.MaxAgentsPerDomain,
+		PublicURL:          publicURL(cfg),
+		OnConnect:          func(result string) { m.TunnelConnects.WithLabelValues(result).Inc() },
+		Logger:             log,
+	}
+	if authLimiter != nil {
+		// Only a real limiter goes in: a nil *Limiter in the interface would not be nil.
+		svcOpts.AuthLimiter = authLimiter
+	}
+	svc := tunnel.NewService(hub, authenticator{store}, svcOpts)
 	grpcServer := grpc.NewServer()
 	tunnelv1.RegisterTunnelServiceServer(grpcServer, svc)
 
@@ -66,7 +75,7 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 	if cfg.AdminAPIKey == "" {
 		log.Warn("admin API disabled: HOP_ADMIN_API_KEY is empty")
 	} else {
-		adminAPI = admin.New(store, hub, cfg.AdminAPIKey, log, cfg.Domain)
+		adminAPI = authLimiter.Middleware(admin.New(store, hub, cfg.AdminAPIKey, log, cfg.Domain))
 	}
 
 	gw := proxy.NewGateway(proxy.GatewayOptions{

@@ -12,6 +12,7 @@ import (
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -47,7 +48,16 @@ type ServiceOptions struct {
 	PublicURL func(domain string) string
 	// OnConnect is told the result of each tunnel attempt: ok, unauthenticated, unknown_domain, error.
 	OnConnect func(result string)
-	Logger    *slog.Logger
+	// MaxStreams caps concurrent streams per tunnel (0: none); MaxAgentsPerDomain caps tunnels per
+	// domain (0: none).
+	MaxStreams         int
+	MaxAgentsPerDomain int
+	// AuthLimiter, if set, refuses addresses that failed too many key checks.
+	AuthLimiter interface {
+		Blocked(addr string) bool
+		Fail(addr string)
+	}
+	Logger *slog.Logger
 }
 
 // Service is the server side of the TunnelService: it authenticates agents and keeps their sessions
@@ -81,12 +91,19 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 		s.opts.OnConnect("error")
 		return err
 	}
+	addr := peerAddr(ctx)
+	if s.opts.AuthLimiter != nil && s.opts.AuthLimiter.Blocked(addr) {
+		s.opts.OnConnect("rate_limited")
+		return status.Error(codes.ResourceExhausted, "too many failed attempts from this address; retry later")
+	}
 	domain, err := s.auth.Authenticate(ctx, hello.Domain, hello.ApiKey)
 	switch {
 	case errors.Is(err, ErrUnknownDomain):
+		s.failedAuth(addr)
 		s.opts.OnConnect("unknown_domain")
 		return status.Error(codes.PermissionDenied, "domain is not registered with this gateway")
 	case errors.Is(err, ErrBadKey):
+		s.failedAuth(addr)
 		s.opts.OnConnect("unauthenticated")
 		return status.Error(codes.Unauthenticated, "client API key is not valid for this domain")
 	case err != nil:
@@ -95,10 +112,16 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 		return status.Error(codes.Unavailable, "gateway cannot check keys right now; retry")
 	}
 
+	if limit := s.opts.MaxAgentsPerDomain; limit > 0 && s.hub.AgentCount(domain) >= limit {
+		s.opts.OnConnect("too_many_agents")
+		return status.Errorf(codes.ResourceExhausted, "domain already has %d agents connected", limit)
+	}
+
 	sessionID := newSessionID()
 	sess := NewSession(stream, Config{
 		LocalWindow:  DefaultInitialWindow,
 		PeerWindow:   hello.InitialWindow,
+		MaxStreams:   s.opts.MaxStreams,
 		PingInterval: s.opts.PingInterval,
 		Logger:       s.opts.Logger.With("domain", domain, "session", sessionID),
 	})
@@ -177,6 +200,21 @@ func recvHello(ctx context.Context, stream grpc.BidiStreamingServer[tunnelv1.Tun
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+func (s *Service) failedAuth(addr string) {
+	if s.opts.AuthLimiter != nil {
+		s.opts.AuthLimiter.Fail(addr)
+	}
+}
+
+// peerAddr is the agent's network address: grpc sets it from the connection (or from
+// http.Request.RemoteAddr when served through net/http).
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
 }
 
 func newSessionID() string {

@@ -48,6 +48,8 @@ var (
 	ErrGoingAway = errors.New("tunnel session is draining")
 	// ErrPeerClosed means the peer ended the call.
 	ErrPeerClosed = errors.New("tunnel peer closed the connection")
+	// ErrTooManyStreams is returned by OpenStream when the session carries MaxStreams streams.
+	ErrTooManyStreams = errors.New("tunnel carries its maximum number of streams")
 	// ErrTunnelDead means the peer stopped answering pings.
 	ErrTunnelDead = errors.New("tunnel peer stopped answering pings")
 )
@@ -61,6 +63,8 @@ type Config struct {
 	LocalWindow, PeerWindow uint32
 	// MaxWindow caps the receive window growth of a stream.
 	MaxWindow uint32
+	// MaxStreams caps concurrent streams (opened or accepted); 0 means no cap.
+	MaxStreams int
 	// PingInterval is how often this end pings; 0 disables pings from this end.
 	PingInterval time.Duration
 	// OnGoAway is called once when the peer sends GoAway.
@@ -231,6 +235,10 @@ func (s *Session) OpenStream(ctx context.Context, head *tunnelv1.RequestHead) (*
 	if s.goingAwy {
 		s.mu.Unlock()
 		return nil, ErrGoingAway
+	}
+	if s.cfg.MaxStreams > 0 && len(s.streams) >= s.cfg.MaxStreams {
+		s.mu.Unlock()
+		return nil, ErrTooManyStreams
 	}
 	s.nextID++
 	st := newStream(s, s.nextID)
@@ -447,7 +455,8 @@ func (s *Session) dispatch(f *Frame) error {
 
 func (s *Session) acceptStream(id uint64, head *tunnelv1.RequestHead) {
 	s.mu.Lock()
-	if s.ctx.Err() != nil || s.cfg.Accept == nil || s.goingAwy || s.streams[id] != nil || id <= s.nextID {
+	full := s.cfg.MaxStreams > 0 && len(s.streams) >= s.cfg.MaxStreams
+	if s.ctx.Err() != nil || s.cfg.Accept == nil || s.goingAwy || full || s.streams[id] != nil || id <= s.nextID {
 		s.mu.Unlock()
 		_ = s.sendControl(resetFrame(id, tunnelv1.ResetReason_RESET_REASON_REFUSED, "stream refused"))
 		return

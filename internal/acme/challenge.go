@@ -1,0 +1,88 @@
+package acme
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/go-acme/lego/v4/challenge"
+	"github.com/go-acme/lego/v4/challenge/http01"
+	"github.com/go-acme/lego/v4/challenge/tlsalpn01"
+)
+
+// ALPNProto is the ALPN protocol of TLS-ALPN-01 validation (RFC 8737). The HTTPS listener's
+// tls.Config must list it in NextProtos, and its http.Server should map it in TLSNextProto to a
+// function that returns at once (the validator only looks at the certificate).
+const ALPNProto = tlsalpn01.ACMETLS1Protocol
+
+// http01Provider keeps HTTP-01 key authorizations in memory; HTTPHandler serves them.
+type http01Provider struct{ m *Manager }
+
+func (p *http01Provider) Present(domain, token, keyAuth string) error {
+	p.m.chMu.Lock()
+	defer p.m.chMu.Unlock()
+	p.m.httpTokens[token] = keyAuth
+	p.m.presented[domain] = challenge.HTTP01
+	return nil
+}
+
+func (p *http01Provider) CleanUp(_, token, _ string) error {
+	p.m.chMu.Lock()
+	defer p.m.chMu.Unlock()
+	delete(p.m.httpTokens, token)
+	return nil
+}
+
+// tlsALPNProvider keeps TLS-ALPN-01 certificates in memory; GetCertificate serves them.
+type tlsALPNProvider struct{ m *Manager }
+
+func (p *tlsALPNProvider) Present(domain, _, keyAuth string) error {
+	cert, err := tlsalpn01.ChallengeCert(domain, keyAuth)
+	if err != nil {
+		return fmt.Errorf("tls-alpn-01 certificate for %s: %w", domain, err)
+	}
+	p.m.chMu.Lock()
+	defer p.m.chMu.Unlock()
+	p.m.alpnCerts[domain] = cert
+	p.m.presented[domain] = challenge.TLSALPN01
+	return nil
+}
+
+func (p *tlsALPNProvider) CleanUp(domain, _, _ string) error {
+	p.m.chMu.Lock()
+	defer p.m.chMu.Unlock()
+	delete(p.m.alpnCerts, domain)
+	return nil
+}
+
+// HTTPHandler answers HTTP-01 challenges (/.well-known/acme-challenge/<token>) from memory and
+// passes every other request to fallback (404 when fallback is nil).
+func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
+	if fallback == nil {
+		fallback = http.NotFoundHandler()
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.URL.Path, http01.ChallengePath(""))
+		if ok && token != "" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+			m.chMu.Lock()
+			keyAuth, found := m.httpTokens[token]
+			m.chMu.Unlock()
+			if found {
+				w.Header().Set("Content-Type", "text/plain")
+				_, _ = w.Write([]byte(keyAuth))
+				return
+			}
+		}
+		fallback.ServeHTTP(w, r)
+	})
+}
+
+func (m *Manager) challengeCert(name string) (*tls.Certificate, error) {
+	m.chMu.Lock()
+	defer m.chMu.Unlock()
+	if c := m.alpnCerts[name]; c != nil {
+		return c, nil
+	}
+	return nil, fmt.Errorf("acme: no tls-alpn-01 challenge pending for %q", name)
+}

@@ -1,0 +1,138 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestLimitsStreamsPerTunnel: requests beyond HOP_SERVER_MAX_STREAMS_PER_TUNNEL get 503 at once
+// instead of queueing, and the tunnel serves again when the others finish.
+func TestLimitsStreamsPerTunnel(t *testing.T) {
+	t.Parallel()
+	const domain = "cap.example.test"
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	entered := make(chan struct{}, 16)
+	target := tnTarget(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			entered <- struct{}{}
+			<-release
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	g := startGateway(t, gatewayOptions{Env: []string{"HOP_SERVER_MAX_STREAMS_PER_TUNNEL=3"}})
+	key := g.register(domain)
+	g.startAgent(domain, key, target.URL)
+	c := g.httpClient(true)
+
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := c.Get(g.url(domain, "/hold"))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			res.Body.Close()
+		}()
+	}
+	for range 3 {
+		select {
+		case <-entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("held requests did not reach the target")
+		}
+	}
+	start := time.Now()
+	code, _ := tnGet(t, c, g.url(domain, "/extra"))
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("request over the cap: %d, want 503", code)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("request over the cap waited %s; it must be refused at once", d)
+	}
+	once.Do(func() { close(release) })
+	wg.Wait()
+	if code, _ := tnGet(t, c, g.url(domain, "/after")); code != http.StatusOK {
+		t.Fatalf("after the held requests finished: %d", code)
+	}
+}
+
+// TestLimitsAuthFailures: after HOP_SERVER_AUTH_FAILURES_PER_MINUTE failed key checks from one
+// address, the admin API answers 429 (even to the right key) and tunnel logins are refused with
+// ResourceExhausted, which the agent retries instead of exiting.
+func TestLimitsAuthFailures(t *testing.T) {
+	t.Parallel()
+	const domain = "guess.example.test"
+	g := startGateway(t, gatewayOptions{Env: []string{"HOP_SERVER_AUTH_FAILURES_PER_MINUTE=3"}})
+	key := g.register(domain)
+	c := g.httpClient(true)
+	status := func(bearer string) int {
+		req, _ := http.NewRequest(http.MethodGet, g.url("localhost", "/api/v1/admin/domains"), nil)
+		req.Header.Set("Authorization", "Bearer "+bearer)
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	for i := range 3 {
+		if got := status("wrong"); got != http.StatusUnauthorized {
+			t.Fatalf("failure %d: %d, want 401", i, got)
+		}
+	}
+	if got := status("wrong"); got != http.StatusTooManyRequests {
+		t.Fatalf("after the budget: %d, want 429", got)
+	}
+	if got := status(g.adminKey); got != http.StatusTooManyRequests {
+		t.Fatalf("right key from a blocked address: %d, want 429", got)
+	}
+
+	// The same address is now refused on the tunnel too: the agent must keep retrying, not exit 3.
+	agent := g.startAgentNoWait(domain, key, "127.0.0.1:9")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for ctx.Err() == nil && len(lines(agent, "too many failed attempts")) == 0 {
+		if agent.exited() {
+			t.Fatalf("agent exited while rate limited:\n%s", agent.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("agent never saw the rate limit:\n%s", agent.logs.String())
+	}
+	time.Sleep(300 * time.Millisecond)
+	if agent.exited() {
+		t.Fatal("agent exited while rate limited")
+	}
+}
+
+// TestLimitsAgentsPerDomain: a domain holds at most HOP_SERVER_MAX_AGENTS_PER_DOMAIN tunnels; the
+// agent over the cap keeps retrying and gets in when a place frees up.
+func TestLimitsAgentsPerDomain(t *testing.T) {
+	t.Parallel()
+	const domain = "crowd.example.test"
+	target := tnTarget(t, func(w http.ResponseWriter, r *http.Request) {})
+	g := startGateway(t, gatewayOptions{Env: []string{"HOP_SERVER_MAX_AGENTS_PER_DOMAIN=1"}})
+	key := g.register(domain)
+	first := g.startAgent(domain, key, target.URL, "--agent-id", "first")
+	second := g.startAgentNoWait(domain, key, target.URL, "--agent-id", "second")
+	waitFor(t, 10*time.Second, "second agent refused for the cap", func() bool {
+		return len(lines(second, "already has 1 agents")) > 0
+	})
+	if n := g.agents(domain); n != 1 || second.exited() {
+		t.Fatalf("agents %d (want 1), second exited: %v", n, second.exited())
+	}
+	first.signal(syscall.SIGKILL)
+	waitFor(t, 15*time.Second, "second agent in after the first left", func() bool {
+		return len(lines(second, "tunnel up")) > 0
+	})
+}
