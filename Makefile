@@ -31,3 +31,12 @@ demo:
 
 clean:
 	rm -rf bin data .demo
+
+# Renders every error page in headless chromium, light and dark, and checks the screenshots' colours
+# and the DOM (status and both languages). Installs Debian's chromium and the Korean fonts when
+# missing (needs root). Screenshots go to $HOP_SCREENSHOT_DIR, or a temporary directory.
+.PHONY: browser-test
+browser-test:
+	command -v chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-noto-cjk)
+	fc-list :lang=ko | grep -q . || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y fonts-noto-cjk)
+	HOP_BROWSER_TESTS=1 $(GO) test -count=1 -timeout 9m -run '^TestBrowser$$' -v ./internal/errorpage/

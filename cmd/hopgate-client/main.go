@@ -14,8 +14,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/hopgate/hopgate/internal/agent"
+	"github.com/hopgate/hopgate/internal/agentcheck"
+	"github.com/hopgate/hopgate/internal/agentmetrics"
 	"github.com/hopgate/hopgate/internal/config"
 	"github.com/hopgate/hopgate/internal/proxy"
 	"github.com/hopgate/hopgate/internal/version"
@@ -28,13 +31,21 @@ const (
 )
 
 func main() {
+	// --version and --check are modes, not settings: they have no environment variable.
+	var args []string
+	check := false
 	for _, a := range os.Args[1:] {
-		if a == "--version" || a == "-version" {
+		switch a {
+		case "--version", "-version":
 			fmt.Println("hopgate-client", version.Version)
 			return
+		case "--check", "-check":
+			check = true
+		default:
+			args = append(args, a)
 		}
 	}
-	cfg, err := config.LoadClient(os.Args[1:], os.LookupEnv, ".env")
+	cfg, err := config.LoadClient(args, os.LookupEnv, ".env")
 	if errors.Is(err, config.ErrHelp) {
 		config.ClientUsage(os.Stdout)
 		return
@@ -67,7 +78,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	err = agent.Run(ctx, agent.Options{
+	opts := agent.Options{
 		ServerAddr:   cfg.ServerAddr,
 		Domain:       cfg.Domain,
 		APIKey:       cfg.APIKey,
@@ -79,7 +90,40 @@ func main() {
 		DrainTimeout: cfg.ShutdownTimeout,
 		Serve:        local.ServeStream,
 		Logger:       log,
-	})
+	}
+
+	if check {
+		fmt.Printf("Checking hopgate-client %s for %s\n", version.Version, cfg.Domain)
+		res := agentcheck.Run(ctx, agentcheck.Options{Agent: opts, Target: cfg.LocalTarget, TargetTLS: localTLS}, os.Stdout)
+		switch {
+		case res.Refused:
+			os.Exit(exitRefused)
+		case !res.Passed:
+			os.Exit(1)
+		}
+		fmt.Println("All checks passed.")
+		return
+	}
+
+	if cfg.MetricsListen != "" {
+		m := agentmetrics.New()
+		srv, err := m.Listen(cfg.MetricsListen)
+		if err != nil {
+			log.Error("cannot serve metrics", "err", err)
+			os.Exit(1)
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := srv.Close(ctx); err != nil {
+				log.Warn("metrics listener did not stop cleanly", "err", err)
+			}
+		}()
+		log.Info("serving metrics", "addr", srv.Addr(), "path", "/metrics")
+		opts = m.Instrument(opts)
+	}
+
+	err = agent.Run(ctx, opts)
 	if errors.Is(err, agent.ErrRefused) {
 		log.Error("the gateway refused this agent; check --domain and --api-key", "err", err)
 		os.Exit(exitRefused)

@@ -10,12 +10,21 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/hopgate/hopgate/internal/cli"
 	"github.com/hopgate/hopgate/internal/config"
 	"github.com/hopgate/hopgate/internal/server"
 	"github.com/hopgate/hopgate/internal/version"
 )
 
 func main() {
+	// `domains …` is the admin command line, a client of a running gateway's admin API: it needs
+	// none of the server's settings.
+	if len(os.Args) > 1 && os.Args[1] == "domains" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		code := cli.Domains(ctx, os.Args[2:], cli.Env{Lookup: os.LookupEnv, DotenvPath: ".env"}, cli.IO{Stdout: os.Stdout, Stderr: os.Stderr})
+		stop()
+		os.Exit(code)
+	}
 	for _, a := range os.Args[1:] {
 		if a == "--version" || a == "-version" {
 			fmt.Println("hopgate-server", version.Version)

@@ -4,28 +4,24 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
+	"github.com/hopgate/hopgate/internal/testutil/pebbletest"
 	"go.uber.org/goleak"
 )
 
 // Built once by TestMain.
 var (
-	pebbleBin  string
-	pebbleDir  string // module directory: test certificates
+	pebbleBin  *pebbletest.Binary
 	minicaPath string // roots of Pebble's own HTTPS certificate
 )
 
@@ -50,81 +46,14 @@ func setup() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	// Deleted at process exit by the OS temp cleaner if a test exits hard; normally by the caller.
-	pebbleBin = filepath.Join(tmp, "pebble")
-	out, err := exec.Command("go", "build", "-o", pebbleBin, "github.com/letsencrypt/pebble/v2/cmd/pebble").CombinedOutput()
-	if err != nil {
-		return 0, fmt.Errorf("build pebble: %v\n%s", err, out)
+	if pebbleBin, err = pebbletest.Build(tmp); err != nil {
+		return 0, err
 	}
-	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/letsencrypt/pebble/v2").Output()
-	if err != nil {
-		return 0, fmt.Errorf("find pebble module: %w", err)
-	}
-	pebbleDir = strings.TrimSpace(string(dir))
-	minicaPath = filepath.Join(pebbleDir, "test/certs/pebble.minica.pem")
+	minicaPath = pebbleBin.MinicaPath()
 	return -1, nil
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// startDNS answers A 127.0.0.1 for every name (and nothing for other types), for Pebble's VA.
-func startDNS(t *testing.T) string {
-	t.Helper()
-	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		msg := new(dns.Msg)
-		msg.SetReply(r)
-		for _, q := range r.Question {
-			if q.Qtype == dns.TypeA {
-				msg.Answer = append(msg.Answer, &dns.A{
-					Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 0},
-					A:   net.IPv4(127, 0, 0, 1),
-				})
-			}
-		}
-		_ = w.WriteMsg(msg)
-	})
-	// UDP and TCP on one port: the TCP twin of a free UDP port may be taken, so try a few.
-	var (
-		pc   net.PacketConn
-		tl   net.Listener
-		addr string
-		err  error
-	)
-	for range 20 {
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		addr = pc.LocalAddr().String()
-		if tl, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		pc.Close()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp := &dns.Server{PacketConn: pc, Handler: handler}
-	tcp := &dns.Server{Listener: tl, Handler: handler}
-	var wg sync.WaitGroup
-	for _, s := range []*dns.Server{udp, tcp} {
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = s.ActivateAndServe() }()
-	}
-	t.Cleanup(func() {
-		_ = udp.Shutdown()
-		_ = tcp.Shutdown()
-		wg.Wait()
-	})
-	return addr
-}
+func freePort(t *testing.T) int { return pebbletest.FreePort(t) }
 
 type pebbleConfig struct {
 	httpPort, tlsPort int
@@ -138,102 +67,11 @@ type pebble struct {
 	root    *x509.CertPool // Pebble's issuing root, from the management interface
 }
 
-// startPebble runs Pebble with its validation ports pointed at the test's listeners. Its own ports
-// come from freePort and may be taken by the time it binds them; then it is started again.
+// startPebble runs Pebble with its validation ports pointed at the test's listeners.
 func startPebble(t *testing.T, pc pebbleConfig) *pebble {
 	t.Helper()
-	dnsAddr := startDNS(t)
-	var lastErr error
-	for range 3 {
-		p, err := tryStartPebble(t, pc, dnsAddr)
-		if err == nil {
-			return p
-		}
-		lastErr = err
-	}
-	t.Fatal(lastErr)
-	return nil
-}
-
-func tryStartPebble(t *testing.T, pc pebbleConfig, dnsAddr string) (*pebble, error) {
-	t.Helper()
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	mgmt := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	profile := map[string]any{"description": "test"}
-	if pc.validity > 0 {
-		profile["validityPeriod"] = pc.validity
-	}
-	cfg := map[string]any{"pebble": map[string]any{
-		"listenAddress":           listen,
-		"managementListenAddress": mgmt,
-		"certificate":             filepath.Join(pebbleDir, "test/certs/localhost/cert.pem"),
-		"privateKey":              filepath.Join(pebbleDir, "test/certs/localhost/key.pem"),
-		"httpPort":                pc.httpPort,
-		"tlsPort":                 pc.tlsPort,
-		"keyAlgorithm":            "ecdsa",
-		"retryAfter":              map[string]int{"authz": 1, "order": 1},
-		"profiles":                map[string]any{"default": profile},
-	}}
-	b, _ := json.Marshal(cfg)
-	cfgPath := filepath.Join(t.TempDir(), "pebble.json")
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(pebbleBin, "-config", cfgPath, "-dnsserver", dnsAddr)
-	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_VA_ALWAYS_VALID=0",
-		"PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
-	cmd.Env = append(cmd.Env, pc.env...)
-	logs := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	stop := func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	}
-	t.Cleanup(func() {
-		stop()
-		if t.Failed() {
-			t.Logf("pebble output:\n%s", logs.String())
-		}
-	})
-	p := &pebble{dirURL: "https://" + listen + "/dir", mgmtURL: "https://" + mgmt}
-	client := pebbleClient(t)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := client.Get(p.mgmtURL + "/roots/0")
-		if err == nil {
-			pemBytes, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				p.root = x509.NewCertPool()
-				if !p.root.AppendCertsFromPEM(pemBytes) {
-					stop()
-					return nil, fmt.Errorf("pebble root: no PEM: %q", pemBytes)
-				}
-				break
-			}
-		}
-		select {
-		case <-exited:
-			return nil, fmt.Errorf("pebble exited at start:\n%s", logs.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return nil, fmt.Errorf("pebble did not start: %v\n%s", err, logs.String())
-		}
-	}
-	resp, err := client.Get(p.dirURL)
-	if err != nil {
-		stop()
-		return nil, fmt.Errorf("pebble directory: %w", err)
-	}
-	resp.Body.Close()
-	return p, nil
+	p := pebbleBin.Start(t, pebbletest.Config{HTTPPort: pc.httpPort, TLSPort: pc.tlsPort, Validity: pc.validity, Env: pc.env})
+	return &pebble{dirURL: p.DirURL, mgmtURL: p.MgmtURL, root: p.Root}
 }
 
 // pebbleClient trusts Pebble's HTTPS certificate.
@@ -248,23 +86,6 @@ func pebbleClient(t *testing.T) *http.Client {
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // countingTransport counts ACME requests by Pebble endpoint.

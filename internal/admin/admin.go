@@ -50,6 +50,32 @@ type handler struct {
 	routes  map[string]route
 	// reserved names can never be tenants: the gateway's own name is never proxied.
 	reserved map[string]bool
+	certs    Certificates
+}
+
+// Certificates is the view of the certificate manager the admin API needs: registered names get a
+// certificate, unregistered ones are dropped from renewal, and status shows where a name stands.
+type Certificates interface {
+	Manage(ctx context.Context, names ...string)
+	Unmanage(name string)
+	Status(name string) any
+}
+
+// Option adjusts the admin API.
+type Option func(*handler)
+
+// Reserved names cannot be registered (the gateway's own name is never proxied).
+func Reserved(names ...string) Option {
+	return func(h *handler) {
+		for _, n := range names {
+			h.reserved[n] = true
+		}
+	}
+}
+
+// WithCertificates ties registrations to the certificate manager.
+func WithCertificates(c Certificates) Option {
+	return func(h *handler) { h.certs = c }
 }
 
 type route struct {
@@ -59,9 +85,8 @@ type route struct {
 
 // New returns the admin API. Requests must carry "Authorization: Bearer <apiKey>". With an empty
 // apiKey the API is disabled and every path answers 404, as if it did not exist. agents may be nil
-// (no tunnels: counts are 0, nothing to close); logger nil means slog.Default(). reserved names (the
-// gateway's own) cannot be registered.
-func New(reg Registry, agents Agents, apiKey string, logger *slog.Logger, reserved ...string) http.Handler {
+// (no tunnels: counts are 0, nothing to close); logger nil means slog.Default().
+func New(reg Registry, agents Agents, apiKey string, logger *slog.Logger, opts ...Option) http.Handler {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -74,10 +99,10 @@ func New(reg Registry, agents Agents, apiKey string, logger *slog.Logger, reserv
 		keyHash:  sha256.Sum256([]byte(apiKey)),
 		enabled:  apiKey != "",
 		log:      logger.With("component", "admin"),
-		reserved: make(map[string]bool, len(reserved)),
+		reserved: make(map[string]bool),
 	}
-	for _, name := range reserved {
-		h.reserved[name] = true
+	for _, o := range opts {
+		o(h)
 	}
 	h.routes = map[string]route{
 		Prefix + "domains/register":   {http.MethodPost, h.register},
@@ -158,6 +183,10 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.log.InfoContext(r.Context(), "domain registered", "domain", d.Name)
+	if h.certs != nil {
+		// Ordering happens in the background: the request does not wait for the CA.
+		h.certs.Manage(context.WithoutCancel(r.Context()), d.Name)
+	}
 	writeJSON(w, http.StatusCreated, registerResponse{
 		Success:      true,
 		Domain:       d.Name,
@@ -186,6 +215,9 @@ func (h *handler) unregister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.agents.CloseDomain(name)
+	if h.certs != nil {
+		h.certs.Unmanage(name)
+	}
 	h.log.InfoContext(r.Context(), "domain unregistered", "domain", name)
 	writeJSON(w, http.StatusOK, struct {
 		Success bool   `json:"success"`
@@ -242,11 +274,16 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) {
 		}{true, false, name})
 		return
 	}
+	var cert any
+	if h.certs != nil {
+		cert = h.certs.Status(d.Name)
+	}
 	writeJSON(w, http.StatusOK, struct {
 		Success bool `json:"success"`
 		Exists  bool `json:"exists"`
 		domainJSON
-	}{true, true, h.domainJSON(d)})
+		Certificate any `json:"certificate,omitempty"`
+	}{true, true, h.domainJSON(d), cert})
 }
 
 func (h *handler) exists(w http.ResponseWriter, r *http.Request) {

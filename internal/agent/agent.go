@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"time"
 
@@ -44,9 +45,26 @@ type Options struct {
 	// HealthyAfter is how long a tunnel must stay up for the backoff to start over (default 30 s).
 	HealthyAfter time.Duration
 	// OnUp is called each time a tunnel is accepted.
-	OnUp   func(publicURL string)
-	Logger *slog.Logger
+	OnUp func(publicURL string)
+	// OnDown is called each time an accepted tunnel ends, with the reason (nil when the agent stops).
+	OnDown func(err error)
+	// OnReconnectAttempt is called each time the agent schedules a new attempt, with the delay before it.
+	OnReconnectAttempt func(delay time.Duration)
+	// OnBodyBytes is called for the body bytes of every Data frame: received from the gateway (ToTarget,
+	// a visitor's request body) or sent to it (FromTarget, the target's response body).
+	OnBodyBytes func(dir Direction, n int)
+	Logger      *slog.Logger
 }
+
+// Direction tells which way body bytes travel, seen from the local target.
+type Direction int
+
+const (
+	// ToTarget is a visitor's request body, from the gateway towards the local target.
+	ToTarget Direction = iota
+	// FromTarget is the local target's response body, towards the gateway.
+	FromTarget
+)
 
 // Run keeps the tunnel up until ctx ends (then drains and returns nil) or the gateway refuses the
 // agent (returns an error wrapping ErrRefused).
@@ -87,6 +105,9 @@ func Run(ctx context.Context, o Options) error {
 			delay = b.Duration()
 		}
 		o.Logger.Warn("tunnel down, reconnecting", "reason", err, "retry_in", delay.Round(time.Millisecond), "attempt", int(b.Attempt()))
+		if o.OnReconnectAttempt != nil {
+			o.OnReconnectAttempt(delay)
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -97,22 +118,42 @@ func Run(ctx context.Context, o Options) error {
 	}
 }
 
-// runOnce dials, authenticates and serves one tunnel. up reports whether the gateway accepted it.
-func runOnce(ctx context.Context, o Options) (up bool, err error) {
+// call is one OpenTunnel call that the gateway accepted.
+type call struct {
+	conn   *grpc.ClientConn
+	stream tunnelv1.TunnelService_OpenTunnelClient
+	acc    *tunnelv1.Accepted
+	// ctx is the call's own context, so that a stop can drain streams before the call ends.
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (c *call) close() {
+	c.cancel()
+	_ = c.conn.Close()
+}
+
+// open dials the gateway, says hello and waits for Accepted. ctx bounds the wait, not the call.
+func open(ctx context.Context, o Options) (*call, error) {
 	conn, err := grpc.NewClient(o.ServerAddr,
 		grpc.WithTransportCredentials(credentials.NewTLS(o.TLS)),
 	)
 	if err != nil {
-		return false, fmt.Errorf("dial %s: %w", o.ServerAddr, err)
+		return nil, fmt.Errorf("dial %s: %w", o.ServerAddr, err)
 	}
-	defer conn.Close()
-
-	// The call lives on its own context so that a stop can drain streams before the call ends.
 	callCtx, cancelCall := context.WithCancel(context.Background())
-	defer cancelCall()
-	stream, err := tunnelv1.NewTunnelServiceClient(conn).OpenTunnel(callCtx)
+	c := &call{conn: conn, ctx: callCtx, cancel: cancelCall}
+	fail := func(err error) (*call, error) {
+		c.close()
+		return nil, classify(err)
+	}
+	// The call itself must not outlive ctx while it waits for Accepted: a gateway that never answers
+	// would otherwise hold the attempt forever.
+	stop := context.AfterFunc(ctx, cancelCall)
+	defer stop()
+	c.stream, err = tunnelv1.NewTunnelServiceClient(conn).OpenTunnel(callCtx)
 	if err != nil {
-		return false, classify(err)
+		return fail(err)
 	}
 	hello := &tunnelv1.Hello{
 		Domain:        o.Domain,
@@ -121,39 +162,67 @@ func runOnce(ctx context.Context, o Options) (up bool, err error) {
 		Version:       o.Version,
 		InitialWindow: tunnel.DefaultInitialWindow,
 	}
-	if err := stream.Send(&tunnelv1.TunnelFrame{Kind: &tunnelv1.TunnelFrame_Hello{Hello: hello}}); err != nil {
-		return false, classify(err)
+	if err := c.stream.Send(&tunnelv1.TunnelFrame{Kind: &tunnelv1.TunnelFrame_Hello{Hello: hello}}); err != nil && !errors.Is(err, io.EOF) {
+		return fail(err)
 	}
-	first, err := recvWithContext(ctx, stream)
+	// io.EOF from Send means the gateway already ended the call: Recv returns its status, which
+	// says why (a refusal, or a server that is not a gateway).
+	first, err := recvWithContext(ctx, c.stream)
 	if err != nil {
-		return false, classify(err)
+		return fail(err)
 	}
-	acc := first.GetAccepted()
-	if acc == nil {
-		return false, fmt.Errorf("gateway answered hello with %T", first.Kind)
+	c.acc = first.GetAccepted()
+	if c.acc == nil {
+		return fail(fmt.Errorf("gateway answered hello with %T", first.Kind))
+	}
+	if !stop() {
+		// ctx ended just as Accepted arrived: the call is already cancelled.
+		return fail(ctx.Err())
+	}
+	return c, nil
+}
+
+// session wraps an accepted call in a tunnel session; the caller runs it.
+func (c *call) session(o Options, onGoAway func(string)) *tunnel.Session {
+	var conn tunnel.FrameConn = c.stream
+	if o.OnBodyBytes != nil {
+		conn = countingConn{FrameConn: c.stream, count: o.OnBodyBytes}
+	}
+	return tunnel.NewSession(conn, tunnel.Config{
+		Accept:       o.Serve,
+		LocalWindow:  tunnel.DefaultInitialWindow,
+		PeerWindow:   c.acc.InitialWindow,
+		PingInterval: o.PingInterval,
+		OnGoAway:     onGoAway,
+		Logger:       o.Logger,
+	})
+}
+
+// runOnce dials, authenticates and serves one tunnel. up reports whether the gateway accepted it.
+func runOnce(ctx context.Context, o Options) (up bool, err error) {
+	c, err := open(ctx, o)
+	if err != nil {
+		return false, err
+	}
+	defer c.close()
+	if o.OnDown != nil {
+		defer func() { o.OnDown(err) }()
 	}
 
 	goAway := make(chan struct{})
-	sess := tunnel.NewSession(stream, tunnel.Config{
-		Accept:       o.Serve,
-		LocalWindow:  tunnel.DefaultInitialWindow,
-		PeerWindow:   acc.InitialWindow,
-		PingInterval: o.PingInterval,
-		OnGoAway:     func(string) { close(goAway) },
-		Logger:       o.Logger,
-	})
-	o.Logger.Info("tunnel up", "url", acc.PublicUrl, "target", o.Target, "server", o.ServerAddr, "session", acc.SessionId)
+	sess := c.session(o, func(string) { close(goAway) })
+	o.Logger.Info("tunnel up", "url", c.acc.PublicUrl, "target", o.Target, "server", o.ServerAddr, "session", c.acc.SessionId)
 	if o.OnUp != nil {
-		o.OnUp(acc.PublicUrl)
+		o.OnUp(c.acc.PublicUrl)
 	}
 
 	runErr := make(chan error, 1)
-	go func() { runErr <- sess.Run(callCtx) }()
+	go func() { runErr <- sess.Run(c.ctx) }()
 	go func() {
 		// A dead session (missed pings) must end the call: a Send blocked on a frozen gateway only
 		// returns when the call's context ends.
 		<-sess.Done()
-		cancelCall()
+		c.cancel()
 	}()
 	select {
 	case err := <-runErr:
@@ -167,6 +236,65 @@ func runOnce(ctx context.Context, o Options) (up bool, err error) {
 		drain(sess, runErr, o.DrainTimeout)
 		return true, nil
 	}
+}
+
+// Check opens one tunnel, as Run would, and closes it again at once: it answers whether the gateway
+// accepts this domain and key. It returns the public URL, or an error wrapping ErrRefused when the
+// gateway refuses the agent. ctx bounds the whole check, the close included. Streams the gateway
+// sends in the short time the tunnel is up are served by o.Serve (or reset when it is nil).
+func Check(ctx context.Context, o Options) (publicURL string, err error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Serve == nil {
+		o.Serve = func(st *tunnel.Stream) {
+			st.Reset(tunnelv1.ResetReason_RESET_REASON_TARGET_UNREACHABLE, "agent is only checking its configuration")
+		}
+	}
+	c, err := open(ctx, o)
+	if err != nil {
+		return "", err
+	}
+	defer c.close()
+	sess := c.session(o, nil)
+	runErr := make(chan error, 1)
+	go func() { runErr <- sess.Run(c.ctx) }()
+	// GoAway first, so that the gateway sends no new request to this short-lived tunnel, then the
+	// same clean close as a stop.
+	sess.GoAway("agent configuration check done")
+	timeout := o.DrainTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	if timeout <= 0 {
+		timeout = time.Second
+	}
+	drain(sess, runErr, timeout)
+	return c.acc.PublicUrl, nil
+}
+
+// countingConn reports the body bytes of the Data frames passing through the tunnel.
+type countingConn struct {
+	tunnel.FrameConn
+	count func(Direction, int)
+}
+
+func (c countingConn) Send(f *tunnel.Frame) error {
+	// Count before sending: the payload's buffer goes back to a pool once Send returns.
+	n := len(f.GetData().GetPayload())
+	err := c.FrameConn.Send(f)
+	if err == nil && n > 0 {
+		c.count(FromTarget, n)
+	}
+	return err
+}
+
+func (c countingConn) Recv() (*tunnel.Frame, error) {
+	f, err := c.FrameConn.Recv()
+	if n := len(f.GetData().GetPayload()); n > 0 {
+		c.count(ToTarget, n)
+	}
+	return f, err
 }
 
 // drain lets the streams in flight finish and their last frames go out, then half-closes the call

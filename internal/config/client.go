@@ -32,6 +32,9 @@ type Client struct {
 	ShutdownTimeout time.Duration
 	AgentID         string // empty: the caller makes one (hostname + random suffix)
 
+	// MetricsListen is the host:port of the agent's Prometheus /metrics; empty disables it.
+	MetricsListen string
+
 	LogLevel  slog.Level
 	LogFormat string // "json" or "text"
 }
@@ -76,6 +79,9 @@ func clientSettings(c *Client) []setting {
 		{env: "HOP_CLIENT_AGENT_ID", flag: "agent-id", shownDefault: "hostname + random suffix",
 			usage: "name of this agent in the server's status and logs",
 			bind:  bind(&c.AgentID, "id", parseString)},
+		{env: "HOP_CLIENT_METRICS_LISTEN", flag: "metrics-listen", keepEmpty: true,
+			usage: "listener of the agent's Prometheus /metrics, e.g. 127.0.0.1:9181; empty disables it",
+			bind:  bind(&c.MetricsListen, "host:port", parseListen)},
 		{env: "HOP_CLIENT_LOG_LEVEL", flag: "log-level", def: "info",
 			usage: "debug, info, warn or error",
 			bind:  bind(&c.LogLevel, "level", parseLogLevel)},
@@ -102,7 +108,11 @@ func LoadClient(args []string, lookupEnv func(string) (string, bool), dotenvPath
 // default and meaning.
 func ClientUsage(w io.Writer) {
 	usage(w, "hopgate-client",
-		"Private end of HopGate: keeps a tunnel to the gateway open and passes the requests for\n--domain to --local-target. Exit codes: 0 after a signal, 2 bad configuration,\n3 the server refused the domain or key.",
+		"Private end of HopGate: keeps a tunnel to the gateway open and passes the requests for\n--domain to --local-target. Exit codes: 0 after a signal, 2 bad configuration,\n3 the server refused the domain or key.\n\n"+
+			"  --check   verify the configuration and exit: the server resolves and its certificate is\n"+
+			"            trusted, the gateway accepts --domain and --api-key, the local target answers.\n"+
+			"            Exit 0 when all pass, 3 when the gateway refuses the domain or key, 1 otherwise.\n"+
+			"  --version print the version and exit.",
 		clientSettings(&Client{}))
 }
 

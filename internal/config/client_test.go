@@ -64,6 +64,7 @@ func TestLoadClientEveryFlag(t *testing.T) {
 		"--ping-interval", "5s",
 		"--shutdown-timeout", "10s",
 		"--agent-id", "host-1-ab12",
+		"--metrics-listen", "127.0.0.1:9181",
 		"--log-level", "debug",
 		"--log-format", "json",
 	}
@@ -86,6 +87,7 @@ func TestLoadClientEveryFlag(t *testing.T) {
 		PingInterval:            5 * time.Second,
 		ShutdownTimeout:         10 * time.Second,
 		AgentID:                 "host-1-ab12",
+		MetricsListen:           "127.0.0.1:9181",
 		LogLevel:                slog.LevelDebug,
 		LogFormat:               "json",
 	}
@@ -185,6 +187,8 @@ func TestLoadClientErrors(t *testing.T) {
 			want: []string{`HOP_CLIENT_LOG_LEVEL (--log-level): "all" is not a log level`}},
 		{name: "bad log format", set: env{"HOP_CLIENT_LOG_FORMAT": "yaml"},
 			want: []string{`HOP_CLIENT_LOG_FORMAT (--log-format): "yaml" is not a log format`}},
+		{name: "bad metrics listen", set: env{"HOP_CLIENT_METRICS_LISTEN": "9181"},
+			want: []string{`HOP_CLIENT_METRICS_LISTEN (--metrics-listen): "9181" is not a listen address host:port`}},
 		{name: "server flag on the client", args: []string{"--admin-api-key=x"}, want: []string{"flag provided but not defined: -admin-api-key"}},
 	}
 	for _, tc := range tests {

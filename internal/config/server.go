@@ -59,6 +59,10 @@ type Server struct {
 	ACMECARoots    string   // PEM file of extra roots for the ACME server; checked readable
 	ACMECacheDir   string   // DataDir/acme when unset
 	ACMEExpectIPs  []net.IP // empty = no check
+	// ACMEDNSResolver is a host:port DNS server for the EXPECT_IPS check (tests); empty = system resolver.
+	ACMEDNSResolver string
+	// ACMERenewInterval is how often certificates are checked for renewal.
+	ACMERenewInterval time.Duration
 
 	ErrorPagesDir  string // empty = embedded pages
 	ErrorAssetsDir string // empty = embedded assets
@@ -153,6 +157,12 @@ func serverSettings(s *Server) []setting {
 		{env: "HOP_ACME_EXPECT_IPS", flag: "acme-expect-ips",
 			usage: "comma-separated IPs; a name is only issued/served if it resolves to one of these",
 			bind:  bind(&s.ACMEExpectIPs, "ip,...", parseIPs)},
+		{env: "HOP_ACME_DNS_RESOLVER", flag: "acme-dns-resolver",
+			usage: "host:port of the DNS server used for the HOP_ACME_EXPECT_IPS check; empty uses the system resolver",
+			bind:  bind(&s.ACMEDNSResolver, "host:port", parseDialAddr)},
+		{env: "HOP_ACME_RENEW_INTERVAL", flag: "acme-renew-interval", def: "6h",
+			usage: "how often certificates are checked for renewal (renewed with a third of their lifetime left, or when the CA's renewal information says so)",
+			bind:  bind(&s.ACMERenewInterval, "duration", parsePositiveDuration)},
 		{env: "HOP_ERROR_PAGES_DIR", flag: "error-pages-dir",
 			usage: "directory overriding the embedded error pages",
 			bind:  bind(&s.ErrorPagesDir, "dir", parseDir)},

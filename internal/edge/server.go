@@ -28,8 +28,13 @@ type ListenOptions struct {
 	// HTTPS serves everything on the TLS port.
 	HTTPS http.Handler
 	// HTTP serves the plain port; nil means redirect everything to HTTPS.
-	HTTP   http.Handler
-	Logger *slog.Logger
+	HTTP http.Handler
+	// WrapHTTP, if set, wraps the plain port's handler (ACME HTTP-01 answers go first).
+	WrapHTTP func(http.Handler) http.Handler
+	// ExtraALPN are protocols the TLS listener accepts whose connections end after the handshake
+	// (ACME's "acme-tls/1": the validation is the handshake itself).
+	ExtraALPN []string
+	Logger    *slog.Logger
 }
 
 // Server owns the listeners.
@@ -60,7 +65,7 @@ func Listen(o ListenOptions) (*Server, error) {
 	}
 	tlsConf := o.TLSConfig.Clone()
 	tlsConf.MinVersion = tls.VersionTLS12
-	tlsConf.NextProtos = []string{"h2", "http/1.1"}
+	tlsConf.NextProtos = append([]string{"h2", "http/1.1"}, o.ExtraALPN...)
 	errLog := slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug)
 	s.https = &http.Server{
 		Handler:           o.HTTPS,
@@ -76,11 +81,24 @@ func Listen(o ListenOptions) (*Server, error) {
 			MaxReceiveBufferPerConnection: 32 << 20,
 		},
 	}
+	if len(o.ExtraALPN) > 0 {
+		// A TLSNextProto map alone would switch HTTP/2 off; the explicit protocol set keeps it on.
+		s.https.Protocols = new(http.Protocols)
+		s.https.Protocols.SetHTTP1(true)
+		s.https.Protocols.SetHTTP2(true)
+		s.https.TLSNextProto = make(map[string]func(*http.Server, *tls.Conn, http.Handler))
+		for _, p := range o.ExtraALPN {
+			s.https.TLSNextProto[p] = func(*http.Server, *tls.Conn, http.Handler) {}
+		}
+	}
 	go func() { s.errs <- serveErr("HTTPS", s.https.ServeTLS(httpsLn, "", "")) }()
 	if s.httpLn != nil {
 		h := o.HTTP
 		if h == nil {
 			h = RedirectToHTTPS(portOf(httpsLn.Addr()))
+		}
+		if o.WrapHTTP != nil {
+			h = o.WrapHTTP(h)
 		}
 		s.http = &http.Server{
 			Handler:           h,

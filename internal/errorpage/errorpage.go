@@ -6,12 +6,16 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html/template"
 	"io/fs"
+	"log/slog"
 	"mime"
 	"net/http"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -21,51 +25,54 @@ import (
 // AssetsPrefix is where the pages' CSS and logo are served on every host.
 const AssetsPrefix = "/__hopgate_assets__/"
 
-type text struct{ Title, Message, TitleKo, MessageKo string }
+// maxRequestIDLen bounds the request id echoed into a page; the header may come from the client.
+const maxRequestIDLen = 128
 
-var texts = map[int]text{
-	400: {"Bad request", "The request could not be understood.", "잘못된 요청", "요청을 이해할 수 없습니다."},
-	401: {"Unauthorized", "Valid credentials are required.", "인증 필요", "올바른 인증 정보가 필요합니다."},
-	403: {"Forbidden", "You are not allowed to do this.", "접근 거부", "이 작업을 수행할 권한이 없습니다."},
-	404: {"Not found", "This gateway does not serve the requested name or path.", "찾을 수 없음", "이 게이트웨이는 요청한 도메인이나 경로를 제공하지 않습니다."},
-	405: {"Method not allowed", "This method is not allowed here.", "허용되지 않는 메서드", "이 메서드는 여기서 허용되지 않습니다."},
-	413: {"Request too large", "The request body is larger than allowed.", "요청이 너무 큼", "요청 본문이 허용된 크기보다 큽니다."},
-	421: {"Misdirected request", "This connection cannot serve the requested name.", "잘못 전달된 요청", "이 연결은 요청한 도메인을 제공할 수 없습니다."},
-	429: {"Too many requests", "Slow down and try again shortly.", "요청이 너무 많음", "잠시 후 다시 시도해 주세요."},
-	431: {"Headers too large", "The request headers are larger than allowed.", "헤더가 너무 큼", "요청 헤더가 허용된 크기보다 큽니다."},
-	500: {"Internal error", "The gateway failed to handle the request.", "내부 오류", "게이트웨이가 요청을 처리하지 못했습니다."},
-	502: {"Bad gateway", "The service behind this domain did not answer properly.", "잘못된 게이트웨이", "이 도메인 뒤의 서비스가 올바르게 응답하지 않았습니다."},
-	503: {"Service unavailable", "The service for this domain is not connected right now.", "서비스를 사용할 수 없음", "이 도메인의 서비스가 현재 연결되어 있지 않습니다."},
-	504: {"Gateway timeout", "The service behind this domain took too long to answer.", "게이트웨이 시간 초과", "이 도메인 뒤의 서비스가 너무 오래 응답하지 않았습니다."},
+// Page is the data every error page template is executed with. errors/README.md documents it for
+// operators writing their own pages.
+type Page struct {
+	Code                       int
+	Title, Message, Hint       string
+	TitleKo, MessageKo, HintKo string
+	RequestID                  string
+	CSS                        template.CSS // errors/assets/style.css, for a <style> element
+	Logo                       template.URL // errors/assets/logo.svg as a data: URI, for an <img src>
 }
 
-// Writer renders error responses.
+// Writer renders error responses. It is safe for concurrent use.
 type Writer struct {
-	tmpl   *template.Template
-	assets http.Handler
+	fallback *template.Template         // error.html: every status without a page of its own
+	byCode   map[int]*template.Template // <code>.html from the override directory
+	assets   http.Handler
 	// The stylesheet and logo are inlined so that a page shown on a tenant's domain needs nothing
 	// from that domain: a request for an asset there would go to the tenant's service.
 	css  template.CSS
 	logo template.URL
 }
 
-// New loads the embedded page and assets, or the ones in pagesDir / assetsDir when those are set.
+var codePage = regexp.MustCompile(`^([1-5][0-9][0-9])\.html$`)
+
+// New loads the embedded page and assets. When pagesDir is set, a page in it is used for its status
+// (<code>.html) or for all statuses without their own page (error.html); the embedded error.html
+// covers the rest. When assetsDir is set, its files replace the embedded ones of the same name.
+// Every template is test-rendered, so a broken override fails here, naming its file, rather than on
+// the first error a visitor meets.
 func New(pagesDir, assetsDir string) (*Writer, error) {
-	var pages fs.FS = errorpages.Templates
-	if pagesDir != "" {
-		pages = os.DirFS(pagesDir)
-	} else {
-		pages, _ = fs.Sub(pages, "templates")
-	}
-	tmpl, err := template.ParseFS(pages, "error.html")
+	embeddedPages, err := fs.Sub(errorpages.Templates, "templates")
 	if err != nil {
-		return nil, fmt.Errorf("load error page template: %w", err)
+		return nil, fmt.Errorf("embedded error pages: %w", err)
 	}
-	var assets fs.FS
+	embeddedAssets, err := fs.Sub(errorpages.Assets, "assets")
+	if err != nil {
+		return nil, fmt.Errorf("embedded error assets: %w", err)
+	}
+
+	assets := embeddedAssets
 	if assetsDir != "" {
-		assets = os.DirFS(assetsDir)
-	} else {
-		assets, _ = fs.Sub(errorpages.Assets, "assets")
+		if err := checkDir(assetsDir); err != nil {
+			return nil, fmt.Errorf("error assets directory: %w", err)
+		}
+		assets = overlay{os.DirFS(assetsDir), embeddedAssets}
 	}
 	css, err := fs.ReadFile(assets, "style.css")
 	if err != nil {
@@ -75,76 +82,218 @@ func New(pagesDir, assetsDir string) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load error page logo: %w", err)
 	}
-	return &Writer{
-		tmpl:   tmpl,
-		assets: http.StripPrefix(AssetsPrefix, http.FileServerFS(assets)),
+	wr := &Writer{
+		byCode: map[int]*template.Template{},
+		assets: http.StripPrefix(AssetsPrefix, noListing(http.FileServerFS(assets))),
 		css:    template.CSS(css),
 		logo:   template.URL("data:image/svg+xml;base64," + base64.StdEncoding.EncodeToString(logo)),
-	}, nil
+	}
+
+	if wr.fallback, err = wr.load(embeddedPages, "error.html", "embedded errors/templates", 0); err != nil {
+		return nil, err
+	}
+	if pagesDir == "" {
+		return wr, nil
+	}
+	if err := checkDir(pagesDir); err != nil {
+		return nil, fmt.Errorf("error pages directory: %w", err)
+	}
+	dir := os.DirFS(pagesDir)
+	names, err := fs.Glob(dir, "*.html")
+	if err != nil {
+		return nil, fmt.Errorf("list error pages in %s: %w", pagesDir, err)
+	}
+	for _, name := range names {
+		switch m := codePage.FindStringSubmatch(name); {
+		case name == "error.html":
+			if wr.fallback, err = wr.load(dir, name, pagesDir, 0); err != nil {
+				return nil, err
+			}
+		case m != nil:
+			code, _ := strconv.Atoi(m[1])
+			if wr.byCode[code], err = wr.load(dir, name, pagesDir, code); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return wr, nil
+}
+
+// load parses one page and renders it once with sample data, so that a reference to a field that
+// does not exist is caught now. code is the status the page is for, 0 for error.html.
+func (wr *Writer) load(dir fs.FS, name, from string, code int) (*template.Template, error) {
+	path := filepath.Join(from, name)
+	tmpl, err := template.ParseFS(dir, name)
+	if err != nil {
+		return nil, fmt.Errorf("parse error page %s: %w", path, err)
+	}
+	if code == 0 {
+		code = http.StatusBadGateway
+	}
+	if err := tmpl.Execute(&bytes.Buffer{}, wr.page(code, "sample-request-id")); err != nil {
+		return nil, fmt.Errorf("render error page %s: %w", path, err)
+	}
+	return tmpl, nil
+}
+
+func (wr *Writer) page(code int, requestID string) Page {
+	t := textFor(code)
+	return Page{
+		Code: code, Title: t.Title, Message: t.Message, Hint: t.Hint,
+		TitleKo: t.TitleKo, MessageKo: t.MessageKo, HintKo: t.HintKo,
+		RequestID: requestID, CSS: wr.css, Logo: wr.logo,
+	}
 }
 
 // Assets serves the pages' CSS and images.
 func (wr *Writer) Assets() http.Handler { return wr.assets }
 
+// jsonError is the body API clients get; the field order is the documented one.
+type jsonError struct {
+	Success bool   `json:"success"`
+	Error   string `json:"error"`
+	Status  int    `json:"status"`
+}
+
 // Write sends code with msg (the detail shown to API clients; pages show the standard wording).
+// The whole body is rendered before the status is written, so Content-Length is always exact and a
+// HEAD request gets the same headers as a GET.
 func (wr *Writer) Write(w http.ResponseWriter, r *http.Request, code int, msg string) {
-	t, ok := texts[code]
-	if !ok {
-		t = text{Title: http.StatusText(code), Message: http.StatusText(code), TitleKo: http.StatusText(code), MessageKo: http.StatusText(code)}
-	}
+	t := textFor(code)
 	if msg == "" {
 		msg = t.Message
 	}
+	var body []byte
+	ctype := "text/plain; charset=utf-8"
+	switch negotiate(strings.Join(r.Header.Values("Accept"), ",")) {
+	case kindJSON:
+		b, err := json.Marshal(jsonError{Success: false, Error: msg, Status: code})
+		if err != nil { // a struct of a bool, a string and an int always marshals
+			panic(err)
+		}
+		body, ctype = append(b, '\n'), "application/json"
+	case kindHTML:
+		var buf bytes.Buffer
+		if err := wr.template(code).Execute(&buf, wr.page(code, requestID(w, r))); err != nil {
+			// New rendered every template once, so this is unexpected; the visitor still gets text.
+			slog.Error("render error page", "status", code, "error", err)
+			break
+		}
+		body, ctype = buf.Bytes(), "text/html; charset=utf-8"
+	}
+	if body == nil {
+		body = fmt.Appendf(nil, "%d %s: %s\n", code, t.Title, msg)
+	}
+
 	h := w.Header()
+	// Headers a failed upstream response may have left describe a body that is not this one.
+	for _, k := range []string{"Content-Encoding", "Content-Range", "ETag", "Last-Modified", "Expires"} {
+		h.Del(k)
+	}
 	// A transient 502 or 503 must not stick in a browser or CDN cache.
 	h.Set("Cache-Control", "no-store")
-	h.Del("Content-Length")
 	h.Set("X-Content-Type-Options", "nosniff")
-	switch negotiate(r.Header.Get("Accept")) {
-	case "json":
-		h.Set("Content-Type", "application/json")
-		w.WriteHeader(code)
-		_ = json.NewEncoder(w).Encode(map[string]any{"success": false, "error": msg, "status": code})
-	case "html":
-		var buf bytes.Buffer
-		data := struct {
-			text
-			Code      int
-			RequestID string
-			CSS       template.CSS
-			Logo      template.URL
-		}{t, code, r.Header.Get("X-Request-Id"), wr.css, wr.logo}
-		if err := wr.tmpl.Execute(&buf, data); err != nil {
-			h.Set("Content-Type", "text/plain; charset=utf-8")
-			w.WriteHeader(code)
-			_, _ = fmt.Fprintf(w, "%d %s\n", code, t.Title)
-			return
-		}
-		h.Set("Content-Type", "text/html; charset=utf-8")
-		h.Set("Content-Length", strconv.Itoa(buf.Len()))
-		w.WriteHeader(code)
-		_, _ = w.Write(buf.Bytes())
-	default:
-		h.Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(code)
-		_, _ = fmt.Fprintf(w, "%d %s: %s\n", code, t.Title, msg)
+	h.Set("Content-Type", ctype)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Add("Vary", "Accept")
+	w.WriteHeader(code)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body) // the client has gone; nothing left to tell it
 	}
 }
 
-// negotiate picks json, html or text from an Accept header, honouring order but not q-values
-// beyond q=0: enough for browsers (text/html first) and API clients (application/json).
-func negotiate(accept string) string {
+func (wr *Writer) template(code int) *template.Template {
+	if t, ok := wr.byCode[code]; ok {
+		return t
+	}
+	return wr.fallback
+}
+
+// requestID prefers the id the access log put on the response, then the one on the request.
+func requestID(w http.ResponseWriter, r *http.Request) string {
+	id := w.Header().Get("X-Request-Id")
+	if id == "" {
+		id = r.Header.Get("X-Request-Id")
+	}
+	if len(id) > maxRequestIDLen {
+		id = id[:maxRequestIDLen]
+	}
+	return id
+}
+
+type kind int
+
+const (
+	kindText kind = iota
+	kindJSON
+	kindHTML
+)
+
+// negotiate picks the response kind from an Accept header: the media type with the highest q-value
+// among JSON, HTML and plain text, the earliest on a tie. Wildcards (*/* from curl and fetch, and
+// the */*;q=0.8 browsers append) choose nothing, so they fall through to text.
+func negotiate(accept string) kind {
+	best, bestQ := kindText, 0.0
 	for _, part := range strings.Split(accept, ",") {
 		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-		if err != nil || params["q"] == "0" {
+		if err != nil {
 			continue
 		}
+		q := 1.0
+		if s, ok := params["q"]; ok {
+			if q, err = strconv.ParseFloat(s, 64); err != nil {
+				continue
+			}
+		}
+		var k kind
 		switch {
-		case mt == "application/json" || strings.HasSuffix(mt, "+json"):
-			return "json"
+		case mt == "application/json" || strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"):
+			k = kindJSON
 		case mt == "text/html" || mt == "application/xhtml+xml":
-			return "html"
+			k = kindHTML
+		case mt == "text/plain":
+			k = kindText
+		default:
+			continue
+		}
+		if q > bestQ {
+			best, bestQ = k, q
 		}
 	}
-	return "text"
+	return best
+}
+
+func checkDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	return nil
+}
+
+// noListing answers 404 for directories: the asset path is public on every host, and there is
+// nothing in it worth browsing.
+func noListing(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "" || strings.HasSuffix(r.URL.Path, "/") {
+			http.NotFound(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// overlay serves a file from top when it is there and from base otherwise, so an operator can
+// replace the logo without copying the stylesheet.
+type overlay struct{ top, base fs.FS }
+
+func (o overlay) Open(name string) (fs.File, error) {
+	f, err := o.top.Open(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return o.base.Open(name)
+	}
+	return f, err
 }

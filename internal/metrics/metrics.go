@@ -23,6 +23,7 @@ type Metrics struct {
 	TunnelBytes    *prometheus.CounterVec
 	ProxyErrors    *prometheus.CounterVec
 	CertExpiry     *prometheus.GaugeVec
+	CertOrders     *prometheus.CounterVec
 }
 
 // New registers the series on a fresh registry, with the Go and process collectors.
@@ -52,8 +53,11 @@ func New() *Metrics {
 		CertExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "hopgate_certificate_expiry_timestamp_seconds", Help: "Expiry of served certificates (Unix time).",
 		}, []string{"name"}),
+		CertOrders: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopgate_certificate_orders_total", Help: "ACME orders by result (ok, error).",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.Requests, m.Duration, m.TunnelsActive, m.TunnelConnects, m.TunnelBytes, m.ProxyErrors, m.CertExpiry,
+	reg.MustRegister(m.Requests, m.Duration, m.TunnelsActive, m.TunnelConnects, m.TunnelBytes, m.ProxyErrors, m.CertExpiry, m.CertOrders,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

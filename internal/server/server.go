@@ -3,17 +3,19 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/hopgate/hopgate/internal/acme"
 	"github.com/hopgate/hopgate/internal/admin"
 	"github.com/hopgate/hopgate/internal/authlimit"
 	"github.com/hopgate/hopgate/internal/config"
@@ -54,12 +56,13 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 	m := metrics.New()
 	hub := tunnel.NewHub(func(total int) { m.TunnelsActive.Set(float64(total)) })
 
+	var httpsPort atomic.Value
 	authLimiter := authlimit.New(cfg.AuthFailuresPerMin)
 	svcOpts := tunnel.ServiceOptions{
 		PingInterval:       cfg.TunnelPingInterval,
 		MaxStreams:         cfg.MaxStreamsPerTunnel,
 		MaxAgentsPerDomain: cfg.MaxAgentsPerDomain,
-		PublicURL:          publicURL(cfg),
+		PublicURL:          publicURL(&httpsPort),
 		OnConnect:          func(result string) { m.TunnelConnects.WithLabelValues(result).Inc() },
 		Logger:             log,
 	}
@@ -71,11 +74,26 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 	grpcServer := grpc.NewServer()
 	tunnelv1.RegisterTunnelServiceServer(grpcServer, svc)
 
+	certs, err := newCertSource(ctx, cfg, store, m, log)
+	if err != nil {
+		return err
+	}
+	certCtx, stopCerts := context.WithCancel(context.WithoutCancel(ctx))
+	waitCerts := certs.run(certCtx, log)
+	defer func() {
+		stopCerts()
+		waitCerts()
+	}()
+
 	var adminAPI http.Handler
 	if cfg.AdminAPIKey == "" {
 		log.Warn("admin API disabled: HOP_ADMIN_API_KEY is empty")
 	} else {
-		adminAPI = authLimiter.Middleware(admin.New(store, hub, cfg.AdminAPIKey, log, cfg.Domain))
+		opts := []admin.Option{admin.Reserved(cfg.Domain)}
+		if certs.acme != nil {
+			opts = append(opts, admin.WithCertificates(adminCerts{certs.acme}))
+		}
+		adminAPI = authLimiter.Middleware(admin.New(store, hub, cfg.AdminAPIKey, log, opts...))
 	}
 
 	gw := proxy.NewGateway(proxy.GatewayOptions{
@@ -106,20 +124,26 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 		plain = edge.NewRouter(plainOpts)
 	}
 
-	tlsConf, err := certificates(cfg, log)
-	if err != nil {
-		return err
-	}
-	srv, err := edge.Listen(edge.ListenOptions{
+	listenOpts := edge.ListenOptions{
 		HTTPSAddr: cfg.HTTPSListen,
 		HTTPAddr:  cfg.HTTPListen,
-		TLSConfig: tlsConf,
+		TLSConfig: certs.tls,
 		HTTPS:     edge.NewRouter(routerOpts),
 		HTTP:      plain,
 		Logger:    log,
-	})
+	}
+	if certs.acme != nil {
+		// Both ACME challenges are answered on our own listeners: HTTP-01 before anything else on the
+		// plain port, TLS-ALPN-01 in the handshake on the HTTPS port.
+		listenOpts.WrapHTTP = certs.acme.HTTPHandler
+		listenOpts.ExtraALPN = []string{acme.ALPNProto}
+	}
+	srv, err := edge.Listen(listenOpts)
 	if err != nil {
 		return err
+	}
+	if a, ok := srv.HTTPSAddr().(*net.TCPAddr); ok {
+		httpsPort.Store(strconv.Itoa(a.Port))
 	}
 	metricsSrv, err := serveMetrics(cfg.MetricsListen, m, log)
 	if err != nil {
@@ -158,26 +182,6 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 	return runErr
 }
 
-// certificates returns the TLS set-up of the HTTPS listener.
-func certificates(cfg *config.Server, log *slog.Logger) (*tls.Config, error) {
-	dir := filepath.Join(cfg.DataDir, "selfsigned")
-	names := append([]string{cfg.Domain}, cfg.ProxyDomains...)
-	cert, path, err := edge.SelfSigned(dir, names)
-	if err != nil {
-		return nil, fmt.Errorf("self-signed certificate: %w", err)
-	}
-	issuer, err := edge.NewDebugIssuer(cert)
-	if err != nil {
-		return nil, err
-	}
-	if cfg.Debug {
-		log.Info("debug mode: self-signed certificate; trust it on agents with --ca-file", "ca_file", path)
-	} else {
-		log.Warn("serving a self-signed certificate: ACME issuance is not part of this build yet", "ca_file", path)
-	}
-	return &tls.Config{GetCertificate: issuer.GetCertificate}, nil
-}
-
 func serveMetrics(addr string, m *metrics.Metrics, log *slog.Logger) (*http.Server, error) {
 	if addr == "" {
 		return nil, nil
@@ -194,13 +198,15 @@ func serveMetrics(addr string, m *metrics.Metrics, log *slog.Logger) (*http.Serv
 	return s, nil
 }
 
-func publicURL(cfg *config.Server) func(string) string {
-	_, port, _ := net.SplitHostPort(cfg.HTTPSListen)
+// publicURL tells agents where their domain is served. The port is the one bound, which differs from
+// the configured one when that is 0; tunnels only start after the listener is bound.
+func publicURL(port *atomic.Value) func(string) string {
 	return func(domain string) string {
-		if port == "" || port == "443" || port == "0" {
+		p, _ := port.Load().(string)
+		if p == "" || p == "443" {
 			return "https://" + domain
 		}
-		return "https://" + net.JoinHostPort(domain, port)
+		return "https://" + net.JoinHostPort(domain, p)
 	}
 }
 
