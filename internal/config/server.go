@@ -221,7 +221,7 @@ func LoadServer(args []string, lookupEnv func(string) (string, bool), dotenvPath
 // default and meaning.
 func ServerUsage(w io.Writer) {
 	usage(w, "hopgate-server",
-		"Public end of HopGate: serves HTTPS for the gateway's domain and proxies every registered\ndomain to the agent connected for it.",
+		"Public end of HopGate: serves HTTPS for the gateway's domain and proxies every registered\ndomain to the agent connected for it.\nManage domains from the command line with: hopgate-server domains --help",
 		serverSettings(&Server{}))
 }
 
