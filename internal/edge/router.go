@@ -24,6 +24,9 @@ import (
 	"github.com/hopgate/hopgate/internal/tunnel"
 )
 
+// storeLookupTimeout bounds the registry lookup of a request whose domain has no agent.
+const storeLookupTimeout = 2 * time.Second
+
 // TunnelPathPrefix is reserved for the tunnel service on every host.
 const TunnelPathPrefix = "/hopgate.tunnel.v1.TunnelService/"
 
@@ -82,6 +85,12 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	host := hostOnly(r.Host)
+	if misdirected(r, host) {
+		// The connection was opened for another name (HTTP/2 coalescing, or a forged Host): the
+		// client must open a connection for this one.
+		rt.o.Errors.Write(w, r, http.StatusMisdirectedRequest, "")
+		return
+	}
 	if host == rt.o.GatewayDomain {
 		if rt.o.ProxyOnly {
 			rt.o.Errors.Write(w, r, http.StatusNotFound, "")
@@ -191,7 +200,10 @@ func (rt *Router) serveTenant(w http.ResponseWriter, r *http.Request) {
 		rt.o.Proxy.Forward(sw, r, agent, func() *tunnel.Agent { return rt.o.Agents.Pick(domain) })
 		return
 	}
-	known, err := rt.o.Domains.Registered(r.Context(), domain)
+	// A slow store must not hold requests (and their goroutines) without bound.
+	lookupCtx, cancel := context.WithTimeout(r.Context(), storeLookupTimeout)
+	known, err := rt.o.Domains.Registered(lookupCtx, domain)
+	cancel()
 	switch {
 	case err != nil:
 		rt.o.Logger.Warn("domain lookup failed", "err", err)
@@ -247,6 +259,15 @@ func (rt *Router) fail(w http.ResponseWriter, r *http.Request, code int, reason,
 		rt.o.Metrics.ProxyErrors.WithLabelValues(reason).Inc()
 	}
 	rt.o.Errors.Write(w, r, code, msg)
+}
+
+// misdirected reports whether a TLS request names a host other than the one its connection was
+// opened for (SNI). Clients that send no SNI (IP addresses) are not checked.
+func misdirected(r *http.Request, host string) bool {
+	if r.TLS == nil || r.TLS.ServerName == "" {
+		return false
+	}
+	return !strings.EqualFold(strings.TrimSuffix(r.TLS.ServerName, "."), host)
 }
 
 // isGRPC reports whether r is a gRPC call: HTTP/2 with a gRPC content type.

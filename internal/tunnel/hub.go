@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"errors"
 	"sync"
 )
 
@@ -26,14 +27,41 @@ func NewHub(onChange func(total int)) *Hub {
 	return &Hub{agents: make(map[string][]*Agent), onChange: onChange}
 }
 
-// Add registers a live agent.
-func (h *Hub) Add(a *Agent) {
+// ErrTooManyAgents is returned by Add when the domain already has its maximum of agents.
+var ErrTooManyAgents = errors.New("domain has its maximum number of agents")
+
+// Add registers a live agent. An agent that reconnects with the same non-empty id replaces its old
+// session in the same step (returned as replaced, for the caller to close), so a flapping agent never
+// counts twice. With limit > 0, a domain holding limit other agents refuses the new one.
+func (h *Hub) Add(a *Agent, limit int) (replaced *Agent, err error) {
 	h.mu.Lock()
-	h.agents[a.Domain] = append(h.agents[a.Domain], a)
+	list := h.agents[a.Domain]
+	if a.AgentID != "" {
+		for i, x := range list {
+			if x.AgentID == a.AgentID {
+				replaced = x
+				list = append(list[:i:i], list[i+1:]...)
+				h.total--
+				break
+			}
+		}
+	}
+	if limit > 0 && len(list) >= limit {
+		if replaced != nil {
+			// Put it back: the replacement did not happen.
+			list = append(list, replaced)
+			h.total++
+		}
+		h.agents[a.Domain] = list
+		h.mu.Unlock()
+		return nil, ErrTooManyAgents
+	}
+	h.agents[a.Domain] = append(list, a)
 	h.total++
 	total := h.total
 	h.mu.Unlock()
 	h.changed(total)
+	return replaced, nil
 }
 
 // Remove forgets an agent; it is a no-op for one already removed.

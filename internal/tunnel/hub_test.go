@@ -63,7 +63,9 @@ func TestHubPick(t *testing.T) {
 					<-p.server.Done()
 				}
 				a := &Agent{Domain: "app.example.test", AgentID: fmt.Sprint("agent-", i), Session: p.server}
-				hub.Add(a)
+				if _, err := hub.Add(a, 0); err != nil {
+					t.Fatal(err)
+				}
 				agents = append(agents, a)
 			}
 			got := hub.Pick("app.example.test")
@@ -106,7 +108,9 @@ func TestHubMembership(t *testing.T) {
 	for _, d := range []string{"a.example.test", "a.example.test", "b.example.test"} {
 		p := h.dial(Config{Accept: loadAgent}, nil)
 		a := &Agent{Domain: d, AgentID: fmt.Sprint(len(members)), Session: p.server}
-		hub.Add(a)
+		if _, err := hub.Add(a, 0); err != nil {
+			t.Fatal(err)
+		}
 		members = append(members, member{a, p})
 	}
 	counts := func() []int {
@@ -154,5 +158,45 @@ func TestHubMembership(t *testing.T) {
 	defer mu.Unlock()
 	if want := []int{1, 2, 3, 2, 1, 0}; !slices.Equal(totals, want) {
 		t.Errorf("onChange saw %v, want %v", totals, want)
+	}
+}
+
+// TestHubReplaceAndLimit: an agent id seen again replaces its old entry in one step (never counted
+// twice), and a full domain refuses newcomers but still lets a known agent replace itself.
+func TestHubReplaceAndLimit(t *testing.T) {
+	leakCheck(t)
+	h := newHarness(t, harnessOptions{})
+	var changes []int
+	hub := NewHub(func(n int) { changes = append(changes, n) })
+	mk := func(id string) *Agent {
+		p := h.dial(Config{Accept: loadAgent}, nil)
+		return &Agent{Domain: "r.example.test", AgentID: id, Session: p.server}
+	}
+	first := mk("a")
+	if old, err := hub.Add(first, 2); err != nil || old != nil {
+		t.Fatalf("first add: %v %v", old, err)
+	}
+	again := mk("a")
+	old, err := hub.Add(again, 2)
+	if err != nil || old != first {
+		t.Fatalf("same id: replaced %v, err %v; want the first agent", old, err)
+	}
+	if n := hub.AgentCount("r.example.test"); n != 1 {
+		t.Fatalf("count after replacement %d, want 1", n)
+	}
+	if _, err := hub.Add(mk("b"), 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hub.Add(mk("c"), 2); !errors.Is(err, ErrTooManyAgents) {
+		t.Fatalf("third agent over limit 2: %v", err)
+	}
+	if old, err := hub.Add(mk("b"), 2); err != nil || old == nil {
+		t.Fatalf("known agent at the limit: replaced %v, err %v", old, err)
+	}
+	if n := hub.Total(); n != 2 {
+		t.Fatalf("total %d, want 2", n)
+	}
+	if got := changes[len(changes)-1]; got != 2 {
+		t.Fatalf("last reported total %d", got)
 	}
 }

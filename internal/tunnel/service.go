@@ -20,6 +20,8 @@ import (
 var (
 	ErrUnknownDomain = errors.New("domain is not registered")
 	ErrBadKey        = errors.New("client API key does not match")
+	// ErrReplaced ends a tunnel whose agent connected again with the same id.
+	ErrReplaced = errors.New("agent reconnected; old tunnel replaced")
 	// ErrDomainClosed ends the tunnels of a domain that was unregistered or whose key was rotated.
 	ErrDomainClosed = errors.New("domain unregistered or key rotated")
 )
@@ -33,8 +35,12 @@ func WithWriteDeadline(ctx context.Context, set func(time.Time) error) context.C
 	return context.WithValue(ctx, writeDeadlineKey{}, set)
 }
 
-// helloTimeout bounds how long a new tunnel may take to say who it is.
-const helloTimeout = 10 * time.Second
+// helloTimeout bounds how long a new tunnel may take to say who it is; authTimeout how long the
+// store may take to check it (a slow store answers Unavailable, which agents retry).
+const (
+	helloTimeout = 10 * time.Second
+	authTimeout  = 5 * time.Second
+)
 
 // Authenticator checks an agent's domain and key and returns the canonical domain name.
 type Authenticator interface {
@@ -96,7 +102,9 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 		s.opts.OnConnect("rate_limited")
 		return status.Error(codes.ResourceExhausted, "too many failed attempts from this address; retry later")
 	}
-	domain, err := s.auth.Authenticate(ctx, hello.Domain, hello.ApiKey)
+	authCtx, cancel := context.WithTimeout(ctx, authTimeout)
+	domain, err := s.auth.Authenticate(authCtx, hello.Domain, hello.ApiKey)
+	cancel()
 	switch {
 	case errors.Is(err, ErrUnknownDomain):
 		s.failedAuth(addr)
@@ -112,11 +120,6 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 		return status.Error(codes.Unavailable, "gateway cannot check keys right now; retry")
 	}
 
-	if limit := s.opts.MaxAgentsPerDomain; limit > 0 && s.hub.AgentCount(domain) >= limit {
-		s.opts.OnConnect("too_many_agents")
-		return status.Errorf(codes.ResourceExhausted, "domain already has %d agents connected", limit)
-	}
-
 	sessionID := newSessionID()
 	sess := NewSession(stream, Config{
 		LocalWindow:  DefaultInitialWindow,
@@ -125,19 +128,29 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 		PingInterval: s.opts.PingInterval,
 		Logger:       s.opts.Logger.With("domain", domain, "session", sessionID),
 	})
+	agent := &Agent{Domain: domain, AgentID: hello.AgentId, Session: sess}
+	replaced, err := s.hub.Add(agent, s.opts.MaxAgentsPerDomain)
+	if err != nil {
+		s.opts.OnConnect("too_many_agents")
+		return status.Errorf(codes.ResourceExhausted, "domain already has %d agents connected", s.opts.MaxAgentsPerDomain)
+	}
+	if replaced != nil {
+		// The same agent came back (its old tunnel is half-open or it restarted): the old session goes.
+		replaced.Session.Close(ErrReplaced)
+	}
+	defer s.hub.Remove(agent)
 	accepted := &Frame{Kind: &tunnelv1.TunnelFrame_Accepted{Accepted: &tunnelv1.Accepted{
 		SessionId:     sessionID,
 		PublicUrl:     s.opts.PublicURL(domain),
 		InitialWindow: DefaultInitialWindow,
 	}}}
-	// Accepted goes out before the session's sender starts, so it is the first frame the agent sees.
+	// Accepted goes out before the session's sender starts, so it is the first frame the agent sees,
+	// even if a request picked this agent the moment it joined the Hub.
 	if err := stream.Send(accepted); err != nil {
 		s.opts.OnConnect("error")
+		sess.Close(err) // fails any stream a request opened in the meantime
 		return err
 	}
-	agent := &Agent{Domain: domain, AgentID: hello.AgentId, Session: sess}
-	s.hub.Add(agent)
-	defer s.hub.Remove(agent)
 	unblock, _ := ctx.Value(writeDeadlineKey{}).(func(time.Time) error)
 	go func() {
 		<-sess.Done()
