@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"net/http"
 	"syscall"
@@ -85,4 +86,54 @@ func waitLog(g *gateway, s string, d time.Duration) bool {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return false
+}
+
+// TestHardeningShutdownWithStreamsInFlight: SIGTERM while an endless event stream and a slow
+// download are in flight: the server stops within the grace period (+1 s), exits 0, and the agent is
+// told to go away rather than cut off (it logs the reconnect, it does not exit).
+func TestHardeningShutdownWithStreamsInFlight(t *testing.T) {
+	t.Parallel()
+	const domain = "drain.example.test"
+	target := tnTarget(t, func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		if r.URL.Path == "/events" {
+			w.Header().Set("Content-Type", "text/event-stream")
+		}
+		for {
+			if _, err := w.Write([]byte("data: tick\n\n")); err != nil {
+				return
+			}
+			_ = rc.Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	})
+	g := startGateway(t, gatewayOptions{Env: []string{"HOP_SERVER_SHUTDOWN_TIMEOUT=2s"}})
+	agent := g.startAgent(domain, g.register(domain), target.URL)
+	c := g.httpClient(true)
+	for _, path := range []string{"/events", "/download"} {
+		res, err := c.Get(g.url(domain, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _, _ = io.Copy(io.Discard, res.Body); res.Body.Close() }()
+	}
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	g.signal(syscall.SIGTERM)
+	if code := g.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("shutdown took %s with a 2 s grace period", d)
+	}
+	waitFor(t, 5*time.Second, "agent notices the gateway going away", func() bool {
+		return len(lines(agent, "tunnel down, reconnecting")) > 0
+	})
+	if agent.exited() {
+		t.Fatal("agent exited when the gateway restarted; it must keep reconnecting")
+	}
 }
