@@ -40,3 +40,24 @@ browser-test:
 	command -v chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-noto-cjk)
 	fc-list :lang=ko | grep -q . || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y fonts-noto-cjk)
 	HOP_BROWSER_TESTS=1 $(GO) test -count=1 -timeout 9m -run '^TestBrowser$$' -v ./internal/errorpage/
+
+# Measures HopGate against the origin and a plain httputil.ReverseProxy (issue 8); see bench/README.md.
+# `bench` is the quick profile (under 5 minutes on 2 cores), `bench-full` the issue's sizes (S9 included).
+.PHONY: bench-full
+bench: build
+	$(GO) run ./bench -profile quick
+
+bench-full: build
+	$(GO) run ./bench -profile full
+
+# Runs every fuzz target for FUZZTIME each, one after another (`make test` runs their seeds only).
+# New corpus entries land in the Go build cache; copy the interesting ones into testdata/fuzz.
+FUZZTIME ?= 30s
+.PHONY: fuzz
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzSessionFrames$$' -fuzztime=$(FUZZTIME) ./internal/tunnel
+	$(GO) test -run='^$$' -fuzz='^FuzzHeaderMapping$$' -fuzztime=$(FUZZTIME) ./internal/proxy
+	$(GO) test -run='^$$' -fuzz='^FuzzCanonical$$' -fuzztime=$(FUZZTIME) ./internal/hostname
+	$(GO) test -run='^$$' -fuzz='^FuzzLoadServer$$' -fuzztime=$(FUZZTIME) ./internal/config
+	$(GO) test -run='^$$' -fuzz='^FuzzLoadClient$$' -fuzztime=$(FUZZTIME) ./internal/config
+	$(GO) test -run='^$$' -fuzz='^FuzzAdminBodies$$' -fuzztime=$(FUZZTIME) ./internal/admin

@@ -1,0 +1,387 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/hopgate/hopgate/internal/tunnel"
+	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+)
+
+// fakeAgent is one tunnel opened by the harness itself: its own gRPC connection (as a real agent has),
+// Hello, Accepted, then the real agent-side tunnel.Session. Starting a hopgate-client process per
+// tunnel would cost the machine more than the server under test.
+type fakeAgent struct {
+	conn   *grpc.ClientConn
+	sess   *tunnel.Session
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// openFakeAgent dials addr, authenticates as domain and serves streams with serve (nil: idle agent
+// that refuses streams).
+func openFakeAgent(ctx context.Context, addr string, tlsConf *tls.Config, domain, key, id string, serve func(*tunnel.Stream)) (*fakeAgent, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+	if err != nil {
+		return nil, err
+	}
+	callCtx, cancel := context.WithCancel(context.Background())
+	fail := func(err error) (*fakeAgent, error) {
+		cancel()
+		_ = conn.Close()
+		return nil, err
+	}
+	// Bound the wait for Accepted: a server that never answers must not hold the harness.
+	timer := time.AfterFunc(20*time.Second, cancel)
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
+	stream, err := tunnelv1.NewTunnelServiceClient(conn).OpenTunnel(callCtx)
+	if err != nil {
+		return fail(fmt.Errorf("open tunnel: %w", err))
+	}
+	hello := &tunnelv1.Hello{Domain: domain, ApiKey: key, AgentId: id, Version: "bench", InitialWindow: tunnel.DefaultInitialWindow}
+	if err := stream.Send(&tunnelv1.TunnelFrame{Kind: &tunnelv1.TunnelFrame_Hello{Hello: hello}}); err != nil && !errors.Is(err, io.EOF) {
+		return fail(fmt.Errorf("send hello: %w", err))
+	}
+	first, err := stream.Recv()
+	if !timer.Stop() {
+		return fail(errors.New("no Accepted within 20 s"))
+	}
+	if err != nil {
+		return fail(fmt.Errorf("wait for Accepted: %w", err))
+	}
+	acc := first.GetAccepted()
+	if acc == nil {
+		return fail(fmt.Errorf("server answered hello with %T", first.Kind))
+	}
+	if serve == nil {
+		serve = func(st *tunnel.Stream) {
+			st.Reset(tunnelv1.ResetReason_RESET_REASON_TARGET_UNREACHABLE, "idle bench agent")
+		}
+	}
+	a := &fakeAgent{conn: conn, cancel: cancel, done: make(chan struct{})}
+	a.sess = tunnel.NewSession(stream, tunnel.Config{
+		Accept:       serve,
+		LocalWindow:  tunnel.DefaultInitialWindow,
+		PeerWindow:   acc.InitialWindow,
+		PingInterval: 15 * time.Second, // as hopgate-client's default
+	})
+	go func() {
+		defer close(a.done)
+		_ = a.sess.Run(callCtx)
+	}()
+	return a, nil
+}
+
+func (a *fakeAgent) close() {
+	a.cancel()
+	select {
+	case <-a.done:
+	case <-time.After(5 * time.Second):
+	}
+	_ = a.conn.Close()
+}
+
+// serveSmall answers every request with the same 100-byte response the origin's /small gives.
+func serveSmall(st *tunnel.Stream) {
+	defer st.Close()
+	if !st.Request().EndStream {
+		if _, err := io.Copy(io.Discard, st); err != nil {
+			return
+		}
+	}
+	head := &tunnelv1.ResponseHead{
+		Status:        http.StatusOK,
+		Headers:       []*tunnelv1.Header{{Name: "Content-Type", Values: []string{"text/plain"}}},
+		ContentLength: int64(len(smallBody)),
+	}
+	if err := st.SendResponse(head); err != nil {
+		return
+	}
+	if _, err := st.Write(smallBody); err != nil {
+		return
+	}
+	_ = st.CloseWrite(nil)
+}
+
+// agentPool opens and holds many fake agents.
+type agentPool struct {
+	mu     sync.Mutex
+	agents []*fakeAgent
+}
+
+// open adds n agents, at most parallel dialling at once; agent i serves domains[i%len(domains)].
+func (p *agentPool) open(ctx context.Context, g *gateway, n, parallel int, domains, keys []string, serve func(*tunnel.Stream)) error {
+	tlsConf := &tls.Config{RootCAs: g.caPool, ServerName: "localhost"}
+	sem := make(chan struct{}, parallel)
+	var (
+		wg   sync.WaitGroup
+		errs errCounter
+	)
+	p.mu.Lock()
+	base := len(p.agents)
+	p.mu.Unlock()
+	for i := range n {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return ctx.Err()
+		}
+		if errs.n.Load() > 0 {
+			<-sem
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			k := (base + i) % len(domains)
+			a, err := openFakeAgent(ctx, g.httpsAddr, tlsConf, domains[k], keys[k], fmt.Sprintf("bench-%d", base+i), serve)
+			if err != nil {
+				errs.add(err)
+				return
+			}
+			p.mu.Lock()
+			p.agents = append(p.agents, a)
+			p.mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if errs.n.Load() > 0 {
+		return fmt.Errorf("%d of %d tunnels failed to open (first: %s)", errs.n.Load(), n, errs.first)
+	}
+	return nil
+}
+
+// alive counts agents whose session still runs.
+func (p *agentPool) alive() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, a := range p.agents {
+		if a.sess.Err() == nil {
+			n++
+		}
+	}
+	return n
+}
+
+func (p *agentPool) closeAll() {
+	p.mu.Lock()
+	agents := p.agents
+	p.agents = nil
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 256)
+	for _, a := range agents {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			a.close()
+		})
+	}
+	wg.Wait()
+}
+
+// settleRSS waits, then reads the server's resident memory in KiB.
+func settleRSS(ctx context.Context, pid int, wait time.Duration) (int64, error) {
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(wait):
+	}
+	return memKiB(pid, "VmRSS")
+}
+
+// s8: server memory per idle tunnel, on a fresh server so earlier scenarios' heap does not count.
+func (r *runner) s8(ctx context.Context) scenarioResult {
+	steps := r.p.S8Steps
+	s := scenarioResult{ID: "S8", Name: fmt.Sprintf("server RSS with %v idle tunnels (fresh server)", steps)}
+	g, err := startGateway(ctx, r.bin, r.dir, "hopgate-server-s8", nil)
+	if err != nil {
+		return s.fail(err)
+	}
+	defer g.stop()
+	const domain = "idle.hopgate.test"
+	key, err := g.register(ctx, domain)
+	if err != nil {
+		return s.fail(err)
+	}
+	pid := g.proc.pid()
+	var pool agentPool
+	defer pool.closeAll()
+	base, err := settleRSS(ctx, pid, time.Second)
+	if err != nil {
+		return s.fail(err)
+	}
+	s.set("server", "rss_kib_0", float64(base))
+	rss := make([]int64, len(steps))
+	have := 0
+	for i, n := range steps {
+		if err := pool.open(ctx, g, n-have, 32, []string{domain}, []string{key}, nil); err != nil {
+			return s.fail(err)
+		}
+		have = n
+		if err := g.waitAgents(ctx, domain, n, 30*time.Second, nil); err != nil {
+			return s.fail(err)
+		}
+		rss[i], err = settleRSS(ctx, pid, 2*time.Second)
+		if err != nil {
+			return s.fail(err)
+		}
+		s.set("server", fmt.Sprintf("rss_kib_%d", n), float64(rss[i]))
+	}
+	last := len(steps) - 1
+	perTunnel := float64(rss[last]-rss[0]) / float64(steps[last]-steps[0])
+	s.set("server", "kib_per_tunnel", perTunnel)
+	txt := fmt.Sprintf("0: %.1f MiB", float64(base)/1024)
+	for i, n := range steps {
+		txt += fmt.Sprintf(" · %d: %.1f MiB", n, float64(rss[i])/1024)
+	}
+	s.rows = append(s.rows, row{Metric: "server VmRSS by tunnel count", Result: txt})
+	s.rows = append(s.rows, row{Metric: fmt.Sprintf("KiB per tunnel (%d→%d)", steps[0], steps[last]), Result: fmt.Sprintf("%.1f KiB", perTunnel)})
+	s.addCheck("server RSS growth per idle tunnel (KiB)", "≤ 40 KiB", perTunnel, perTunnel <= 40)
+	if alive := pool.alive(); alive != steps[last] {
+		s.Notes = append(s.Notes, fmt.Sprintf("%d of %d tunnels still up at the end", alive, steps[last]))
+	}
+	s.Notes = append(s.Notes, "S8 tunnels are harness-side agents (internal/tunnel sessions, one TLS gRPC connection each); RSS is VmRSS of a fresh hopgate-server after 2 s of quiet")
+	return s
+}
+
+// s9: many tunnels, requests spread over them: success rate, memory and CPU of the server.
+func (r *runner) s9(ctx context.Context) scenarioResult {
+	p := r.p
+	s := scenarioResult{ID: "S9", Name: fmt.Sprintf("%d tunnels over %d domains, %d req/s for %s (fresh server)", p.S9Tunnels, p.S9Domains, p.S9Rate, p.S9Duration)}
+	g, err := startGateway(ctx, r.bin, r.dir, "hopgate-server-s9", nil)
+	if err != nil {
+		return s.fail(err)
+	}
+	defer g.stop()
+	pid := g.proc.pid()
+
+	domains := make([]string, p.S9Domains)
+	keys := make([]string, p.S9Domains)
+	t0 := time.Now()
+	var (
+		wg   sync.WaitGroup
+		errs errCounter
+		sem  = make(chan struct{}, 8)
+	)
+	for i := range domains {
+		domains[i] = fmt.Sprintf("t%05d.s9.hopgate.test", i)
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			k, err := g.register(ctx, domains[i])
+			if err != nil {
+				errs.add(err)
+			}
+			keys[i] = k
+		})
+	}
+	wg.Wait()
+	if errs.n.Load() > 0 {
+		return s.fail(fmt.Errorf("register %d domains: %d failed (first: %s)", len(domains), errs.n.Load(), errs.first))
+	}
+	registerSecs := time.Since(t0).Seconds()
+
+	var pool agentPool
+	defer pool.closeAll()
+	t0 = time.Now()
+	if err := pool.open(ctx, g, p.S9Tunnels, 64, domains, keys, serveSmall); err != nil {
+		return s.fail(err)
+	}
+	connectSecs := time.Since(t0).Seconds()
+	rssIdle, err := settleRSS(ctx, pid, 3*time.Second)
+	if err != nil {
+		return s.fail(err)
+	}
+
+	visitor := target{Name: "hop-http", base: "http://" + g.httpAddr, dial: g.httpAddr, proto: "h1"}
+	c := visitor.client(512, 10*time.Second)
+	defer closeClient(c)
+	var peak atomic.Int64
+	peak.Store(rssIdle)
+	sctx, stopSampling := context.WithCancel(ctx)
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-t.C:
+				if v, err := memKiB(pid, "VmRSS"); err == nil && v > peak.Load() {
+					peak.Store(v)
+				}
+			}
+		}
+	}()
+	cpu0, _ := cpuTime(pid)
+	smp := openLoop(ctx, p.S9Rate, p.S9Duration, 2048, func(ctx context.Context, i int) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, visitor.base+"/small", nil)
+		if err != nil {
+			return err
+		}
+		req.Host = domains[i%len(domains)]
+		res, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		n, err := io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if err != nil || res.StatusCode != http.StatusOK || n != int64(len(smallBody)) {
+			return fmt.Errorf("status %d, %d bytes, %v", res.StatusCode, n, err)
+		}
+		return nil
+	})
+	cpu1, _ := cpuTime(pid)
+	stopSampling()
+	<-sampled
+	hwm, _ := memKiB(pid, "VmHWM")
+
+	total := int(float64(p.S9Rate) * p.S9Duration.Seconds())
+	success := ratio(float64(smp.Requests), float64(total))
+	cpuSecs := (cpu1 - cpu0).Seconds()
+	s.set("server", "success", success)
+	s.set("server", "requests", float64(total))
+	s.set("server", "errors", float64(smp.Errors+smp.Dropped))
+	s.set("server", "p50_ms", ms(smp.quantile(0.5)))
+	s.set("server", "p99_ms", ms(smp.quantile(0.99)))
+	s.set("server", "rss_idle_kib", float64(rssIdle))
+	s.set("server", "rss_peak_kib", float64(peak.Load()))
+	s.set("server", "vmhwm_kib", float64(hwm))
+	s.set("server", "cpu_seconds", cpuSecs)
+	s.set("server", "cpu_cores", cpuSecs/p.S9Duration.Seconds())
+	s.set("server", "register_seconds", registerSecs)
+	s.set("server", "connect_seconds", connectSecs)
+	s.set("server", "tunnels_alive_after", float64(pool.alive()))
+	harness, _ := memKiB(os.Getpid(), "VmRSS")
+	s.set("harness", "rss_kib", float64(harness))
+
+	s.rows = append(s.rows, row{Metric: "success", Result: fmt.Sprintf("%.3f %% of %d (p50 %s, p99 %s)", 100*success, total,
+		msStr(ms(smp.quantile(0.5))), msStr(ms(smp.quantile(0.99))))})
+	s.addCheck("requests answered 200 with the whole body", "100 %", success, smp.Requests == int64(total))
+	s.rows = append(s.rows, row{Metric: "server RSS idle → peak", Result: fmt.Sprintf("%.0f → %.0f MiB (VmHWM %.0f MiB)",
+		float64(rssIdle)/1024, float64(peak.Load())/1024, float64(hwm)/1024)})
+	s.addCheck("server peak RSS (MiB)", "≤ 1 GiB", float64(peak.Load())/1024, peak.Load() <= 1<<20)
+	s.rows = append(s.rows, row{Metric: "server CPU under load", Result: fmt.Sprintf("%.1f s = %.2f cores", cpuSecs, cpuSecs/p.S9Duration.Seconds())})
+	s.rows = append(s.rows, row{Metric: "setup", Result: fmt.Sprintf("register %.1f s · connect %d tunnels %.1f s · %d alive after load · harness RSS %.0f MiB",
+		registerSecs, p.S9Tunnels, connectSecs, pool.alive(), float64(harness)/1024)})
+	if smp.Errors+smp.Dropped > 0 {
+		s.Notes = append(s.Notes, fmt.Sprintf("%d errors, %d dropped (first: %s)", smp.Errors, smp.Dropped, smp.FirstErr))
+	}
+	return s
+}
