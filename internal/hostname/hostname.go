@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
@@ -55,6 +56,10 @@ func Canonical(s string) (string, error) {
 	}
 	if _, err := netip.ParseAddr(s); err == nil {
 		return "", fmt.Errorf("%w: %q is an IP address, not a DNS name", ErrInvalid, s)
+	}
+	// IDNA maps invalid UTF-8 to U+FFFD and would return a name that Canonical itself then refuses.
+	if !utf8.ValidString(s) {
+		return "", fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalid, s)
 	}
 	ascii, err := profile.ToASCII(s)
 	if err != nil {
