@@ -177,7 +177,14 @@ func (rt *Router) serveTenant(w http.ResponseWriter, r *http.Request) {
 			m.TunnelBytes.WithLabelValues("out").Add(float64(sw.bytes))
 		}
 		// The access log line: never the query (it may carry tokens), a key, Authorization or Cookie.
-		rt.o.Logger.LogAttrs(r.Context(), slog.LevelInfo, "request",
+		// A visitor that went away before any answer (499) is logged at debug only: an HTTP/2 rapid
+		// reset would otherwise turn 26 bytes of attack into a 300-byte log line, and a slow log sink
+		// into latency for every tenant. It is still counted in the metrics.
+		level := slog.LevelInfo
+		if code == 499 {
+			level = slog.LevelDebug
+		}
+		rt.o.Logger.LogAttrs(r.Context(), level, "request",
 			slog.String("request_id", reqID),
 			slog.String("domain", domain),
 			slog.String("method", r.Method),

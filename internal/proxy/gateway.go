@@ -174,6 +174,10 @@ func (t *streamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, ErrNoAgent
 	}
 	ctx := req.Context()
+	if err := ctx.Err(); err != nil {
+		// Reset before we got here (HTTP/2 rapid reset): the agent never hears of it.
+		return nil, err
+	}
 	upgrade := req.Header.Get("Upgrade") != ""
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	head := &tunnelv1.RequestHead{
