@@ -21,6 +21,10 @@ import (
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
 
+// TunnelALPN is the TLS protocol the gateway hands to grpc's own transport (edge.TunnelALPN; the agent
+// does not import the gateway's packages).
+const TunnelALPN = "hopgate-tunnel/1"
+
 // ErrRefused means the gateway will not take this agent (unknown domain, wrong key): retrying cannot help.
 var ErrRefused = errors.New("gateway refused the tunnel")
 
@@ -135,8 +139,19 @@ func (c *call) close() {
 
 // open dials the gateway, says hello and waits for Accepted. ctx bounds the wait, not the call.
 func open(ctx context.Context, o Options) (*call, error) {
+	tlsConf := o.TLS.Clone()
+	if tlsConf == nil {
+		tlsConf = &tls.Config{}
+	}
+	// Offered ahead of h2 (which grpc adds): a gateway that knows it serves the tunnel on grpc's own
+	// transport; an older one picks h2.
+	tlsConf.NextProtos = []string{TunnelALPN}
 	conn, err := grpc.NewClient(o.ServerAddr,
-		grpc.WithTransportCredentials(credentials.NewTLS(o.TLS)),
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
+		// One HTTP/2 stream carries the whole tunnel; the tunnel's own credit bounds memory per
+		// request, so these windows only keep the pipe full.
+		grpc.WithInitialWindowSize(16<<20),
+		grpc.WithInitialConnWindowSize(16<<20),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", o.ServerAddr, err)

@@ -34,7 +34,9 @@ type ListenOptions struct {
 	// ExtraALPN are protocols the TLS listener accepts whose connections end after the handshake
 	// (ACME's "acme-tls/1": the validation is the handshake itself).
 	ExtraALPN []string
-	Logger    *slog.Logger
+	// TunnelConns, if set, receives the connections that negotiate TunnelALPN.
+	TunnelConns *ConnListener
+	Logger      *slog.Logger
 }
 
 // Server owns the listeners.
@@ -66,6 +68,11 @@ func Listen(o ListenOptions) (*Server, error) {
 	tlsConf := o.TLSConfig.Clone()
 	tlsConf.MinVersion = tls.VersionTLS12
 	tlsConf.NextProtos = append([]string{"h2", "http/1.1"}, o.ExtraALPN...)
+	if o.TunnelConns != nil {
+		// First: the server's order decides, and agents offer both this and h2.
+		tlsConf.NextProtos = append([]string{TunnelALPN}, tlsConf.NextProtos...)
+		o.TunnelConns.addr = httpsLn.Addr()
+	}
 	errLog := slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug)
 	s.https = &http.Server{
 		Handler:           o.HTTPS,
@@ -81,7 +88,7 @@ func Listen(o ListenOptions) (*Server, error) {
 			MaxReceiveBufferPerConnection: 32 << 20,
 		},
 	}
-	if len(o.ExtraALPN) > 0 {
+	if len(o.ExtraALPN) > 0 || o.TunnelConns != nil {
 		// A TLSNextProto map alone would switch HTTP/2 off; the explicit protocol set keeps it on.
 		s.https.Protocols = new(http.Protocols)
 		s.https.Protocols.SetHTTP1(true)
@@ -89,6 +96,9 @@ func Listen(o ListenOptions) (*Server, error) {
 		s.https.TLSNextProto = make(map[string]func(*http.Server, *tls.Conn, http.Handler))
 		for _, p := range o.ExtraALPN {
 			s.https.TLSNextProto[p] = func(*http.Server, *tls.Conn, http.Handler) {}
+		}
+		if o.TunnelConns != nil {
+			s.https.TLSNextProto[TunnelALPN] = tunnelNextProto(o.TunnelConns)
 		}
 	}
 	go func() { s.errs <- serveErr("HTTPS", s.https.ServeTLS(httpsLn, "", "")) }()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/hopgate/hopgate/internal/acme"
 	"github.com/hopgate/hopgate/internal/admin"
@@ -27,6 +28,9 @@ import (
 	"github.com/hopgate/hopgate/internal/tunnel"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
+
+// tunnelWindow is the HTTP/2 flow-control window of a tunnel on grpc's own transport.
+const tunnelWindow = 16 << 20
 
 // Run starts the gateway described by cfg and serves until ctx ends, then shuts down gracefully:
 // stop accepting, send GoAway to agents, let requests in flight finish within cfg.ShutdownTimeout.
@@ -71,7 +75,18 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 		svcOpts.AuthLimiter = authLimiter
 	}
 	svc := tunnel.NewService(hub, authenticator{store}, svcOpts)
-	grpcServer := grpc.NewServer()
+	grpcServer := grpc.NewServer(
+		// Agents that negotiate edge.TunnelALPN are served by grpc's own transport, which enforces
+		// keepalive: a frozen agent's connection is closed, which also frees a Send blocked on it.
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    cfg.TunnelPingInterval,
+			Timeout: 2 * cfg.TunnelPingInterval,
+		}),
+		// One HTTP/2 stream carries a whole tunnel; the tunnel's own per-request credit bounds memory,
+		// so these windows only keep the pipe full.
+		grpc.InitialWindowSize(tunnelWindow),
+		grpc.InitialConnWindowSize(tunnelWindow),
+	)
 	tunnelv1.RegisterTunnelServiceServer(grpcServer, svc)
 
 	certs, err := newCertSource(ctx, cfg, store, m, log)
@@ -132,6 +147,8 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 		HTTP:      plain,
 		Logger:    log,
 	}
+	tunnelConns := edge.NewConnListener()
+	listenOpts.TunnelConns = tunnelConns
 	if certs.acme != nil {
 		// Both ACME challenges are answered on our own listeners: HTTP-01 before anything else on the
 		// plain port, TLS-ALPN-01 in the handshake on the HTTPS port.
@@ -145,6 +162,11 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 	if a, ok := srv.HTTPSAddr().(*net.TCPAddr); ok {
 		httpsPort.Store(strconv.Itoa(a.Port))
 	}
+	grpcDone := make(chan struct{})
+	go func() {
+		defer close(grpcDone)
+		_ = grpcServer.Serve(tunnelConns) // returns when Stop closes the listener
+	}()
 	metricsSrv, err := serveMetrics(cfg.MetricsListen, m, log)
 	if err != nil {
 		_ = srv.Shutdown(context.Background())
@@ -168,13 +190,16 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 	drained := make(chan struct{})
 	go func() {
 		svc.Drain(shutdownCtx)
+		// Tunnels drained: close grpc's own connections too, which the HTTPS server's Shutdown
+		// counts as active until then.
+		grpcServer.Stop()
 		close(drained)
 	}()
 	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		log.Warn("shutdown", "err", err)
 	}
 	<-drained
-	grpcServer.Stop()
+	<-grpcDone
 	if metricsSrv != nil {
 		_ = metricsSrv.Close()
 	}
