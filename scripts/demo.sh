@@ -70,6 +70,7 @@ echo; echo "demo: GET /bytes/104857600 (100 MiB download)"
 curl -sS "${PUB[@]}" -o /dev/null -w '  %{size_download} bytes in %{time_total}s (%{speed_download} B/s)\n' "https://$DOMAIN:$HTTPS_PORT/bytes/104857600"
 echo; echo "demo: GET /events (server-sent events arrive as they are written)"
 curl -sSN "${PUB[@]}" "https://$DOMAIN:$HTTPS_PORT/events" | sed 's/^/  /'
-echo "demo: an unknown domain gets 404, a registered one without agent 503:"
-echo "  $(curl -sS -o /dev/null -w '%{http_code}' --cacert "$WORK/data/selfsigned/cert.pem" --resolve "nobody.localhost.test:$HTTPS_PORT:127.0.0.1" "https://nobody.localhost.test:$HTTPS_PORT/")"
+api -X POST -d '{"domain":"idle.localhost.test"}' "https://localhost:$HTTPS_PORT/api/v1/admin/domains/register" >/dev/null
+status_of() { curl -sS -o /dev/null -w '%{http_code}' --cacert "$WORK/data/selfsigned/cert.pem" --resolve "$1:$HTTPS_PORT:127.0.0.1" "https://$1:$HTTPS_PORT/"; }
+echo "demo: an unknown domain gets $(status_of nobody.localhost.test), a registered one without an agent $(status_of idle.localhost.test)"
 echo; echo "demo: done. The gateway, client and target stop now."
