@@ -11,8 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,89 +22,6 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
-
-// abStartGateway is startGateway (same settings) except that the gateway writes its log to a file,
-// which the test reads as it grows. Under attack the gateway writes thousands of access log lines;
-// through a pipe to a test process slowed by -race, the full pipe would block the gateway's logger
-// and the test would measure its own slowness instead of the gateway's.
-func abStartGateway(t testing.TB) *gateway {
-	t.Helper()
-	dir := t.TempDir()
-	g := &gateway{t: t, adminKey: "test-admin-key-0123456789", dataDir: dir,
-		caFile: filepath.Join(dir, "selfsigned", "cert.pem")}
-	g.env = []string{
-		"HOP_SERVER_DEBUG=true",
-		"HOP_SERVER_DOMAIN=localhost",
-		"HOP_ADMIN_API_KEY=" + g.adminKey,
-		"HOP_SERVER_HTTPS_LISTEN=127.0.0.1:0",
-		"HOP_SERVER_HTTP_LISTEN=127.0.0.1:0",
-		"HOP_SERVER_METRICS_LISTEN=",
-		"HOP_DATA_DIR=" + dir,
-		"HOP_DB_DSN=",
-		"HOP_LOG_FORMAT=json",
-		"HOP_SERVER_SHUTDOWN_TIMEOUT=5s",
-	}
-	logPath := filepath.Join(t.TempDir(), "hopgate-server.log")
-	out, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := os.Open(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(binDir, "hopgate-server"))
-	cmd.Env = append(cleanEnv(), g.env...)
-	cmd.Stdout, cmd.Stderr = out, out
-	p := &process{cmd: cmd, logs: &logBuffer{}, done: make(chan struct{}), exit: -1}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start hopgate-server: %v", err)
-	}
-	out.Close()
-	go func() {
-		_ = cmd.Wait()
-		p.exitMu.Lock()
-		p.exit = cmd.ProcessState.ExitCode()
-		p.exitMu.Unlock()
-		close(p.done)
-	}()
-	stopTail, tailDone := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(tailDone)
-		for {
-			_, _ = io.Copy(p.logs, in)
-			select {
-			case <-stopTail:
-				_, _ = io.Copy(p.logs, in)
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		p.signal(syscall.SIGKILL)
-		<-p.done
-		close(stopTail)
-		<-tailDone
-		in.Close()
-		if t.Failed() {
-			t.Logf("--- hopgate-server output ---\n%s", p.logs.String())
-		}
-	})
-	g.process = p
-	waitFor(t, 20*time.Second, "hopgate-server to listen", func() bool {
-		if g.exited() {
-			t.Fatalf("hopgate-server exited early:\n%s", g.logs.String())
-		}
-		m := listenRe.FindStringSubmatch(g.logs.String())
-		if m == nil {
-			return false
-		}
-		g.addr = m[1]
-		return true
-	})
-	return g
-}
 
 // abH2 is a raw HTTP/2 client connection to the gateway: the test writes whatever frames it likes,
 // and a reader goroutine (once started) records what the server answers.

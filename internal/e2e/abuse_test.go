@@ -36,7 +36,7 @@ func TestAbuseH2RapidReset(t *testing.T) {
 		case <-time.After(5 * time.Second):
 		}
 	})
-	g := abStartGateway(t)
+	g := startGateway(t, gatewayOptions{})
 	g.startAgent(domain, g.register(domain), target.URL)
 	by := abNewBystander(t, g)
 	pid := g.cmd.Process.Pid
@@ -108,7 +108,7 @@ func TestAbuseH2ContinuationFlood(t *testing.T) {
 	t.Parallel()
 	const conns = 6
 	const perConn = 4 << 20 // header block bytes each connection tries to send
-	g := abStartGateway(t)
+	g := startGateway(t, gatewayOptions{})
 	by := abNewBystander(t, g)
 	pid := g.cmd.Process.Pid
 	rssBefore := abVmRSS(t, pid)
@@ -178,7 +178,7 @@ func TestAbuseH2ContinuationFlood(t *testing.T) {
 func TestAbuseH2TooManyStreams(t *testing.T) {
 	t.Parallel()
 	const extra = 20
-	g := abStartGateway(t)
+	g := startGateway(t, gatewayOptions{})
 	by := abNewBystander(t, g)
 	h := abDialH2(t, g, "localhost", abH2Opts{Settings: []http2.Setting{{ID: http2.SettingInitialWindowSize, Val: 0}}})
 	if !h.await(5*time.Second, func(s abH2State) bool { return s.Settings[http2.SettingMaxConcurrentStreams] > 0 }) {
@@ -248,7 +248,7 @@ func TestAbuseH2TooManyStreams(t *testing.T) {
 func TestAbuseH2PingFlood(t *testing.T) {
 	t.Parallel()
 	const pings = 100000
-	g := abStartGateway(t)
+	g := startGateway(t, gatewayOptions{})
 	by := abNewBystander(t, g)
 	pid := g.cmd.Process.Pid
 	rssBefore := abVmRSS(t, pid)
@@ -297,7 +297,7 @@ func TestAbuseH2PingFlood(t *testing.T) {
 // any tenant sees them; an absolute-form target goes to the tenant it names or nowhere.
 func TestAbuseSmuggling(t *testing.T) {
 	t.Parallel()
-	g := abStartGateway(t)
+	g := startGateway(t, gatewayOptions{})
 	recs := map[string]*abRecorder{}
 	for _, name := range []string{"one", "two", "three"} {
 		rec, url := abNewRecorder(t, name)
@@ -432,7 +432,7 @@ func TestAbuseSmuggling(t *testing.T) {
 // name, nor a tenant through the gateway's name.
 func TestAbuseTenantIsolation(t *testing.T) {
 	t.Parallel()
-	g := abStartGateway(t)
+	g := startGateway(t, gatewayOptions{})
 	a, aURL := abNewRecorder(t, "a")
 	b, bURL := abNewRecorder(t, "b")
 	g.startAgent("a.example.test", g.register("a.example.test"), aURL)

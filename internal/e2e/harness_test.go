@@ -46,22 +46,16 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// logBuffer collects a process's output for assertions and failure reports.
+// logBuffer collects a process's output for assertions and failure reports. The process writes to a
+// file directly (no pipe): a test process slowed by -race can never fill a pipe and so block the
+// server's logger, which would make tests measure their own slowness.
 type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
+	path string
 }
 
 func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
+	b, _ := os.ReadFile(l.path)
+	return string(b)
 }
 
 // waitFor polls cond until it holds or d passes.
@@ -90,9 +84,15 @@ func startProcess(t testing.TB, name string, args, env []string) *process {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, name), args...)
 	cmd.Env = append(cleanEnv(), env...)
-	p := &process{cmd: cmd, logs: &logBuffer{}, done: make(chan struct{}), exit: -1}
-	cmd.Stdout, cmd.Stderr = p.logs, p.logs
-	if err := cmd.Start(); err != nil {
+	out, err := os.CreateTemp(t.TempDir(), name+"-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &process{cmd: cmd, logs: &logBuffer{path: out.Name()}, done: make(chan struct{}), exit: -1}
+	cmd.Stdout, cmd.Stderr = out, out
+	err = cmd.Start()
+	out.Close() // the child has its own descriptor
+	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
 	go func() {
