@@ -75,18 +75,7 @@ func startPebble(t *testing.T, pc pebbleConfig) *pebble {
 }
 
 // pebbleClient trusts Pebble's HTTPS certificate.
-func pebbleClient(t *testing.T) *http.Client {
-	t.Helper()
-	pemBytes, err := os.ReadFile(minicaPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pemBytes)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
-}
+func pebbleClient(t *testing.T) *http.Client { return pebbleBin.Client(t) }
 
 // countingTransport counts ACME requests by Pebble endpoint.
 type countingTransport struct {

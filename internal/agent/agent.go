@@ -182,7 +182,7 @@ func open(ctx context.Context, o Options) (*call, error) {
 	}
 	// io.EOF from Send means the gateway already ended the call: Recv returns its status, which
 	// says why (a refusal, or a server that is not a gateway).
-	first, err := recvWithContext(ctx, c.stream)
+	first, err := tunnel.RecvContext(ctx, c.stream)
 	if err != nil {
 		return fail(err)
 	}
@@ -327,24 +327,6 @@ func drain(sess *tunnel.Session, runErr <-chan error, timeout time.Duration) {
 	}
 	sess.Close(tunnel.ErrGoingAway)
 	<-runErr
-}
-
-func recvWithContext(ctx context.Context, stream tunnel.FrameConn) (*tunnelv1.TunnelFrame, error) {
-	type result struct {
-		f   *tunnelv1.TunnelFrame
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		f, err := stream.Recv()
-		ch <- result{f, err}
-	}()
-	select {
-	case r := <-ch:
-		return r.f, r.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 }
 
 // classify marks the answers that retrying cannot change.

@@ -186,33 +186,17 @@ func (s *Service) Drain(ctx context.Context) {
 }
 
 func recvHello(ctx context.Context, stream grpc.BidiStreamingServer[tunnelv1.TunnelFrame, tunnelv1.TunnelFrame]) (*tunnelv1.Hello, error) {
-	type result struct {
-		f   *tunnelv1.TunnelFrame
-		err error
+	ctx, cancel := context.WithTimeoutCause(ctx, helloTimeout, status.Error(codes.DeadlineExceeded, "no hello in time"))
+	defer cancel()
+	f, err := RecvContext(ctx, stream)
+	if err != nil {
+		return nil, err
 	}
-	ch := make(chan result, 1)
-	// Recv has no deadline of its own; the goroutine ends when the handler returns and the call ends.
-	go func() {
-		f, err := stream.Recv()
-		ch <- result{f, err}
-	}()
-	t := time.NewTimer(helloTimeout)
-	defer t.Stop()
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			return nil, r.err
-		}
-		h := r.f.GetHello()
-		if h == nil {
-			return nil, status.Error(codes.InvalidArgument, "first frame must be hello")
-		}
-		return h, nil
-	case <-t.C:
-		return nil, status.Error(codes.DeadlineExceeded, "no hello in time")
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	h := f.GetHello()
+	if h == nil {
+		return nil, status.Error(codes.InvalidArgument, "first frame must be hello")
 	}
+	return h, nil
 }
 
 func (s *Service) failedAuth(addr string) {

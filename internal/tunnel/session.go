@@ -270,24 +270,19 @@ func (s *Session) closedErr() error {
 func (s *Session) sendControl(f *Frame) error { return s.sendControlCtx(context.Background(), f) }
 
 func (s *Session) sendControlCtx(ctx context.Context, f *Frame) error {
-	s.queued.Add(1)
-	select {
-	case s.ctrl <- outFrame{f: f}:
-		return nil
-	case <-s.ctx.Done():
-		s.queued.Add(-1)
-		return s.closedErr()
-	case <-ctx.Done():
-		s.queued.Add(-1)
-		return ctx.Err()
-	}
+	return s.enqueue(ctx, s.ctrl, outFrame{f: f})
 }
 
 // sendData queues a data or end frame behind earlier data frames.
 func (s *Session) sendData(ctx context.Context, of outFrame) error {
+	return s.enqueue(ctx, s.data, of)
+}
+
+// enqueue hands of to the sender through q, counting it as queued until the sender has sent it.
+func (s *Session) enqueue(ctx context.Context, q chan<- outFrame, of outFrame) error {
 	s.queued.Add(1)
 	select {
-	case s.data <- of:
+	case q <- of:
 		return nil
 	case <-s.ctx.Done():
 		s.queued.Add(-1)
@@ -506,6 +501,26 @@ func (s *Session) resetAll(cause error) {
 	s.mu.Unlock()
 	for _, st := range all {
 		st.abort(fmt.Errorf("%w: %w", ErrSessionClosed, cause))
+	}
+}
+
+// RecvContext receives one frame, giving up when ctx ends. Recv has no deadline of its own: the
+// goroutine left behind then ends when the call does, which the caller ends next.
+func RecvContext(ctx context.Context, conn FrameConn) (*Frame, error) {
+	type result struct {
+		f   *Frame
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		f, err := conn.Recv()
+		ch <- result{f, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.f, r.err
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
 	}
 }
 

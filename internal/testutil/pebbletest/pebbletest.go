@@ -190,7 +190,7 @@ func (b *Binary) tryStart(t testing.TB, c Config, dnsAddr string) (*Pebble, erro
 			t.Logf("pebble output:\n%s", logs.String())
 		}
 	})
-	p := &Pebble{DirURL: "https://" + listen + "/dir", MgmtURL: "https://" + mgmt, Client: b.client(t)}
+	p := &Pebble{DirURL: "https://" + listen + "/dir", MgmtURL: "https://" + mgmt, Client: b.Client(t)}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		resp, err := p.Client.Get(p.MgmtURL + "/roots/0")
@@ -226,8 +226,8 @@ func (b *Binary) tryStart(t testing.TB, c Config, dnsAddr string) (*Pebble, erro
 	return p, nil
 }
 
-// client trusts Pebble's HTTPS certificate.
-func (b *Binary) client(t testing.TB) *http.Client {
+// Client trusts Pebble's HTTPS certificate (its directory and management interface).
+func (b *Binary) Client(t testing.TB) *http.Client {
 	t.Helper()
 	pemBytes, err := os.ReadFile(b.MinicaPath())
 	if err != nil {
