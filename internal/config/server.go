@@ -41,6 +41,7 @@ type Server struct {
 	// Limits. 0 means no limit.
 	MaxStreamsPerTunnel int // concurrent requests on one tunnel; more get 503 at once
 	MaxAgentsPerDomain  int // tunnels one domain may hold
+	MaxConnections      int // open connections over both public listeners; more are closed at accept
 	AuthFailuresPerMin  int // failed key checks (tunnel and admin API) allowed per client address
 
 	MetricsListen string // host:port of /metrics; empty = disabled
@@ -112,6 +113,9 @@ func serverSettings(s *Server) []setting {
 		{env: "HOP_SERVER_MAX_AGENTS_PER_DOMAIN", flag: "max-agents-per-domain", def: "16",
 			usage: "agents one domain may connect at once (0: no limit)",
 			bind:  bind(&s.MaxAgentsPerDomain, "count", parseNonNegativeInt)},
+		{env: "HOP_SERVER_MAX_CONNECTIONS", flag: "max-connections", def: "20000",
+			usage: "open connections over the HTTPS and HTTP listeners together; more are closed as soon as accepted (0: no limit)",
+			bind:  bind(&s.MaxConnections, "count", parseNonNegativeInt)},
 		{env: "HOP_SERVER_AUTH_FAILURES_PER_MINUTE", flag: "auth-failures-per-minute", def: "20",
 			usage: "failed key checks allowed per client address and minute, on tunnels and the admin API; then 429 (0: no limit)",
 			bind:  bind(&s.AuthFailuresPerMin, "count", parseNonNegativeInt)},

@@ -1,7 +1,12 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"sync"
 	"syscall"
@@ -134,5 +139,65 @@ func TestLimitsAgentsPerDomain(t *testing.T) {
 	first.signal(syscall.SIGKILL)
 	waitFor(t, 15*time.Second, "second agent in after the first left", func() bool {
 		return len(lines(second, "tunnel up")) > 0
+	})
+}
+
+// TestLimitsConnections: HOP_SERVER_MAX_CONNECTIONS caps open connections over both listeners; one
+// past the cap is closed at accept (before any TLS), and a slot frees when a connection closes.
+func TestLimitsConnections(t *testing.T) {
+	t.Parallel()
+	const limit = 4
+	g := startGateway(t, gatewayOptions{Env: []string{fmt.Sprintf("HOP_SERVER_MAX_CONNECTIONS=%d", limit)}})
+	plainAddr := htHTTPAddr(t, g)
+	// handshake opens a TLS connection and proves it is served.
+	handshake := func() (*tls.Conn, error) {
+		conf := g.tlsConfig()
+		conf.ServerName = "localhost"
+		return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", g.addr, conf)
+	}
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	// Half the slots on each listener; nothing else connects to this gateway.
+	for i := range limit {
+		if i%2 == 0 {
+			c, err := handshake()
+			if err != nil {
+				t.Fatalf("connection %d of %d refused: %v", i+1, limit, err)
+			}
+			held = append(held, c)
+			continue
+		}
+		c, err := net.DialTimeout("tcp", plainAddr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("plain connection %d of %d not served: %v", i+1, limit, err)
+		}
+		res.Body.Close()
+		held = append(held, c)
+	}
+	if c, err := handshake(); err == nil {
+		c.Close()
+		t.Fatalf("connection %d was served with HOP_SERVER_MAX_CONNECTIONS=%d", limit+1, limit)
+	}
+	held[0].Close()
+	held = held[1:]
+	waitFor(t, 5*time.Second, "a freed slot", func() bool {
+		c, err := handshake()
+		if err != nil {
+			return false
+		}
+		held = append(held, c)
+		return true
 	})
 }

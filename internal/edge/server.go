@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/hopgate/hopgate/internal/errorpage"
 )
 
 // Limits applied to every connection on both listeners. There is deliberately no WriteTimeout: it
@@ -36,28 +38,43 @@ type ListenOptions struct {
 	ExtraALPN []string
 	// TunnelConns, if set, receives the connections that negotiate TunnelALPN.
 	TunnelConns *ConnListener
-	Logger      *slog.Logger
+	// MaxConns caps open connections over both listeners; more are closed as soon as accepted
+	// (0: no cap).
+	MaxConns int
+	// Errors writes the 400 of an ambiguous request; nil writes plain text.
+	Errors *errorpage.Writer
+	Logger *slog.Logger
 }
 
 // Server owns the listeners.
 type Server struct {
-	https, http *http.Server
-	httpsLn     net.Listener
-	httpLn      net.Listener
-	errs        chan error
-	log         *slog.Logger
+	// https serves h2 and the TLSNextProto protocols, https1 HTTP/1.x over TLS, http the plain port.
+	https, https1, http *http.Server
+	httpsLn             net.Listener
+	httpLn              net.Listener
+	tlsConf             *tls.Config
+	mainConns, h1Conns  *ConnListener
+	conns               *connCount
+	errs                chan error
+	log                 *slog.Logger
 }
 
 // Listen binds both listeners and starts serving.
+//
+// The TLS handshake is done here, not by net/http, so that each connection can go where its ALPN
+// protocol belongs: HTTP/1.1 to a server whose connections carry an h1guard (net/http hides the raw
+// request head that the guard needs), everything else (h2, the tunnel protocol, ACME's) to the main
+// server, which dispatches them through TLSNextProto as before.
 func Listen(o ListenOptions) (*Server, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	conns := &connCount{max: int64(o.MaxConns)}
 	httpsLn, err := net.Listen("tcp", o.HTTPSAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen HTTPS on %s: %w", o.HTTPSAddr, err)
 	}
-	s := &Server{httpsLn: httpsLn, errs: make(chan error, 2), log: o.Logger}
+	s := &Server{httpsLn: httpsLn, errs: make(chan error, 3), log: o.Logger, conns: conns}
 	if o.HTTPAddr != "" {
 		s.httpLn, err = net.Listen("tcp", o.HTTPAddr)
 		if err != nil {
@@ -73,6 +90,7 @@ func Listen(o ListenOptions) (*Server, error) {
 		tlsConf.NextProtos = append([]string{TunnelALPN}, tlsConf.NextProtos...)
 		o.TunnelConns.addr = httpsLn.Addr()
 	}
+	s.tlsConf = tlsConf
 	errLog := slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug)
 	s.https = &http.Server{
 		Handler:           o.HTTPS,
@@ -88,20 +106,30 @@ func Listen(o ListenOptions) (*Server, error) {
 			MaxReceiveBufferPerConnection: 32 << 20,
 		},
 	}
-	if len(o.ExtraALPN) > 0 || o.TunnelConns != nil {
-		// A TLSNextProto map alone would switch HTTP/2 off; the explicit protocol set keeps it on.
-		s.https.Protocols = new(http.Protocols)
-		s.https.Protocols.SetHTTP1(true)
-		s.https.Protocols.SetHTTP2(true)
-		s.https.TLSNextProto = make(map[string]func(*http.Server, *tls.Conn, http.Handler))
-		for _, p := range o.ExtraALPN {
-			s.https.TLSNextProto[p] = func(*http.Server, *tls.Conn, http.Handler) {}
-		}
-		if o.TunnelConns != nil {
-			s.https.TLSNextProto[TunnelALPN] = tunnelNextProto(o.TunnelConns)
-		}
+	// A TLSNextProto map alone would switch HTTP/2 off; the explicit protocol set keeps it on.
+	s.https.Protocols = new(http.Protocols)
+	s.https.Protocols.SetHTTP1(true)
+	s.https.Protocols.SetHTTP2(true)
+	s.https.TLSNextProto = make(map[string]func(*http.Server, *tls.Conn, http.Handler))
+	for _, p := range o.ExtraALPN {
+		s.https.TLSNextProto[p] = func(*http.Server, *tls.Conn, http.Handler) {}
 	}
-	go func() { s.errs <- serveErr("HTTPS", s.https.ServeTLS(httpsLn, "", "")) }()
+	if o.TunnelConns != nil {
+		s.https.TLSNextProto[TunnelALPN] = tunnelNextProto(o.TunnelConns)
+	}
+	s.https1 = &http.Server{
+		Handler:           guardHTTP1(o.HTTPS, o.Errors),
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          errLog,
+		ConnContext:       h1ConnContext,
+	}
+	s.mainConns, s.h1Conns = NewConnListener(), NewConnListener()
+	s.mainConns.addr, s.h1Conns.addr = httpsLn.Addr(), httpsLn.Addr()
+	go func() { s.errs <- serveErr("HTTPS", s.https.Serve(s.mainConns)) }()
+	go func() { s.errs <- serveErr("HTTPS", s.https1.Serve(s.h1Conns)) }()
+	go s.acceptTLS()
 	if s.httpLn != nil {
 		h := o.HTTP
 		if h == nil {
@@ -111,13 +139,14 @@ func Listen(o ListenOptions) (*Server, error) {
 			h = o.WrapHTTP(h)
 		}
 		s.http = &http.Server{
-			Handler:           h,
+			Handler:           guardHTTP1(h, o.Errors),
 			ReadHeaderTimeout: readHeaderTimeout,
 			IdleTimeout:       idleTimeout,
 			MaxHeaderBytes:    maxHeaderBytes,
 			ErrorLog:          errLog,
+			ConnContext:       h1ConnContext,
 		}
-		go func() { s.errs <- serveErr("HTTP", s.http.Serve(s.httpLn)) }()
+		go func() { s.errs <- serveErr("HTTP", s.http.Serve(&plainListener{s.httpLn, conns})) }()
 	}
 	return s, nil
 }
@@ -145,9 +174,11 @@ func (s *Server) Errors() <-chan error { return s.errs }
 
 // Shutdown stops accepting and waits for in-flight requests until ctx ends, then closes what is left.
 func (s *Server) Shutdown(ctx context.Context) error {
-	done := make(chan error, 2)
+	s.httpsLn.Close() // acceptTLS ends; handshakes in flight find the ConnListeners closed
+	done := make(chan error, 3)
 	go func() { done <- s.https.Shutdown(ctx) }()
-	n := 1
+	go func() { done <- s.https1.Shutdown(ctx) }()
+	n := 2
 	if s.http != nil {
 		n++
 		go func() { done <- s.http.Shutdown(ctx) }()
@@ -160,6 +191,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	if len(errs) > 0 {
 		s.https.Close()
+		s.https1.Close()
 		if s.http != nil {
 			s.http.Close()
 		}

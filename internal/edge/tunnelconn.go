@@ -45,6 +45,15 @@ func (l *ConnListener) Close() error {
 // Addr is the HTTPS listener's address.
 func (l *ConnListener) Addr() net.Addr { return l.addr }
 
+// put gives c to the listener's server, or closes it if the listener is closed.
+func (l *ConnListener) put(c net.Conn) {
+	select {
+	case l.conns <- c:
+	case <-l.closed:
+		c.Close()
+	}
+}
+
 // handoff gives c to the listener's server and waits until that server closes it: net/http closes a
 // TLSNextProto connection as soon as the hook returns.
 func (l *ConnListener) handoff(c *tls.Conn) {

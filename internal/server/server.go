@@ -145,6 +145,8 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 		TLSConfig: certs.tls,
 		HTTPS:     edge.NewRouter(routerOpts),
 		HTTP:      plain,
+		MaxConns:  cfg.MaxConnections,
+		Errors:    pages,
 		Logger:    log,
 	}
 	tunnelConns := edge.NewConnListener()

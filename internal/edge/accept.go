@@ -1,0 +1,151 @@
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hopgate/hopgate/internal/errorpage"
+	"github.com/hopgate/hopgate/internal/h1guard"
+)
+
+// handshakeTimeout bounds a TLS handshake, as ReadHeaderTimeout did when net/http ran it.
+const handshakeTimeout = readHeaderTimeout
+
+// acceptTLS accepts on the HTTPS port until it is closed. Handshakes run in their own goroutines so a
+// slow client never holds up the next one.
+func (s *Server) acceptTLS() {
+	var delay time.Duration
+	for {
+		raw, err := s.httpsLn.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				s.mainConns.Close()
+				s.h1Conns.Close()
+				return
+			}
+			// Out of file descriptors and the like: back off as net/http does instead of spinning.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("HTTPS accept failed", "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		c, ok := s.conns.admit(raw)
+		if !ok {
+			continue
+		}
+		go s.handshake(c)
+	}
+}
+
+func (s *Server) handshake(raw net.Conn) {
+	tc := tls.Server(raw, s.tlsConf)
+	_ = raw.SetDeadline(time.Now().Add(handshakeTimeout))
+	if err := tc.HandshakeContext(context.Background()); err != nil {
+		s.log.Debug("TLS handshake failed", "remote", raw.RemoteAddr().String(), "err", err)
+		raw.Close()
+		return
+	}
+	_ = raw.SetDeadline(time.Time{})
+	state := tc.ConnectionState()
+	switch state.NegotiatedProtocol {
+	case "", "http/1.1":
+		s.h1Conns.put(&tlsH1Conn{Conn: h1guard.Wrap(tc), state: state})
+	default:
+		s.mainConns.put(tc)
+	}
+}
+
+// tlsH1Conn is an HTTP/1.x connection over TLS. net/http only sets Request.TLS for a *tls.Conn, so
+// the state travels with the connection and guardHTTP1 puts it back on each request.
+type tlsH1Conn struct {
+	*h1guard.Conn
+	state tls.ConnectionState
+}
+
+type tlsStateKey struct{}
+
+func h1ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tlsH1Conn); ok {
+		ctx = context.WithValue(ctx, tlsStateKey{}, &tc.state)
+		return h1guard.ConnContext(ctx, tc.Conn)
+	}
+	return h1guard.ConnContext(ctx, c)
+}
+
+// guardHTTP1 answers 400 to a request that came with both Content-Length and Transfer-Encoding (RFC
+// 9112 §6.3 allows it, and such a request is a smuggling probe or a broken client), and restores
+// Request.TLS on TLS connections.
+func guardHTTP1(next http.Handler, errs *errorpage.Writer) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok && r.TLS == nil {
+			r.TLS = st
+		}
+		if h1guard.Ambiguous(r) {
+			// The body's framing is in doubt, so is everything after it on this connection.
+			w.Header().Set("Connection", "close")
+			const msg = "a request must not carry both Content-Length and Transfer-Encoding"
+			if errs != nil {
+				errs.Write(w, r, http.StatusBadRequest, msg)
+			} else {
+				http.Error(w, msg, http.StatusBadRequest)
+			}
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// connCount enforces the global connection cap over both listeners.
+type connCount struct {
+	n   atomic.Int64
+	max int64
+}
+
+// admit counts c in, or closes it when the cap is reached.
+func (cc *connCount) admit(c net.Conn) (net.Conn, bool) {
+	if cc.n.Add(1) > cc.max && cc.max > 0 {
+		cc.n.Add(-1)
+		c.Close()
+		return nil, false
+	}
+	return &countedConn{Conn: c, cc: cc}, true
+}
+
+// Open is the number of connections open now.
+func (cc *connCount) Open() int64 { return cc.n.Load() }
+
+type countedConn struct {
+	net.Conn
+	cc   *connCount
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.cc.n.Add(-1) })
+	return c.Conn.Close()
+}
+
+// plainListener counts, caps and guards the plain-HTTP port's connections.
+type plainListener struct {
+	net.Listener
+	cc *connCount
+}
+
+func (l *plainListener) Accept() (net.Conn, error) {
+	for {
+		raw, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if c, ok := l.cc.admit(raw); ok {
+			return h1guard.Wrap(c), nil
+		}
+	}
+}
