@@ -86,8 +86,11 @@ func TestAbuseH2RapidReset(t *testing.T) {
 
 	abCheckBystander(t, g, ds, perr)
 	abAlive(t, g)
-	if sent < pairs && !closed {
-		t.Errorf("only %d pairs written in %s and the connection is still open", sent, attack)
+	if !closed {
+		t.Errorf("%d HEADERS+RST_STREAM pairs in %s and the connection is still open: the reset-rate guard did not cut it", sent, attack)
+	}
+	if !strings.Contains(g.logs.String(), "rapid reset") {
+		t.Errorf("the gateway did not log why it closed the connection")
 	}
 	if n := reached.Load(); n > pairs/10 {
 		t.Errorf("%d of %d cancelled requests reached the target; a reset request must not become an upstream request", n, sent)
@@ -98,6 +101,47 @@ func TestAbuseH2RapidReset(t *testing.T) {
 	// The tenant under attack serves again once the attack is over.
 	if code, _ := tnGet(t, g.httpClient(true), g.url(domain, "/after")); code != http.StatusOK {
 		t.Errorf("attacked tenant after the attack: %d", code)
+	}
+}
+
+// TestAbuseH2CancelsInTens: a client that cancels streams the way browsers and gRPC clients do (a few
+// hundred in a burst) keeps its connection: the rapid-reset guard must not cut honest clients.
+func TestAbuseH2CancelsInTens(t *testing.T) {
+	t.Parallel()
+	const domain = "cancel.example.test"
+	target := tnTarget(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	g := startGateway(t, gatewayOptions{})
+	g.startAgent(domain, g.register(domain), target.URL)
+	h := abDialH2(t, g, domain, abH2Opts{})
+	block := h.get(domain, "/c")
+	const cancels = 300
+	if err := h.write(func(fr *http2.Framer) error {
+		for i := range cancels {
+			id := uint32(2*i + 1)
+			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndStream: true, EndHeaders: true}); err != nil {
+				return err
+			}
+			if err := fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h.closedOrPing(5 * time.Second)
+	if st := h.state(); st.GoAway || st.Closed || st.PingAcks == 0 {
+		t.Fatalf("after %d cancelled streams: GOAWAY %v %v, closed %v %v, PING acks %d", cancels, st.GoAway, st.GoAwayCode, st.Closed, st.Err, st.PingAcks)
+	}
+	// And the connection still serves.
+	id := uint32(2*cancels + 1)
+	if err := h.write(func(fr *http2.Framer) error {
+		return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: h.get(domain, "/after"), EndStream: true, EndHeaders: true})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !h.await(10*time.Second, func(s abH2State) bool { return s.Status[id] != "" }) || h.state().Status[id] != "200" {
+		t.Fatalf("request after the cancels: status %q", h.state().Status[id])
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hopgate/hopgate/internal/errorpage"
 	"github.com/hopgate/hopgate/internal/h1guard"
+	"github.com/hopgate/hopgate/internal/h2guard"
 )
 
 // handshakeTimeout bounds a TLS handshake, as ReadHeaderTimeout did when net/http ran it.
@@ -25,7 +26,7 @@ func (s *Server) acceptTLS() {
 		raw, err := s.httpsLn.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				s.mainConns.Close()
+				s.h2Conns.Close()
 				s.h1Conns.Close()
 				return
 			}
@@ -54,39 +55,54 @@ func (s *Server) handshake(raw net.Conn) {
 	}
 	_ = raw.SetDeadline(time.Time{})
 	state := tc.ConnectionState()
-	switch state.NegotiatedProtocol {
-	case "", "http/1.1":
-		s.h1Conns.put(&tlsH1Conn{Conn: h1guard.Wrap(tc), state: state})
+	switch p := state.NegotiatedProtocol; {
+	case p == "" || p == "http/1.1":
+		s.h1Conns.put(&tlsConn{Conn: h1guard.Wrap(tc), state: state})
+	case p == "h2":
+		g := h2guard.Wrap(tc, h2guard.DefaultBurst, h2guard.DefaultRate)
+		remote := raw.RemoteAddr().String()
+		g.OnFlood = func() {
+			s.log.Warn("HTTP/2 connection closed: streams cancelled too fast (rapid reset)", "client", remote)
+		}
+		s.h2Conns.put(&tlsConn{Conn: g, state: state})
+	case p == TunnelALPN && s.tunnelConns != nil:
+		s.tunnelConns.put(tc)
 	default:
-		s.mainConns.put(tc)
+		// acme-tls/1: the handshake was the whole validation.
+		tc.Close()
 	}
 }
 
-// tlsH1Conn is an HTTP/1.x connection over TLS. net/http only sets Request.TLS for a *tls.Conn, so
-// the state travels with the connection and guardHTTP1 puts it back on each request.
-type tlsH1Conn struct {
-	*h1guard.Conn
+// tlsConn is a decrypted connection handed to net/http, which only sets Request.TLS for a *tls.Conn:
+// the state travels with the connection and restoreTLS puts it back on each request.
+type tlsConn struct {
+	net.Conn
 	state tls.ConnectionState
 }
 
 type tlsStateKey struct{}
 
-func h1ConnContext(ctx context.Context, c net.Conn) context.Context {
-	if tc, ok := c.(*tlsH1Conn); ok {
+func tlsConnContext(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tlsConn); ok {
 		ctx = context.WithValue(ctx, tlsStateKey{}, &tc.state)
-		return h1guard.ConnContext(ctx, tc.Conn)
+		c = tc.Conn
 	}
 	return h1guard.ConnContext(ctx, c)
 }
 
-// guardHTTP1 answers 400 to a request that came with both Content-Length and Transfer-Encoding (RFC
-// 9112 §6.3 allows it, and such a request is a smuggling probe or a broken client), and restores
-// Request.TLS on TLS connections.
-func guardHTTP1(next http.Handler, errs *errorpage.Writer) http.Handler {
+func restoreTLS(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if st, ok := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState); ok && r.TLS == nil {
 			r.TLS = st
 		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// guardHTTP1 answers 400 to a request that came with both Content-Length and Transfer-Encoding (RFC
+// 9112 §6.3 allows it, and such a request is a smuggling probe or a broken client).
+func guardHTTP1(next http.Handler, errs *errorpage.Writer) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if h1guard.Ambiguous(r) {
 			// The body's framing is in doubt, so is everything after it on this connection.
 			w.Header().Set("Connection", "close")

@@ -48,23 +48,25 @@ type ListenOptions struct {
 
 // Server owns the listeners.
 type Server struct {
-	// https serves h2 and the TLSNextProto protocols, https1 HTTP/1.x over TLS, http the plain port.
-	https, https1, http *http.Server
-	httpsLn             net.Listener
-	httpLn              net.Listener
-	tlsConf             *tls.Config
-	mainConns, h1Conns  *ConnListener
-	conns               *connCount
-	errs                chan error
-	log                 *slog.Logger
+	// https2 serves h2 and https1 HTTP/1.x, both over TLS the gateway terminated; http the plain port.
+	https2, https1, http *http.Server
+	httpsLn              net.Listener
+	httpLn               net.Listener
+	tlsConf              *tls.Config
+	h2Conns, h1Conns     *ConnListener
+	tunnelConns          *ConnListener
+	dropALPN             map[string]bool
+	conns                *connCount
+	errs                 chan error
+	log                  *slog.Logger
 }
 
 // Listen binds both listeners and starts serving.
 //
 // The TLS handshake is done here, not by net/http, so that each connection can go where its ALPN
-// protocol belongs: HTTP/1.1 to a server whose connections carry an h1guard (net/http hides the raw
-// request head that the guard needs), everything else (h2, the tunnel protocol, ACME's) to the main
-// server, which dispatches them through TLSNextProto as before.
+// protocol belongs and carry a guard that reads its raw bytes (net/http hides them): HTTP/1.1 to a
+// server whose connections carry an h1guard, h2 to one whose connections carry an h2guard,
+// TunnelALPN to grpc-go, ACME's acme-tls/1 closed (the handshake was the validation).
 func Listen(o ListenOptions) (*Server, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -74,7 +76,8 @@ func Listen(o ListenOptions) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen HTTPS on %s: %w", o.HTTPSAddr, err)
 	}
-	s := &Server{httpsLn: httpsLn, errs: make(chan error, 3), log: o.Logger, conns: conns}
+	s := &Server{httpsLn: httpsLn, errs: make(chan error, 3), log: o.Logger, conns: conns,
+		tunnelConns: o.TunnelConns, dropALPN: map[string]bool{}}
 	if o.HTTPAddr != "" {
 		s.httpLn, err = net.Listen("tcp", o.HTTPAddr)
 		if err != nil {
@@ -85,6 +88,9 @@ func Listen(o ListenOptions) (*Server, error) {
 	tlsConf := o.TLSConfig.Clone()
 	tlsConf.MinVersion = tls.VersionTLS12
 	tlsConf.NextProtos = append([]string{"h2", "http/1.1"}, o.ExtraALPN...)
+	for _, p := range o.ExtraALPN {
+		s.dropALPN[p] = true
+	}
 	if o.TunnelConns != nil {
 		// First: the server's order decides, and agents offer both this and h2.
 		tlsConf.NextProtos = append([]string{TunnelALPN}, tlsConf.NextProtos...)
@@ -92,13 +98,16 @@ func Listen(o ListenOptions) (*Server, error) {
 	}
 	s.tlsConf = tlsConf
 	errLog := slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug)
-	s.https = &http.Server{
-		Handler:           o.HTTPS,
-		TLSConfig:         tlsConf,
+	// The h2 server sees decrypted connections, so to net/http they are HTTP/2 with prior knowledge;
+	// restoreTLS puts the TLS state back on each request.
+	s.https2 = &http.Server{
+		Handler:           restoreTLS(o.HTTPS),
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          errLog,
+		ConnContext:       tlsConnContext,
+		Protocols:         new(http.Protocols),
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: 1000,
 			// A tunnel is one HTTP/2 stream carrying many requests: give it room to keep the pipe full.
@@ -106,28 +115,18 @@ func Listen(o ListenOptions) (*Server, error) {
 			MaxReceiveBufferPerConnection: 32 << 20,
 		},
 	}
-	// A TLSNextProto map alone would switch HTTP/2 off; the explicit protocol set keeps it on.
-	s.https.Protocols = new(http.Protocols)
-	s.https.Protocols.SetHTTP1(true)
-	s.https.Protocols.SetHTTP2(true)
-	s.https.TLSNextProto = make(map[string]func(*http.Server, *tls.Conn, http.Handler))
-	for _, p := range o.ExtraALPN {
-		s.https.TLSNextProto[p] = func(*http.Server, *tls.Conn, http.Handler) {}
-	}
-	if o.TunnelConns != nil {
-		s.https.TLSNextProto[TunnelALPN] = tunnelNextProto(o.TunnelConns)
-	}
+	s.https2.Protocols.SetUnencryptedHTTP2(true)
 	s.https1 = &http.Server{
-		Handler:           guardHTTP1(o.HTTPS, o.Errors),
+		Handler:           restoreTLS(guardHTTP1(o.HTTPS, o.Errors)),
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          errLog,
-		ConnContext:       h1ConnContext,
+		ConnContext:       tlsConnContext,
 	}
-	s.mainConns, s.h1Conns = NewConnListener(), NewConnListener()
-	s.mainConns.addr, s.h1Conns.addr = httpsLn.Addr(), httpsLn.Addr()
-	go func() { s.errs <- serveErr("HTTPS", s.https.Serve(s.mainConns)) }()
+	s.h2Conns, s.h1Conns = NewConnListener(), NewConnListener()
+	s.h2Conns.addr, s.h1Conns.addr = httpsLn.Addr(), httpsLn.Addr()
+	go func() { s.errs <- serveErr("HTTPS", s.https2.Serve(s.h2Conns)) }()
 	go func() { s.errs <- serveErr("HTTPS", s.https1.Serve(s.h1Conns)) }()
 	go s.acceptTLS()
 	if s.httpLn != nil {
@@ -144,7 +143,7 @@ func Listen(o ListenOptions) (*Server, error) {
 			IdleTimeout:       idleTimeout,
 			MaxHeaderBytes:    maxHeaderBytes,
 			ErrorLog:          errLog,
-			ConnContext:       h1ConnContext,
+			ConnContext:       tlsConnContext,
 		}
 		go func() { s.errs <- serveErr("HTTP", s.http.Serve(&plainListener{s.httpLn, conns})) }()
 	}
@@ -176,7 +175,7 @@ func (s *Server) Errors() <-chan error { return s.errs }
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.httpsLn.Close() // acceptTLS ends; handshakes in flight find the ConnListeners closed
 	done := make(chan error, 3)
-	go func() { done <- s.https.Shutdown(ctx) }()
+	go func() { done <- s.https2.Shutdown(ctx) }()
 	go func() { done <- s.https1.Shutdown(ctx) }()
 	n := 2
 	if s.http != nil {
@@ -190,7 +189,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	if len(errs) > 0 {
-		s.https.Close()
+		s.https2.Close()
 		s.https1.Close()
 		if s.http != nil {
 			s.http.Close()

@@ -1,9 +1,7 @@
 package edge
 
 import (
-	"crypto/tls"
 	"net"
-	"net/http"
 	"sync"
 )
 
@@ -52,33 +50,4 @@ func (l *ConnListener) put(c net.Conn) {
 	case <-l.closed:
 		c.Close()
 	}
-}
-
-// handoff gives c to the listener's server and waits until that server closes it: net/http closes a
-// TLSNextProto connection as soon as the hook returns.
-func (l *ConnListener) handoff(c *tls.Conn) {
-	tc := &trackedConn{Conn: c, done: make(chan struct{})}
-	select {
-	case l.conns <- tc:
-		<-tc.done
-	case <-l.closed:
-		c.Close()
-	}
-}
-
-// trackedConn reports its Close, so handoff knows when the connection is finished.
-type trackedConn struct {
-	*tls.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func (c *trackedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { close(c.done) })
-	return err
-}
-
-func tunnelNextProto(l *ConnListener) func(*http.Server, *tls.Conn, http.Handler) {
-	return func(_ *http.Server, c *tls.Conn, _ http.Handler) { l.handoff(c) }
 }
