@@ -57,6 +57,9 @@ type RouterOptions struct {
 	Errors  *errorpage.Writer
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
+	// Overloaded, if set, is asked before each tenant request; true sheds it with 503 and Retry-After
+	// (memory near GOMEMLIMIT: see package overload).
+	Overloaded func() bool
 	// ProxyOnly serves tenants only (the plain-HTTP listener in proxy mode): no tunnel, no admin.
 	ProxyOnly bool
 }
@@ -200,6 +203,11 @@ func (rt *Router) serveTenant(w http.ResponseWriter, r *http.Request) {
 	}()
 	if domain == "" {
 		rt.fail(sw, r, http.StatusNotFound, "unknown_domain", "")
+		return
+	}
+	if rt.o.Overloaded != nil && rt.o.Overloaded() {
+		sw.Header().Set("Retry-After", "5")
+		rt.fail(sw, r, http.StatusServiceUnavailable, "overload", "the gateway is overloaded; try again shortly")
 		return
 	}
 	if agent := rt.o.Agents.Pick(domain); agent != nil {

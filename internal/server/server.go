@@ -23,6 +23,7 @@ import (
 	"github.com/hopgate/hopgate/internal/edge"
 	"github.com/hopgate/hopgate/internal/errorpage"
 	"github.com/hopgate/hopgate/internal/metrics"
+	"github.com/hopgate/hopgate/internal/overload"
 	"github.com/hopgate/hopgate/internal/proxy"
 	"github.com/hopgate/hopgate/internal/registry"
 	"github.com/hopgate/hopgate/internal/tunnel"
@@ -120,7 +121,21 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 		},
 		Logger: log,
 	})
+	mem := overload.New()
+	if mem != nil {
+		log.Info("memory limit set: new requests are shed with 503 above the high-water mark",
+			"limit_bytes", mem.Limit(), "high_water", overload.HighWater, "low_water", overload.LowWater)
+		mem.OnChange = func(over bool, used, limit int64) {
+			if over {
+				log.Warn("memory near the limit: shedding new requests", "used_bytes", used, "limit_bytes", limit)
+			} else {
+				log.Info("memory back under the low-water mark: serving again", "used_bytes", used, "limit_bytes", limit)
+			}
+		}
+		go mem.Run(ctx)
+	}
 	routerOpts := edge.RouterOptions{
+		Overloaded:    mem.Overloaded,
 		GatewayDomain: cfg.Domain,
 		Tunnel:        grpcServer,
 		Admin:         adminAPI,
