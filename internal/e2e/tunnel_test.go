@@ -584,11 +584,16 @@ func TestTunnelServerRestart(t *testing.T) {
 	}
 }
 
-// TestTunnelNoGoroutineGrowth: 1000 requests and 10 agent kills leave the gateway with the goroutines it had.
-func TestTunnelNoGoroutineGrowth(t *testing.T) {
+// TestTunnelNoLeakAfterFaults: 1000 requests, 20 that time out (504) and 10 agent kills with a
+// response streaming leave the gateway with the goroutines, file descriptors and heap it had.
+func TestTunnelNoLeakAfterFaults(t *testing.T) {
 	t.Parallel()
 	streaming := make(chan struct{}, 16)
 	target := tnTarget(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hang" {
+			<-r.Context().Done()
+			return
+		}
 		if r.URL.Path != "/stream" {
 			body, _ := io.ReadAll(r.Body)
 			fmt.Fprintf(w, "ok %d", len(body))
@@ -609,7 +614,9 @@ func TestTunnelNoGoroutineGrowth(t *testing.T) {
 			}
 		}
 	})
-	g := startGateway(t, gatewayOptions{Env: []string{"HOP_SERVER_METRICS_LISTEN=127.0.0.1:0"}})
+	// GOGC=25: collections often enough that the heap figures below are close to the live heap.
+	g := startGateway(t, gatewayOptions{Env: []string{"HOP_SERVER_METRICS_LISTEN=127.0.0.1:0",
+		"HOP_SERVER_PROXY_TIMEOUT_SECONDS=1", "GOGC=25"}})
 	const domain = "leak.tunnel.test"
 	key := g.register(domain)
 	metrics := tnMetricsAddr(t, g)
@@ -635,9 +642,25 @@ func TestTunnelNoGoroutineGrowth(t *testing.T) {
 			t.Fatalf("warm-up: %d", code)
 		}
 	}
-	closeIdle()
-	time.Sleep(500 * time.Millisecond)
+	// churn makes the same garbage before each heap reading, so both readings sit at the same
+	// point of the collector's cycle.
+	churn := func() {
+		for i := range 300 {
+			c := h1
+			if i%2 == 1 {
+				c = h2
+			}
+			if code, _ := tnGet(t, c, g.url(domain, "/churn")); code != 200 {
+				t.Fatalf("churn: %d", code)
+			}
+		}
+		closeIdle()
+		time.Sleep(500 * time.Millisecond)
+	}
+	churn()
 	base := tnMetric(t, metrics, "go_goroutines")
+	baseFDs := tnMetric(t, metrics, "process_open_fds")
+	baseHeap := tnMetric(t, metrics, "go_memstats_heap_inuse_bytes")
 
 	const rounds, perRound = 10, 100
 	var failed atomic.Int64
@@ -672,6 +695,13 @@ func TestTunnelNoGoroutineGrowth(t *testing.T) {
 				res.Body.Close()
 				if res.StatusCode != 200 || string(b) != fmt.Sprintf("ok %d", i) {
 					failed.Add(1)
+				}
+			})
+		}
+		for range 2 {
+			wg.Go(func() {
+				if code, _ := tnGet(t, h1, g.url(domain, "/hang")); code != http.StatusGatewayTimeout {
+					t.Errorf("a target that never answers: %d, want 504", code)
 				}
 			})
 		}
@@ -710,6 +740,18 @@ func TestTunnelNoGoroutineGrowth(t *testing.T) {
 	t.Logf("gateway goroutines: %v before, %v after %d requests and %d agent kills", base, now, rounds*perRound, rounds)
 	if now > base+20 {
 		t.Errorf("goroutines grew from %v to %v", base, now)
+	}
+	// The agent's tunnel is one connection before and after; idle visitor connections are closed.
+	var fds float64
+	waitFor(t, 15*time.Second, "file descriptors back to the baseline", func() bool {
+		fds = tnMetric(t, metrics, "process_open_fds")
+		return fds <= baseFDs+2
+	})
+	churn()
+	heap := tnMetric(t, metrics, "go_memstats_heap_inuse_bytes")
+	t.Logf("gateway file descriptors: %v before, %v after; heap in use %.1f MiB before, %.1f MiB after", baseFDs, fds, baseHeap/(1<<20), heap/(1<<20))
+	if heap > 1.5*baseHeap+4<<20 {
+		t.Errorf("heap in use grew from %.1f MiB to %.1f MiB", baseHeap/(1<<20), heap/(1<<20))
 	}
 }
 
