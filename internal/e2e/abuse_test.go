@@ -367,6 +367,8 @@ func TestAbuseSmuggling(t *testing.T) {
 	const host = "Host: one.example.test\r\n"
 
 	refused := []struct{ name, raw string }{
+		{"Content-Length with Transfer-Encoding", "POST /sm/cl-te HTTP/1.1\r\n" + host + "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
+		{"Transfer-Encoding with Content-Length", "POST /sm/te-cl HTTP/1.1\r\n" + host + "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n"},
 		{"duplicate Content-Length", "POST /sm/dup-cl HTTP/1.1\r\n" + host + "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"},
 		{"obs-fold on the first header line", "GET /sm/fold-first HTTP/1.1\r\n X-Fold: a\r\n" + host + "\r\n"},
 		{"obs-fold inside Content-Length", "POST /sm/fold-cl HTTP/1.1\r\n" + host + "Content-Length: 1\r\n 0\r\n\r\n0123456789"},
