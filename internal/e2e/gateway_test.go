@@ -607,12 +607,8 @@ func TestGatewayRestart(t *testing.T) {
 }
 
 // TestGatewayGracefulStop: SIGTERM stops accepting, lets requests in flight through a tunnel
-// finish, then the server exits 0.
-//
-// Fails today (most runs): on the server's GoAway the agent waits for Session.ActiveStreams() to reach
-// 0 and then closes the session, but a stream stops counting as soon as its last frames are queued,
-// not written; the queued tail (response head, data, End) is dropped and the visitor gets a 502, an
-// EOF or a truncated body. See internal/agent/agent.go, runOnce, case <-goAway.
+// finish, then the server exits 0. (It once failed most runs: the agent closed its session as soon as
+// the last frames were queued, not written, and visitors got a 502 or a truncated body.)
 func TestGatewayGracefulStop(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
@@ -786,8 +782,6 @@ func TestGatewaySlowClients(t *testing.T) {
 
 // TestGatewayDataDirSpecialCharacters: '#' and '?' are legal in a directory name. The server must
 // either work in such a HOP_DATA_DIR, or refuse it as a bad setting: exit 2, naming the variable.
-// Fails today: internal/registry refuses the directory when it opens the store, with exit 1 and a
-// message that does not name HOP_DATA_DIR.
 func TestGatewayDataDirSpecialCharacters(t *testing.T) {
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "data#1?x")
@@ -819,7 +813,6 @@ func TestGatewayDataDirSpecialCharacters(t *testing.T) {
 
 // TestGatewayOwnDomainNotRegistrable: HOP_SERVER_DOMAIN is never proxied, so registering it as a
 // tenant would hand out a key for a name no request can ever reach: the admin API must refuse it.
-// Fails today: the registration answers 201.
 func TestGatewayOwnDomainNotRegistrable(t *testing.T) {
 	t.Parallel()
 	g := startGateway(t, gatewayOptions{Env: []string{"HOP_SERVER_DOMAIN=gw.example.test"}})
