@@ -273,9 +273,31 @@ func (s *Store) RotateKey(ctx context.Context, name string) (string, error) {
 }
 
 // Authenticate checks a client API key for a domain. It fails with ErrNotFound for an unknown domain
-// and ErrKeyMismatch for a wrong key, and spends the same hashing work on both, so the answer time
-// says little about which one it was. An invalid name fails with ErrInvalidDomain.
+// and ErrKeyMismatch for a wrong key, spends the same hashing work on both and answers neither before
+// AuthFailureFloor, so the answer time does not say which one it was. An invalid name fails with
+// ErrInvalidDomain.
 func (s *Store) Authenticate(ctx context.Context, name, key string) (Domain, error) {
+	start := time.Now()
+	d, err := s.authenticate(ctx, name, key)
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrKeyMismatch) || errors.Is(err, ErrInvalidInput) {
+		// The hash check already costs the same either way, but the lookup does not: a row found
+		// takes longer to read than none. Every refusal ends at the same floor, so its timing cannot
+		// tell a registered name from an unknown one.
+		t := time.NewTimer(time.Until(start.Add(AuthFailureFloor)))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	return d, err
+}
+
+// AuthFailureFloor is the least time a refused Authenticate takes. Refusals are rate-limited per
+// client address, so the wait costs the gateway a few parked goroutines at most.
+const AuthFailureFloor = 100 * time.Millisecond
+
+func (s *Store) authenticate(ctx context.Context, name, key string) (Domain, error) {
 	name, err := canonical(name)
 	if err != nil {
 		return Domain{}, err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -391,6 +392,45 @@ func TestUnavailable(t *testing.T) {
 			if err := call(); !errors.Is(err, ErrUnavailable) {
 				t.Errorf("%s with the server down: %v, want ErrUnavailable", name, err)
 			}
+		}
+	})
+}
+
+// TestAuthenticateTiming: an unknown domain and a wrong key take the same time to refuse (the floor),
+// on both stores; the right key is not held back.
+func TestAuthenticateTiming(t *testing.T) {
+	t.Parallel()
+	forEach(t, func(t *testing.T, o Options) {
+		s := open(t, o)
+		ctx := context.Background()
+		_, key, err := s.Register(ctx, "timing.example.com", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		median := func(domain, key string, want error) time.Duration {
+			var ds []time.Duration
+			for range 5 {
+				start := time.Now()
+				_, err := s.Authenticate(ctx, domain, key)
+				ds = append(ds, time.Since(start))
+				if !errors.Is(err, want) && !(want == nil && err == nil) {
+					t.Fatalf("Authenticate(%s): %v, want %v", domain, err, want)
+				}
+			}
+			slices.Sort(ds)
+			return ds[len(ds)/2]
+		}
+		unknown := median("nope.example.com", key, ErrNotFound)
+		wrong := median("timing.example.com", key+"x", ErrKeyMismatch)
+		right := median("timing.example.com", key, nil)
+		t.Logf("median: unknown domain %v, wrong key %v, right key %v", unknown, wrong, right)
+		for name, d := range map[string]time.Duration{"unknown domain": unknown, "wrong key": wrong} {
+			if d < AuthFailureFloor || d > AuthFailureFloor+30*time.Millisecond {
+				t.Errorf("%s refused in %v, want the floor %v (+30 ms)", name, d, AuthFailureFloor)
+			}
+		}
+		if right >= AuthFailureFloor {
+			t.Errorf("the right key took %v: only refusals wait for the floor", right)
 		}
 	})
 }
