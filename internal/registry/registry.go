@@ -88,7 +88,12 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	db, err := sql.Open(driverName, dsn)
+	var db *sql.DB
+	if driverName == "postgres" {
+		db, err = openPostgres(dsn)
+	} else {
+		db, err = sql.Open(driverName, dsn)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("registry: open %s: %w", mdialect, err)
 	}
@@ -240,11 +245,37 @@ func (s *Store) Get(ctx context.Context, name string) (Domain, error) {
 	if err != nil {
 		return Domain{}, err
 	}
-	d, err := s.client.Domain.Query().Where(domain.Name(name)).Only(ctx)
+	op := "registry: get " + name
+	d, err := untilDone(ctx, func() (*ent.Domain, error) {
+		return s.client.Domain.Query().Where(domain.Name(name)).Only(ctx)
+	})
 	if err != nil {
-		return Domain{}, classify("registry: get "+name, err)
+		return Domain{}, classify(op, err)
 	}
 	return toDomain(d), nil
+}
+
+// untilDone runs a lookup and returns when it does or when ctx ends, whichever is first. A driver
+// blocked in a read does not see ctx (see pgReadTimeout), and the lookups on the request path must
+// answer within their caller's deadline. The lookup left behind holds a pooled connection, so at most
+// the pool's size of them exist at once.
+func untilDone[T any](ctx context.Context, f func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		v, err := f()
+		ch <- result{v, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, context.Cause(ctx) // classify makes a deadline ErrUnavailable
+	}
 }
 
 // RotateKey gives a domain a new client API key and returns it; the old key stops working at once.
@@ -303,7 +334,9 @@ func (s *Store) authenticate(ctx context.Context, name, key string) (Domain, err
 		return Domain{}, err
 	}
 	op := "registry: authenticate " + name
-	d, err := s.client.Domain.Query().Where(domain.Name(name)).Only(ctx)
+	d, err := untilDone(ctx, func() (*ent.Domain, error) {
+		return s.client.Domain.Query().Where(domain.Name(name)).Only(ctx)
+	})
 	if ent.IsNotFound(err) {
 		apikey.Verify(key, apikey.DummyHash)
 		return Domain{}, fmt.Errorf("%s: %w", op, ErrNotFound)
