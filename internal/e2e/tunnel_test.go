@@ -1034,3 +1034,67 @@ func TestTunnelDeadAgentDetected(t *testing.T) {
 		})
 	}
 }
+
+// TestTunnelTargetStallsAfterHeaders: a target that sends its response headers and then nothing holds
+// only its own request: the visitor gets the headers at once (no timeout cuts a stream that is merely
+// quiet), other requests on the tunnel pass meanwhile, and when the visitor gives up the target's
+// request is cancelled and the tunnel stays up.
+func TestTunnelTargetStallsAfterHeaders(t *testing.T) {
+	t.Parallel()
+	stalled := make(chan (<-chan struct{}), 1)
+	target := tnTarget(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/stall" {
+			_, _ = io.WriteString(w, "ok")
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "first")
+		http.NewResponseController(w).Flush()
+		stalled <- r.Context().Done()
+		select {
+		case <-r.Context().Done():
+		case <-time.After(30 * time.Second):
+		}
+	})
+	// A 1 s header timeout: a stream past its headers must not be subject to it.
+	g := startGateway(t, gatewayOptions{Env: []string{"HOP_SERVER_PROXY_TIMEOUT_SECONDS=1"}})
+	const domain = "stall.tunnel.test"
+	g.startAgent(domain, g.register(domain), target.URL)
+	c := g.httpClient(true)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, g.url(domain, "/stall"), nil)
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	first := make([]byte, 5)
+	if _, err := io.ReadFull(res.Body, first); err != nil || res.StatusCode != http.StatusOK || string(first) != "first" {
+		t.Fatalf("%d %q %v: want 200 and the first bytes at once", res.StatusCode, first, err)
+	}
+	var targetDone <-chan struct{}
+	select {
+	case targetDone = <-stalled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the target never stalled")
+	}
+	// Past the header timeout the stream is still open and others pass.
+	time.Sleep(1500 * time.Millisecond)
+	for i := range 10 {
+		if code, body := tnGet(t, c, g.url(domain, "/other")); code != http.StatusOK || body != "ok" {
+			t.Fatalf("request %d beside the stalled one: %d %q", i, code, body)
+		}
+	}
+	cancel()
+	select {
+	case <-targetDone:
+	case <-time.After(time.Second):
+		t.Fatal("the visitor left but the target's request was not cancelled within 1 s")
+	}
+	if code, _ := tnGet(t, c, g.url(domain, "/after")); code != http.StatusOK {
+		t.Fatalf("tunnel after the stalled request: %d", code)
+	}
+}
