@@ -23,8 +23,8 @@ type dbRelay struct {
 	mu      sync.Mutex
 	down    bool
 	stalled bool
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	conns   map[net.Conn]struct{}
+	wg      sync.WaitGroup
 }
 
 func newDBRelay(t *testing.T, dsn string) (*dbRelay, string) {
