@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -30,6 +31,7 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the temporary directory (server logs, data dir) and print where it is")
 	hold := flag.Duration("hold", 0, "start everything, print the endpoints and pids, and wait this long (or until Ctrl-C) "+
 		"instead of measuring: for profiling by hand (see bench/README.md)")
+	s8Steps := flag.String("s8-steps", "", "override the S8 tunnel counts, comma-separated and increasing (e.g. 1,100,1000)")
 	s9Tunnels := flag.Int("s9-tunnels", 0, "override the S9 tunnel count (0: the profile's)")
 	s9Domains := flag.Int("s9-domains", 0, "override the S9 domain count (0: the profile's)")
 	s9Seconds := flag.Int("s9-seconds", 0, "override the S9 load duration in seconds (0: the profile's)")
@@ -54,6 +56,19 @@ func main() {
 	if !ok {
 		fatalf("unknown -profile %q (quick or full)", *profileName)
 	}
+	if *s8Steps != "" {
+		p.S8Steps = nil
+		for _, f := range strings.Split(*s8Steps, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 || (len(p.S8Steps) > 0 && n <= p.S8Steps[len(p.S8Steps)-1]) {
+				fatalf("bad -s8-steps %q: want increasing positive counts", *s8Steps)
+			}
+			p.S8Steps = append(p.S8Steps, n)
+		}
+		if len(p.S8Steps) < 2 {
+			fatalf("bad -s8-steps %q: want at least two counts", *s8Steps)
+		}
+	}
 	if *s9Tunnels > 0 {
 		p.S9Tunnels = *s9Tunnels
 	}
@@ -74,16 +89,32 @@ func main() {
 		}
 	}
 
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	raiseFileLimit(log)
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// The whole run is bounded, whatever happens to the product under test.
 	ctx, cancel := context.WithTimeout(ctx, p.Deadline)
 	defer cancel()
 
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	r := &runner{p: p, bin: *binDir, log: log, keep: *keep}
 	code := r.run(ctx, *hold, *resultsDir)
 	os.Exit(code)
+}
+
+// raiseFileLimit lifts the soft open-file limit to the hard one: S9 holds one connection per tunnel
+// here and another in the server, which inherits the limit.
+func raiseFileLimit(log *slog.Logger) {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil || l.Cur >= l.Max {
+		return
+	}
+	want := l
+	want.Cur = l.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+		log.Warn("cannot raise the open-file limit", "soft", l.Cur, "hard", l.Max, "err", err)
+	}
 }
 
 func fatalf(format string, args ...any) {

@@ -12,85 +12,61 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
+	"github.com/hopgate/hopgate/internal/agent"
 	"github.com/hopgate/hopgate/internal/tunnel"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
 
-// fakeAgent is one tunnel opened by the harness itself: its own gRPC connection (as a real agent has),
-// Hello, Accepted, then the real agent-side tunnel.Session. Starting a hopgate-client process per
-// tunnel would cost the machine more than the server under test.
+// fakeAgent is one tunnel opened by the harness itself through agent.Open, which opens it exactly as
+// hopgate-client does (its own TLS connection offering the tunnel ALPN, the same gRPC options, Hello,
+// Accepted, then the agent-side tunnel.Session). Starting a hopgate-client process per tunnel would
+// cost the machine more than the server under test.
 type fakeAgent struct {
-	conn   *grpc.ClientConn
-	sess   *tunnel.Session
-	cancel context.CancelFunc
-	done   chan struct{}
+	t    *agent.Tunnel
+	done chan struct{}
 }
 
 // openFakeAgent dials addr, authenticates as domain and serves streams with serve (nil: idle agent
 // that refuses streams).
 func openFakeAgent(ctx context.Context, addr string, tlsConf *tls.Config, domain, key, id string, serve func(*tunnel.Stream)) (*fakeAgent, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
-	if err != nil {
-		return nil, err
-	}
-	callCtx, cancel := context.WithCancel(context.Background())
-	fail := func(err error) (*fakeAgent, error) {
-		cancel()
-		_ = conn.Close()
-		return nil, err
-	}
 	// Bound the wait for Accepted: a server that never answers must not hold the harness.
-	timer := time.AfterFunc(20*time.Second, cancel)
-	stop := context.AfterFunc(ctx, cancel)
-	defer stop()
-	stream, err := tunnelv1.NewTunnelServiceClient(conn).OpenTunnel(callCtx)
-	if err != nil {
-		return fail(fmt.Errorf("open tunnel: %w", err))
-	}
-	hello := &tunnelv1.Hello{Domain: domain, ApiKey: key, AgentId: id, Version: "bench", InitialWindow: tunnel.DefaultInitialWindow}
-	if err := stream.Send(&tunnelv1.TunnelFrame{Kind: &tunnelv1.TunnelFrame_Hello{Hello: hello}}); err != nil && !errors.Is(err, io.EOF) {
-		return fail(fmt.Errorf("send hello: %w", err))
-	}
-	first, err := stream.Recv()
-	if !timer.Stop() {
-		return fail(errors.New("no Accepted within 20 s"))
-	}
-	if err != nil {
-		return fail(fmt.Errorf("wait for Accepted: %w", err))
-	}
-	acc := first.GetAccepted()
-	if acc == nil {
-		return fail(fmt.Errorf("server answered hello with %T", first.Kind))
-	}
+	ctx, cancel := context.WithTimeoutCause(ctx, 20*time.Second, errors.New("no Accepted within 20 s"))
+	defer cancel()
 	if serve == nil {
 		serve = func(st *tunnel.Stream) {
 			st.Reset(tunnelv1.ResetReason_RESET_REASON_TARGET_UNREACHABLE, "idle bench agent")
 		}
 	}
-	a := &fakeAgent{conn: conn, cancel: cancel, done: make(chan struct{})}
-	a.sess = tunnel.NewSession(stream, tunnel.Config{
-		Accept:       serve,
-		LocalWindow:  tunnel.DefaultInitialWindow,
-		PeerWindow:   acc.InitialWindow,
+	t, err := agent.Open(ctx, agent.Options{
+		ServerAddr:   addr,
+		Domain:       domain,
+		APIKey:       key,
+		AgentID:      id,
+		Version:      "bench",
+		TLS:          tlsConf,
 		PingInterval: 15 * time.Second, // as hopgate-client's default
+		Serve:        serve,
 	})
+	if err != nil {
+		if c := context.Cause(ctx); c != nil && ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", err, c)
+		}
+		return nil, fmt.Errorf("open tunnel: %w", err)
+	}
+	a := &fakeAgent{t: t, done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
-		_ = a.sess.Run(callCtx)
+		_ = t.Run()
 	}()
 	return a, nil
 }
 
 func (a *fakeAgent) close() {
-	a.cancel()
+	a.t.Close()
 	select {
 	case <-a.done:
 	case <-time.After(5 * time.Second):
 	}
-	_ = a.conn.Close()
 }
 
 // serveSmall answers every request with the same 100-byte response the origin's /small gives.
@@ -169,7 +145,7 @@ func (p *agentPool) alive() int {
 	defer p.mu.Unlock()
 	n := 0
 	for _, a := range p.agents {
-		if a.sess.Err() == nil {
+		if a.t.Session.Err() == nil {
 			n++
 		}
 	}

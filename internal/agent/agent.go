@@ -213,6 +213,46 @@ func (c *call) session(o Options, onGoAway func(string)) *tunnel.Session {
 	})
 }
 
+// run serves the session on the call until the session ends, then ends the call.
+func (c *call) run(sess *tunnel.Session) error {
+	// A dead session (missed pings) must end the call: a Send blocked on a frozen gateway only
+	// returns when the call's context ends.
+	sess.OnDone(c.cancel)
+	return sess.Run(c.ctx)
+}
+
+// Tunnel is one tunnel the gateway accepted, opened exactly as Run opens its tunnels (same TLS
+// protocol, same gRPC options) but without reconnecting: the bench's many agents use it, so that
+// they cost the gateway what real agents cost it.
+type Tunnel struct {
+	c *call
+	// Session serves o.Serve for the streams the gateway opens once Run is called.
+	Session   *tunnel.Session
+	PublicURL string
+}
+
+// Open dials the gateway, says hello and waits for Accepted; ctx bounds the wait, not the tunnel.
+// o.Serve nil refuses every stream. Run serves the tunnel, Close ends it.
+func Open(ctx context.Context, o Options) (*Tunnel, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	c, err := open(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	return &Tunnel{c: c, Session: c.session(o, nil), PublicURL: c.acc.PublicUrl}, nil
+}
+
+// Run serves the tunnel until the gateway or Close ends it, and returns why.
+func (t *Tunnel) Run() error { return t.c.run(t.Session) }
+
+// Close ends the tunnel at once and closes its connection.
+func (t *Tunnel) Close() {
+	t.Session.Close(nil)
+	t.c.close()
+}
+
 // runOnce dials, authenticates and serves one tunnel. up reports whether the gateway accepted it.
 func runOnce(ctx context.Context, o Options) (up bool, err error) {
 	c, err := open(ctx, o)
@@ -232,13 +272,7 @@ func runOnce(ctx context.Context, o Options) (up bool, err error) {
 	}
 
 	runErr := make(chan error, 1)
-	go func() { runErr <- sess.Run(c.ctx) }()
-	go func() {
-		// A dead session (missed pings) must end the call: a Send blocked on a frozen gateway only
-		// returns when the call's context ends.
-		<-sess.Done()
-		c.cancel()
-	}()
+	go func() { runErr <- c.run(sess) }()
 	select {
 	case err := <-runErr:
 		return true, classify(err)

@@ -87,6 +87,10 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 		// so these windows only keep the pipe full.
 		grpc.InitialWindowSize(tunnelWindow),
 		grpc.InitialConnWindowSize(tunnelWindow),
+		// Idle tunnels are the common case, and each held a 32 KiB read buffer for good (the write
+		// buffer is already shared between flushes by default). Every tunnel connection is a tls.Conn,
+		// which holds the decrypted record itself, so reading frames straight from it costs no syscall.
+		grpc.ReadBufferSize(0),
 	)
 	tunnelv1.RegisterTunnelServiceServer(grpcServer, svc)
 

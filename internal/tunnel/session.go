@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,7 +93,9 @@ type Session struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	ctrl chan outFrame
+	// ctrl carries bare frames: control frames never hold a pooled buffer or a half-close, and a
+	// pointer per slot keeps the queue a quarter of outFrame's size on every idle tunnel.
+	ctrl chan *Frame
 	data chan outFrame
 
 	// openMu keeps stream ids and their heads in the same order on the wire: the agent refuses an id
@@ -109,6 +112,8 @@ type Session struct {
 	queued     atomic.Int64
 	sendClosed bool         // owned by the sender goroutine
 	lastPong   atomic.Int64 // unix nano of the last frame heard from the peer
+	pinger     atomic.Pointer[time.Timer]
+	pingNonce  atomic.Uint64
 	wg         sync.WaitGroup
 }
 
@@ -130,7 +135,7 @@ func NewSession(conn FrameConn, cfg Config) *Session {
 		conn:    conn,
 		cfg:     cfg,
 		log:     cfg.Logger,
-		ctrl:    make(chan outFrame, controlQueue),
+		ctrl:    make(chan *Frame, controlQueue),
 		data:    make(chan outFrame, dataQueue),
 		streams: make(map[uint64]*Stream),
 	}
@@ -140,37 +145,37 @@ func NewSession(conn FrameConn, cfg Config) *Session {
 }
 
 // Run serves the session until the connection fails, ctx ends or Close is called, then resets every
-// open stream and waits for its own goroutines. It returns the cause.
+// open stream and waits for the streams it accepted. It returns the cause.
+//
+// Most tunnels sit idle, and a parked goroutine costs its stack (the largest part of an idle tunnel's
+// memory on the gateway): Run's own goroutine is the sender, pings run from a timer, and only the
+// receiver has a goroutine of its own.
 func (s *Session) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.cancel(context.Cause(ctx)) })
 	defer stop()
 
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.sendLoop()
-	}()
 	if s.cfg.PingInterval > 0 {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.pingLoop()
-		}()
+		// Stored before it can fire: ping re-arms the timer it finds here.
+		t := time.AfterFunc(math.MaxInt64, s.ping)
+		s.pinger.Store(t)
+		t.Reset(s.cfg.PingInterval)
 	}
-	recvDone := make(chan error, 1)
-	go func() { recvDone <- s.recvLoop() }()
+	// The receiver is not waited for: it returns once the call ends, which the caller ends next.
+	go func() { s.cancel(s.recvLoop()) }()
+	s.sendLoop()
+	if t := s.pinger.Load(); t != nil {
+		t.Stop()
+	}
 
-	var err error
-	select {
-	case err = <-recvDone:
-		s.cancel(err)
-	case <-s.ctx.Done():
-	}
-	err = context.Cause(s.ctx)
+	err := context.Cause(s.ctx)
 	s.resetAll(err)
 	s.wg.Wait()
 	return err
 }
+
+// OnDone calls f in its own goroutine once the session has ended; stop cancels that (false when f
+// already started). It spares a goroutine that would only wait on Done.
+func (s *Session) OnDone(f func()) (stop func() bool) { return context.AfterFunc(s.ctx, f) }
 
 // Done is closed when the session has ended.
 func (s *Session) Done() <-chan struct{} { return s.ctx.Done() }
@@ -270,19 +275,19 @@ func (s *Session) closedErr() error {
 func (s *Session) sendControl(f *Frame) error { return s.sendControlCtx(context.Background(), f) }
 
 func (s *Session) sendControlCtx(ctx context.Context, f *Frame) error {
-	return s.enqueue(ctx, s.ctrl, outFrame{f: f})
+	return enqueue(s, ctx, s.ctrl, f)
 }
 
 // sendData queues a data or end frame behind earlier data frames.
 func (s *Session) sendData(ctx context.Context, of outFrame) error {
-	return s.enqueue(ctx, s.data, of)
+	return enqueue(s, ctx, s.data, of)
 }
 
-// enqueue hands of to the sender through q, counting it as queued until the sender has sent it.
-func (s *Session) enqueue(ctx context.Context, q chan<- outFrame, of outFrame) error {
+// enqueue hands v to the sender through q, counting it as queued until the sender has sent it.
+func enqueue[T any](s *Session, ctx context.Context, q chan<- T, v T) error {
 	s.queued.Add(1)
 	select {
-	case q <- of:
+	case q <- v:
 		return nil
 	case <-s.ctx.Done():
 		s.queued.Add(-1)
@@ -303,16 +308,16 @@ func (s *Session) sendLoop() {
 	for {
 		// Control frames first: window updates and heads must not wait behind bulk data.
 		select {
-		case of := <-s.ctrl:
-			if !s.write(of) {
+		case f := <-s.ctrl:
+			if !s.write(outFrame{f: f}) {
 				return
 			}
 			continue
 		default:
 		}
 		select {
-		case of := <-s.ctrl:
-			if !s.write(of) {
+		case f := <-s.ctrl:
+			if !s.write(outFrame{f: f}) {
 				return
 			}
 		case of := <-s.data:
@@ -329,8 +334,8 @@ func (s *Session) sendLoop() {
 func (s *Session) drainControl() bool {
 	for {
 		select {
-		case of := <-s.ctrl:
-			if !s.write(of) {
+		case f := <-s.ctrl:
+			if !s.write(outFrame{f: f}) {
 				return false
 			}
 		default:
@@ -362,25 +367,21 @@ func (s *Session) write(of outFrame) bool {
 	return true
 }
 
-func (s *Session) pingLoop() {
-	t := time.NewTicker(s.cfg.PingInterval)
-	defer t.Stop()
-	var nonce uint64
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case now := <-t.C:
-			if now.Sub(time.Unix(0, s.lastPong.Load())) > missedPings*s.cfg.PingInterval {
-				s.cancel(ErrTunnelDead)
-				return
-			}
-			nonce++
-			if s.sendControl(&Frame{Kind: &tunnelv1.TunnelFrame_Ping{Ping: &tunnelv1.Ping{Nonce: nonce}}}) != nil {
-				return
-			}
-		}
+// ping runs from the pinger timer: one ping, then the next one interval later. The check does not
+// depend on the sender, so a Send blocked on a frozen peer still ends the session.
+func (s *Session) ping() {
+	if s.ctx.Err() != nil {
+		return
 	}
+	if time.Since(time.Unix(0, s.lastPong.Load())) > missedPings*s.cfg.PingInterval {
+		s.cancel(ErrTunnelDead)
+		return
+	}
+	nonce := s.pingNonce.Add(1)
+	if s.sendControl(&Frame{Kind: &tunnelv1.TunnelFrame_Ping{Ping: &tunnelv1.Ping{Nonce: nonce}}}) != nil {
+		return
+	}
+	s.pinger.Load().Reset(s.cfg.PingInterval)
 }
 
 func (s *Session) recvLoop() error {
@@ -408,7 +409,7 @@ func (s *Session) dispatch(f *Frame) error {
 		// it prove us alive just as well.
 		s.queued.Add(1)
 		select {
-		case s.ctrl <- outFrame{f: &Frame{Kind: &tunnelv1.TunnelFrame_Pong{Pong: &tunnelv1.Pong{Nonce: k.Ping.Nonce}}}}:
+		case s.ctrl <- &Frame{Kind: &tunnelv1.TunnelFrame_Pong{Pong: &tunnelv1.Pong{Nonce: k.Ping.Nonce}}}:
 		default:
 			s.queued.Add(-1)
 		}
