@@ -9,14 +9,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"time"
 
 	"github.com/jpillora/backoff"
+	"golang.org/x/net/http/httpproxy"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/hopgate/hopgate/internal/tcpopt"
 	"github.com/hopgate/hopgate/internal/tunnel"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
@@ -146,13 +150,22 @@ func open(ctx context.Context, o Options) (*call, error) {
 	// Offered ahead of h2 (which grpc adds): a gateway that knows it serves the tunnel on grpc's own
 	// transport; an older one picks h2.
 	tlsConf.NextProtos = []string{TunnelALPN}
-	conn, err := grpc.NewClient(o.ServerAddr,
+	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
 		// One HTTP/2 stream carries the whole tunnel; the tunnel's own credit bounds memory per
 		// request, so these windows only keep the pipe full.
-		grpc.WithInitialWindowSize(16<<20),
-		grpc.WithInitialConnWindowSize(16<<20),
-	)
+		grpc.WithInitialWindowSize(16 << 20),
+		grpc.WithInitialConnWindowSize(16 << 20),
+	}
+	if !viaProxy(o.ServerAddr) {
+		// Downloads queue in the session, where streams take turns, not in the kernel. A custom
+		// dialer switches off grpc's HTTPS_PROXY support, so it is used only when no proxy applies.
+		d := &net.Dialer{Control: tcpopt.Control(tcpopt.TunnelNotSentLowat)}
+		dialOpts = append(dialOpts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr)
+		}))
+	}
+	conn, err := grpc.NewClient(o.ServerAddr, dialOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", o.ServerAddr, err)
 	}
@@ -251,6 +264,13 @@ func (t *Tunnel) Run() error { return t.c.run(t.Session) }
 func (t *Tunnel) Close() {
 	t.Session.Close(nil)
 	t.c.close()
+}
+
+// viaProxy reports whether the environment (HTTPS_PROXY, NO_PROXY) sends connections to addr
+// through a proxy, as grpc's default dialer would.
+func viaProxy(addr string) bool {
+	u, err := httpproxy.FromEnvironment().ProxyFunc()(&url.URL{Scheme: "https", Host: addr})
+	return err != nil || u != nil
 }
 
 // runOnce dials, authenticates and serves one tunnel. up reports whether the gateway accepted it.

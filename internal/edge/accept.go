@@ -13,6 +13,7 @@ import (
 	"github.com/hopgate/hopgate/internal/errorpage"
 	"github.com/hopgate/hopgate/internal/h1guard"
 	"github.com/hopgate/hopgate/internal/h2guard"
+	"github.com/hopgate/hopgate/internal/tcpopt"
 )
 
 // handshakeTimeout bounds a TLS handshake, as ReadHeaderTimeout did when net/http ran it.
@@ -66,6 +67,10 @@ func (s *Server) handshake(raw net.Conn) {
 		}
 		s.h2Conns.put(&tlsConn{Conn: g, state: state})
 	case p == TunnelALPN && s.tunnelConns != nil:
+		if cc, ok := raw.(*countedConn); ok {
+			// Uploads queue in the session, where streams take turns, not in the kernel.
+			_ = tcpopt.SetNotSentLowat(cc.Conn, tcpopt.TunnelNotSentLowat)
+		}
 		s.tunnelConns.put(tc)
 	default:
 		// acme-tls/1: the handshake was the whole validation.

@@ -39,7 +39,7 @@ const (
 	// missedPings is how many ping intervals may pass without a pong before the tunnel is dead.
 	missedPings = 3
 	// dataQueue bounds how many data frames wait for the sender; writers block (back-pressure) when full.
-	dataQueue = 32
+	dataQueue = 8
 	// controlQueue bounds control frames; they are small and the sender prefers them.
 	controlQueue = 256
 )

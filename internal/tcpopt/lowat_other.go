@@ -1,0 +1,5 @@
+//go:build !linux
+
+package tcpopt
+
+func setNotSentLowat(uintptr, int) error { return nil }
