@@ -145,6 +145,12 @@ func source(o Options) (driverName, dsn string, md migrations.Dialect, entDialec
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", "", "", fmt.Errorf("registry: create data directory: %w", err)
 	}
+	// SQLite creates the file 0644 (less the umask) and gives its -wal and -shm files the main file's
+	// mode: created 0600 here first, or narrowed if an older version made it, the key hashes are
+	// readable by the gateway's user only, like the directory.
+	if err := privateFile(filepath.Join(dir, DBFile)); err != nil {
+		return "", "", "", "", fmt.Errorf("registry: database file: %w", err)
+	}
 	// Every pooled connection gets these. WAL lets readers run beside the one writer; busy_timeout
 	// makes a writer wait for the lock instead of failing; immediate transactions take the write lock
 	// up front, so two transactions never deadlock upgrading read locks. The time format is one that
@@ -253,6 +259,24 @@ func (s *Store) Get(ctx context.Context, name string) (Domain, error) {
 		return Domain{}, classify(op, err)
 	}
 	return toDomain(d), nil
+}
+
+// privateFile creates path with mode 0600 if it is missing, and takes group and other permissions off
+// it if not.
+func privateFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return f.Chmod(fi.Mode().Perm() &^ 0o077)
+	}
+	return nil
 }
 
 // untilDone runs a lookup and returns when it does or when ctx ends, whichever is first. A driver

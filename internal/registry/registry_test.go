@@ -132,8 +132,33 @@ func TestOpenOptions(t *testing.T) {
 		if perm := fi.Mode().Perm(); perm != 0o700 {
 			t.Fatalf("data dir mode %o, want 700", perm)
 		}
-		if _, err := os.Stat(filepath.Join(dir, DBFile)); err != nil {
+		s := open(t, Options{DataDir: dir})
+		if _, _, err := s.Register(ctx, "perm.example.com", ""); err != nil {
 			t.Fatal(err)
+		}
+		for _, name := range []string{DBFile, DBFile + "-wal", DBFile + "-shm"} {
+			fi, err := os.Stat(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if perm := fi.Mode().Perm(); perm != 0o600 {
+				t.Errorf("%s mode %o, want 600", name, perm)
+			}
+		}
+	})
+	t.Run("database file made private", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, DBFile), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		open(t, Options{DataDir: dir})
+		fi, err := os.Stat(filepath.Join(dir, DBFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := fi.Mode().Perm(); perm != 0o600 {
+			t.Fatalf("an existing 644 database file left at %o, want 600", perm)
 		}
 	})
 	t.Run("unsupported scheme", func(t *testing.T) {
