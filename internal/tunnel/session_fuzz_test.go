@@ -409,6 +409,8 @@ func (m *fuzzModel) step(i int, f *Frame) {
 	switch k := f.Kind.(type) {
 	case *tunnelv1.TunnelFrame_ResponseHead:
 		switch {
+		case st.ended:
+			m.protocolError(st) // a head after the end
 		case Informational(k.ResponseHead):
 			if len(st.info) < maxInformational {
 				st.info = append(st.info, k.ResponseHead.Status)
@@ -428,6 +430,10 @@ func (m *fuzzModel) step(i int, f *Frame) {
 		}
 		st.data = append(st.data, k.Data.Payload...)
 	case *tunnelv1.TunnelFrame_End:
+		if st.ended {
+			m.protocolError(st) // a second end
+			return
+		}
 		st.end()
 	case *tunnelv1.TunnelFrame_Reset_:
 		st.abort(&ResetError{Reason: k.Reset_.Reason, Message: k.Reset_.Message, Remote: true})
@@ -642,6 +648,8 @@ func fuzzSessionSeeds() [][]byte {
 		encodeFrames(ping, head(1, true), data(1, 1), head(2, false), data(2, 3), end(2), reset(2), head(3, false), data(3, 4), reset(3), ping),
 		// Informational heads, a second final head, a head that ends the stream, late data.
 		encodeFrames(resp(1, 100, false), resp(1, 103, false), resp(1, 200, true), data(1, 1), resp(2, 200, false), resp(2, 204, false), resp(3, 101, false)),
+		// A second end, a head after the end (PROTOCOL_ERROR both), on both roles.
+		encodeFrames(head(1, false), data(1, 2), end(1), end(1), resp(2, 200, false), end(2), resp(2, 200, false), head(3, true), resp(3, 103, false)),
 		// A handshake frame on a live stream ends the session.
 		encodeFrames(head(2, false), data(2, 3), hello, data(2, 3)),
 	}

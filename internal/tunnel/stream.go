@@ -425,6 +425,17 @@ func (st *Stream) abort(err error) {
 }
 
 func (st *Stream) deliverResponse(h *tunnelv1.ResponseHead) {
+	st.mu.Lock()
+	ended, failed := st.recvEnded, st.recvErr != nil
+	st.mu.Unlock()
+	if failed {
+		return
+	}
+	if ended {
+		// A head after the body's end would be read by nobody, or worse, as a new response.
+		st.protocolError("response head after end")
+		return
+	}
 	if Informational(h) {
 		// Informational heads beyond the queue are dropped: HTTP lets a proxy drop 1xx responses,
 		// and the receiving loop must not wait for a slow awaiter.
@@ -467,6 +478,15 @@ func (st *Stream) deliverData(p []byte) {
 
 func (st *Stream) deliverEnd(trailers []*tunnelv1.Header) {
 	st.mu.Lock()
+	if st.recvEnded || st.recvErr != nil {
+		second := st.recvErr == nil
+		st.mu.Unlock()
+		if second {
+			// It would replace trailers already handed on.
+			st.protocolError("second end")
+		}
+		return
+	}
 	st.recvEnded = true
 	st.trailers = trailers
 	st.mu.Unlock()
