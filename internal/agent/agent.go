@@ -223,6 +223,8 @@ func (c *call) session(o Options, onGoAway func(string)) *tunnel.Session {
 		PingInterval: o.PingInterval,
 		OnGoAway:     onGoAway,
 		Logger:       o.Logger,
+
+		PeerCapabilities: c.acc.Capabilities,
 	})
 }
 
@@ -350,7 +352,7 @@ type countingConn struct {
 
 func (c countingConn) Send(f *tunnel.Frame) error {
 	// Count before sending: the payload's buffer goes back to a pool once Send returns.
-	n := len(f.GetData().GetPayload())
+	n := len(f.GetData().GetPayload()) + len(f.GetResponseHead().GetBody())
 	err := c.FrameConn.Send(f)
 	if err == nil && n > 0 {
 		c.count(FromTarget, n)

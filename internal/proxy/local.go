@@ -117,6 +117,12 @@ func (l *Local) ServeStream(st *tunnel.Stream) {
 		TrailerNames:  trailerNames(res.Trailer),
 		EndStream:     res.Body == http.NoBody,
 	}
+	if sent, readErr := sendWhole(st, head, res); sent {
+		if readErr != nil {
+			st.Reset(tunnelv1.ResetReason_RESET_REASON_TARGET_ABORTED, "local target body: "+readErr.Error())
+		}
+		return
+	}
 	if err := st.SendResponse(head); err != nil {
 		return
 	}
@@ -135,6 +141,22 @@ func (l *Local) ServeStream(st *tunnel.Stream) {
 		return
 	}
 	_ = st.CloseWrite(toWire(res.Trailer))
+}
+
+// sendWhole sends a small response of known length as one frame, head and body together, when the
+// gateway takes that. sent false means nothing was sent and the caller streams the response;
+// readErr is the target's body failing (a failed send needs nothing more: the stream is gone).
+func sendWhole(st *tunnel.Stream, head *tunnelv1.ResponseHead, res *http.Response) (sent bool, readErr error) {
+	n := res.ContentLength
+	if head.EndStream || n <= 0 || res.StatusCode < 200 || len(res.Trailer) > 0 || !st.CanSendWholeResponse(int(n)) {
+		return false, nil
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(res.Body, body); err != nil {
+		return true, err
+	}
+	_ = st.SendWholeResponse(head, body)
+	return true, nil
 }
 
 func (l *Local) newRequest(st *tunnel.Stream, h *tunnelv1.RequestHead) (*http.Request, error) {

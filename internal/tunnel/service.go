@@ -128,6 +128,8 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 		MaxStreams:   s.opts.MaxStreams,
 		PingInterval: s.opts.PingInterval,
 		Logger:       log,
+
+		PeerCapabilities: hello.Capabilities,
 	})
 	agent := &Agent{Domain: domain, AgentID: hello.AgentId, Session: sess}
 	replaced, err := s.hub.Add(agent, s.opts.MaxAgentsPerDomain)
@@ -144,6 +146,7 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 		SessionId:     sessionID,
 		PublicUrl:     s.opts.PublicURL(domain),
 		InitialWindow: DefaultInitialWindow,
+		Capabilities:  []string{CapInlineBody},
 	}}}
 	// Accepted goes out before the session's sender starts, so it is the first frame the agent sees,
 	// even if a request picked this agent the moment it joined the Hub.

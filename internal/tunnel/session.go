@@ -44,6 +44,13 @@ const (
 	controlQueue = 256
 )
 
+// CapInlineBody: the server reads ResponseHead.body, a small response's whole body sent with its head.
+const CapInlineBody = "inline-body"
+
+// InlineBodyMax is the largest body an agent sends with its response head. A head travels on the
+// control queue, ahead of bulk data, so this stays small.
+const InlineBodyMax = 16 << 10
+
 var (
 	// ErrSessionClosed is returned for work on a session that has ended.
 	ErrSessionClosed = errors.New("tunnel session closed")
@@ -72,7 +79,9 @@ type Config struct {
 	PingInterval time.Duration
 	// OnGoAway is called once when the peer sends GoAway.
 	OnGoAway func(reason string)
-	Logger   *slog.Logger
+	// PeerCapabilities are what the peer announced it understands (CapInlineBody, …).
+	PeerCapabilities []string
+	Logger           *slog.Logger
 }
 
 // outFrame is a frame waiting for the sender, with the pooled buffer to release once it is sent.

@@ -411,6 +411,8 @@ func (m *fuzzModel) step(i int, f *Frame) {
 		switch {
 		case st.ended:
 			m.protocolError(st) // a head after the end
+		case len(k.ResponseHead.Body) > 0 && (!k.ResponseHead.EndStream || Informational(k.ResponseHead)):
+			m.protocolError(st) // an inline body must end the stream
 		case Informational(k.ResponseHead):
 			if len(st.info) < maxInformational {
 				st.info = append(st.info, k.ResponseHead.Status)
@@ -419,6 +421,13 @@ func (m *fuzzModel) step(i int, f *Frame) {
 			m.protocolError(st)
 		default:
 			st.hasFinal, st.final = true, k.ResponseHead.Status
+			if body := k.ResponseHead.Body; len(body) > 0 {
+				if len(st.data)+len(body) > fuzzWindow {
+					m.protocolError(st)
+					return
+				}
+				st.data = append(st.data, body...)
+			}
 			if k.ResponseHead.EndStream {
 				st.end()
 			}
@@ -620,6 +629,9 @@ func fuzzSessionSeeds() [][]byte {
 	resp := func(id uint64, status uint32, end bool) *Frame {
 		return &Frame{StreamId: id, Kind: &tunnelv1.TunnelFrame_ResponseHead{ResponseHead: &tunnelv1.ResponseHead{Status: status, EndStream: end}}}
 	}
+	whole := func(id uint64, status uint32, end bool, n int) *Frame {
+		return &Frame{StreamId: id, Kind: &tunnelv1.TunnelFrame_ResponseHead{ResponseHead: &tunnelv1.ResponseHead{Status: status, EndStream: end, Body: bytes.Repeat([]byte{'b'}, n)}}}
+	}
 	data := func(id uint64, n int) *Frame {
 		return &Frame{StreamId: id, Kind: &tunnelv1.TunnelFrame_Data{Data: &tunnelv1.Data{Payload: bytes.Repeat([]byte{'x'}, n)}}}
 	}
@@ -650,6 +662,8 @@ func fuzzSessionSeeds() [][]byte {
 		encodeFrames(resp(1, 100, false), resp(1, 103, false), resp(1, 200, true), data(1, 1), resp(2, 200, false), resp(2, 204, false), resp(3, 101, false)),
 		// A second end, a head after the end (PROTOCOL_ERROR both), on both roles.
 		encodeFrames(head(1, false), data(1, 2), end(1), end(1), resp(2, 200, false), end(2), resp(2, 200, false), head(3, true), resp(3, 103, false)),
+		// Inline bodies: a whole response, one over the window, one without end, one on a 1xx.
+		encodeFrames(whole(1, 200, true, 7), whole(3, 200, true, fuzzWindow+1), whole(5, 200, false, 3), whole(7, 103, true, 2)),
 		// A handshake frame on a live stream ends the session.
 		encodeFrames(head(2, false), data(2, 3), hello, data(2, 3)),
 	}

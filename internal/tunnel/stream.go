@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
@@ -142,6 +143,33 @@ func (st *Stream) SendResponse(head *tunnelv1.ResponseHead) error {
 		st.markSendEnded()
 	}
 	return nil
+}
+
+// CanSendWholeResponse reports whether SendWholeResponse may carry a body of n bytes: the peer
+// announced CapInlineBody and n is at most InlineBodyMax.
+func (st *Stream) CanSendWholeResponse(n int) bool {
+	return n <= InlineBodyMax && slices.Contains(st.s.cfg.PeerCapabilities, CapInlineBody)
+}
+
+// SendWholeResponse sends a final response head with its whole body in one frame and ends this
+// direction: one frame instead of a head, a Data and an End. Check CanSendWholeResponse first.
+func (st *Stream) SendWholeResponse(head *tunnelv1.ResponseHead, body []byte) error {
+	if !st.CanSendWholeResponse(len(body)) || Informational(head) {
+		return errors.New("tunnel: the peer does not take this response in one frame")
+	}
+	if n := len(body); n > 0 {
+		got, err := st.acquire(n)
+		for got < n && err == nil {
+			var more int
+			more, err = st.acquire(n - got)
+			got += more
+		}
+		if err != nil {
+			return err
+		}
+	}
+	head.Body, head.EndStream = body, true
+	return st.SendResponse(head)
 }
 
 // Read reads the peer's body bytes. It returns io.EOF after the peer's End, and the reset error if the
@@ -436,6 +464,10 @@ func (st *Stream) deliverResponse(h *tunnelv1.ResponseHead) {
 		st.protocolError("response head after end")
 		return
 	}
+	if len(h.Body) > 0 && (!h.EndStream || Informational(h)) {
+		st.protocolError("inline body without end of stream")
+		return
+	}
 	if Informational(h) {
 		// Informational heads beyond the queue are dropped: HTTP lets a proxy drop 1xx responses,
 		// and the receiving loop must not wait for a slow awaiter.
@@ -452,6 +484,9 @@ func (st *Stream) deliverResponse(h *tunnelv1.ResponseHead) {
 		return
 	}
 	if h.EndStream {
+		if len(h.Body) > 0 {
+			st.deliverData(h.Body)
+		}
 		st.deliverEnd(nil)
 	}
 }

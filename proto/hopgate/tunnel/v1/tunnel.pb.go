@@ -492,6 +492,9 @@ type Accepted struct {
 	PublicUrl string                 `protobuf:"bytes,2,opt,name=public_url,json=publicUrl,proto3" json:"public_url,omitempty"`
 	// initial_window is the credit in bytes the server grants each new stream for agent-to-server data.
 	InitialWindow uint32 `protobuf:"varint,3,opt,name=initial_window,json=initialWindow,proto3" json:"initial_window,omitempty"`
+	// capabilities the server understands; an agent uses a feature only when the server lists it.
+	// "inline-body": ResponseHead.body.
+	Capabilities  []string `protobuf:"bytes,4,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -545,6 +548,13 @@ func (x *Accepted) GetInitialWindow() uint32 {
 		return x.InitialWindow
 	}
 	return 0
+}
+
+func (x *Accepted) GetCapabilities() []string {
+	if x != nil {
+		return x.Capabilities
+	}
+	return nil
 }
 
 // Refused tells the agent why the tunnel is not accepted; the call then ends with a matching status.
@@ -713,6 +723,10 @@ type ResponseHead struct {
 	ContentLength int64                  `protobuf:"varint,3,opt,name=content_length,json=contentLength,proto3" json:"content_length,omitempty"`
 	EndStream     bool                   `protobuf:"varint,4,opt,name=end_stream,json=endStream,proto3" json:"end_stream,omitempty"`
 	TrailerNames  []string               `protobuf:"bytes,5,rep,name=trailer_names,json=trailerNames,proto3" json:"trailer_names,omitempty"`
+	// body is the whole response body of a small response, sent with its head (end_stream set, no
+	// Data frames follow) to a server that announced "inline-body". It counts against the stream's
+	// credit like Data.
+	Body          []byte `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -778,6 +792,13 @@ func (x *ResponseHead) GetEndStream() bool {
 func (x *ResponseHead) GetTrailerNames() []string {
 	if x != nil {
 		return x.TrailerNames
+	}
+	return nil
+}
+
+func (x *ResponseHead) GetBody() []byte {
+	if x != nil {
+		return x.Body
 	}
 	return nil
 }
@@ -1133,13 +1154,14 @@ const file_hopgate_tunnel_v1_tunnel_proto_rawDesc = "" +
 	"\bagent_id\x18\x03 \x01(\tR\aagentId\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\"\n" +
 	"\fcapabilities\x18\x05 \x03(\tR\fcapabilities\x12%\n" +
-	"\x0einitial_window\x18\x06 \x01(\rR\rinitialWindow\"o\n" +
+	"\x0einitial_window\x18\x06 \x01(\rR\rinitialWindow\"\x93\x01\n" +
 	"\bAccepted\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1d\n" +
 	"\n" +
 	"public_url\x18\x02 \x01(\tR\tpublicUrl\x12%\n" +
-	"\x0einitial_window\x18\x03 \x01(\rR\rinitialWindow\"#\n" +
+	"\x0einitial_window\x18\x03 \x01(\rR\rinitialWindow\x12\"\n" +
+	"\fcapabilities\x18\x04 \x03(\tR\fcapabilities\"#\n" +
 	"\aRefused\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\tR\amessage\"\xa6\x02\n" +
 	"\vRequestHead\x12\x16\n" +
@@ -1153,14 +1175,15 @@ const file_hopgate_tunnel_v1_tunnel_proto_rawDesc = "" +
 	"end_stream\x18\a \x01(\bR\tendStream\x12#\n" +
 	"\rtrailer_names\x18\b \x03(\tR\ftrailerNames\x12\x1f\n" +
 	"\vremote_addr\x18\t \x01(\tR\n" +
-	"remoteAddr\"\xc6\x01\n" +
+	"remoteAddr\"\xda\x01\n" +
 	"\fResponseHead\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\rR\x06status\x123\n" +
 	"\aheaders\x18\x02 \x03(\v2\x19.hopgate.tunnel.v1.HeaderR\aheaders\x12%\n" +
 	"\x0econtent_length\x18\x03 \x01(\x03R\rcontentLength\x12\x1d\n" +
 	"\n" +
 	"end_stream\x18\x04 \x01(\bR\tendStream\x12#\n" +
-	"\rtrailer_names\x18\x05 \x03(\tR\ftrailerNames\" \n" +
+	"\rtrailer_names\x18\x05 \x03(\tR\ftrailerNames\x12\x12\n" +
+	"\x04body\x18\x06 \x01(\fR\x04body\" \n" +
 	"\x04Data\x12\x18\n" +
 	"\apayload\x18\x01 \x01(\fR\apayload\"<\n" +
 	"\x03End\x125\n" +
