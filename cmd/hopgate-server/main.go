@@ -12,6 +12,7 @@ import (
 
 	"github.com/hopgate/hopgate/internal/cli"
 	"github.com/hopgate/hopgate/internal/config"
+	"github.com/hopgate/hopgate/internal/logbuf"
 	"github.com/hopgate/hopgate/internal/server"
 	"github.com/hopgate/hopgate/internal/version"
 )
@@ -40,13 +41,19 @@ func main() {
 		fmt.Fprintf(os.Stderr, "hopgate-server: bad configuration:\n%v\n", err)
 		os.Exit(2)
 	}
-	log := config.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
+	// One access-log line per request: lines that come fast are written together (package logbuf).
+	logOut := logbuf.New(os.Stderr)
+	log := config.NewLogger(logOut, cfg.LogLevel, cfg.LogFormat)
 	log.Info("starting hopgate-server", "version", version.Version, "config", cfg)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := server.Run(ctx, cfg, log, nil); err != nil {
+	err = server.Run(ctx, cfg, log, nil)
+	stop()
+	if err != nil {
 		log.Error("hopgate-server failed", "err", err)
+	}
+	_ = logOut.Flush()
+	if err != nil {
 		os.Exit(1)
 	}
 }
