@@ -36,8 +36,9 @@ func TestAbuseH2RapidReset(t *testing.T) {
 		case <-time.After(5 * time.Second):
 		}
 	})
-	g := startGateway(t, gatewayOptions{})
+	g := startGateway(t, gatewayOptions{Env: []string{"HOP_SERVER_METRICS_LISTEN=127.0.0.1:0"}})
 	g.startAgent(domain, g.register(domain), target.URL)
+	metrics := tnMetricsAddr(t, g)
 	by := abNewBystander(t, g)
 	pid := g.cmd.Process.Pid
 	rssBefore := abVmRSS(t, pid)
@@ -91,6 +92,9 @@ func TestAbuseH2RapidReset(t *testing.T) {
 	}
 	if !strings.Contains(g.logs.String(), "rapid reset") {
 		t.Errorf("the gateway did not log why it closed the connection")
+	}
+	if n := tnMetric(t, metrics, `hopgate_connections_dropped_total{reason="rapid_reset"}`); n != 1 {
+		t.Errorf("hopgate_connections_dropped_total{reason=\"rapid_reset\"} = %v, want 1", n)
 	}
 	if n := reached.Load(); n > pairs/10 {
 		t.Errorf("%d of %d cancelled requests reached the target; a reset request must not become an upstream request", n, sent)

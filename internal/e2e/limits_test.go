@@ -147,8 +147,10 @@ func TestLimitsAgentsPerDomain(t *testing.T) {
 func TestLimitsConnections(t *testing.T) {
 	t.Parallel()
 	const limit = 4
-	g := startGateway(t, gatewayOptions{Env: []string{fmt.Sprintf("HOP_SERVER_MAX_CONNECTIONS=%d", limit)}})
+	g := startGateway(t, gatewayOptions{Env: []string{fmt.Sprintf("HOP_SERVER_MAX_CONNECTIONS=%d", limit),
+		"HOP_SERVER_METRICS_LISTEN=127.0.0.1:0"}})
 	plainAddr := htHTTPAddr(t, g)
+	metrics := tnMetricsAddr(t, g)
 	// handshake opens a TLS connection and proves it is served.
 	handshake := func() (*tls.Conn, error) {
 		conf := g.tlsConfig()
@@ -189,6 +191,12 @@ func TestLimitsConnections(t *testing.T) {
 	if c, err := handshake(); err == nil {
 		c.Close()
 		t.Fatalf("connection %d was served with HOP_SERVER_MAX_CONNECTIONS=%d", limit+1, limit)
+	}
+	if open := tnMetric(t, metrics, "hopgate_connections_open"); open != limit {
+		t.Errorf("hopgate_connections_open = %v with %d held, want %d", open, limit, limit)
+	}
+	if n := tnMetric(t, metrics, `hopgate_connections_dropped_total{reason="over_limit"}`); n < 1 {
+		t.Errorf("the refused connection was not counted: %v", n)
 	}
 	held[0].Close()
 	held = held[1:]

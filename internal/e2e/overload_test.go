@@ -39,7 +39,9 @@ func TestOverloadShedsUnderMemoryLimit(t *testing.T) {
 		fmt.Sprintf("GOMEMLIMIT=%dMiB", limitMiB),
 		"HOP_SERVER_HTTP_PROXY=true",
 		"HOP_SERVER_MAX_STREAMS_PER_TUNNEL=0",
+		"HOP_SERVER_METRICS_LISTEN=127.0.0.1:0",
 	}})
+	metrics := tnMetricsAddr(t, g)
 	g.startAgent(domain, g.register(domain), target.URL)
 	addr := htHTTPAddr(t, g)
 	pid := g.cmd.Process.Pid
@@ -98,6 +100,9 @@ func TestOverloadShedsUnderMemoryLimit(t *testing.T) {
 		t.Errorf("gateway RSS reached %d MiB, limit %d MiB", peakMiB, limitMiB)
 	}
 	abAlive(t, g)
+	if v := tnMetric(t, metrics, "hopgate_overloaded"); v != 1 {
+		t.Errorf("hopgate_overloaded = %v while shedding, want 1", v)
+	}
 
 	for _, c := range held {
 		c.Close()
@@ -108,6 +113,7 @@ func TestOverloadShedsUnderMemoryLimit(t *testing.T) {
 		code, _ := tnGet(t, c, g.url(domain, "/small"))
 		return code == http.StatusOK
 	})
+	waitFor(t, 5*time.Second, "hopgate_overloaded back to 0", func() bool { return tnMetric(t, metrics, "hopgate_overloaded") == 0 })
 	if logs := g.logs.String(); !strings.Contains(logs, "shedding new requests") || !strings.Contains(logs, "serving again") {
 		t.Errorf("the gateway did not log entering and leaving overload")
 	}

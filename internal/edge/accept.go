@@ -64,6 +64,7 @@ func (s *Server) handshake(raw net.Conn) {
 		remote := raw.RemoteAddr().String()
 		g.OnFlood = func() {
 			s.log.Warn("HTTP/2 connection closed: streams cancelled too fast (rapid reset)", "client", remote)
+			s.conns.dropped(DropRapidReset)
 		}
 		s.h2Conns.put(&tlsConn{Conn: g, state: state})
 	case p == TunnelALPN && s.tunnelConns != nil:
@@ -123,10 +124,25 @@ func guardHTTP1(next http.Handler, errs *errorpage.Writer) http.Handler {
 	})
 }
 
+// ConnEvents hears about the listeners' connections (for metrics). Reasons for Dropped: DropOverLimit,
+// DropRapidReset.
+type ConnEvents interface {
+	Opened()
+	Closed()
+	Dropped(reason string)
+}
+
+// Reasons a connection is dropped by the gateway.
+const (
+	DropOverLimit  = "over_limit"
+	DropRapidReset = "rapid_reset"
+)
+
 // connCount enforces the global connection cap over both listeners.
 type connCount struct {
-	n   atomic.Int64
-	max int64
+	n      atomic.Int64
+	max    int64
+	events ConnEvents
 }
 
 // admit counts c in, or closes it when the cap is reached.
@@ -134,9 +150,19 @@ func (cc *connCount) admit(c net.Conn) (net.Conn, bool) {
 	if cc.n.Add(1) > cc.max && cc.max > 0 {
 		cc.n.Add(-1)
 		c.Close()
+		cc.dropped(DropOverLimit)
 		return nil, false
 	}
+	if cc.events != nil {
+		cc.events.Opened()
+	}
 	return &countedConn{Conn: c, cc: cc}, true
+}
+
+func (cc *connCount) dropped(reason string) {
+	if cc.events != nil {
+		cc.events.Dropped(reason)
+	}
 }
 
 // Open is the number of connections open now.
@@ -149,7 +175,12 @@ type countedConn struct {
 }
 
 func (c *countedConn) Close() error {
-	c.once.Do(func() { c.cc.n.Add(-1) })
+	c.once.Do(func() {
+		c.cc.n.Add(-1)
+		if c.cc.events != nil {
+			c.cc.events.Closed()
+		}
+	})
 	return c.Conn.Close()
 }
 

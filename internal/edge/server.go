@@ -41,6 +41,8 @@ type ListenOptions struct {
 	// MaxConns caps open connections over both listeners; more are closed as soon as accepted
 	// (0: no cap).
 	MaxConns int
+	// Events, if set, hears about connections: opened, closed, and dropped by the gateway.
+	Events ConnEvents
 	// Errors writes the 400 of an ambiguous request; nil writes plain text.
 	Errors *errorpage.Writer
 	Logger *slog.Logger
@@ -71,7 +73,7 @@ func Listen(o ListenOptions) (*Server, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	conns := &connCount{max: int64(o.MaxConns)}
+	conns := &connCount{max: int64(o.MaxConns), events: o.Events}
 	httpsLn, err := net.Listen("tcp", o.HTTPSAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen HTTPS on %s: %w", o.HTTPSAddr, err)

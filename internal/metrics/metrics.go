@@ -24,6 +24,10 @@ type Metrics struct {
 	ProxyErrors    *prometheus.CounterVec
 	CertExpiry     *prometheus.GaugeVec
 	CertOrders     *prometheus.CounterVec
+
+	ConnectionsOpen    prometheus.Gauge
+	ConnectionsDropped *prometheus.CounterVec
+	Overloaded         prometheus.Gauge
 }
 
 // New registers the series on a fresh registry, with the Go and process collectors.
@@ -56,8 +60,18 @@ func New() *Metrics {
 		CertOrders: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hopgate_certificate_orders_total", Help: "ACME orders by result (ok, error).",
 		}, []string{"result"}),
+		ConnectionsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hopgate_connections_open", Help: "Connections open now on the HTTPS and HTTP listeners (agents' included).",
+		}),
+		ConnectionsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopgate_connections_dropped_total", Help: "Connections the gateway closed on its own, by reason (over_limit, rapid_reset).",
+		}, []string{"reason"}),
+		Overloaded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hopgate_overloaded", Help: "1 while memory is near GOMEMLIMIT and new requests are shed with 503.",
+		}),
 	}
 	reg.MustRegister(m.Requests, m.Duration, m.TunnelsActive, m.TunnelConnects, m.TunnelBytes, m.ProxyErrors, m.CertExpiry, m.CertOrders,
+		m.ConnectionsOpen, m.ConnectionsDropped, m.Overloaded,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -130,6 +130,7 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 		log.Info("memory limit set: new requests are shed with 503 above the high-water mark",
 			"limit_bytes", mem.Limit(), "high_water", overload.HighWater, "low_water", overload.LowWater)
 		mem.OnChange = func(over bool, used, limit int64) {
+			m.Overloaded.Set(map[bool]float64{true: 1, false: 0}[over])
 			if over {
 				log.Warn("memory near the limit: shedding new requests", "used_bytes", used, "limit_bytes", limit)
 			} else {
@@ -165,6 +166,7 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 		HTTPS:     edge.NewRouter(routerOpts),
 		HTTP:      plain,
 		MaxConns:  cfg.MaxConnections,
+		Events:    connEvents{m},
 		Errors:    pages,
 		Logger:    log,
 	}
@@ -282,6 +284,13 @@ func (a authenticator) Authenticate(ctx context.Context, domain, key string) (st
 	}
 	return d.Name, nil
 }
+
+// connEvents feeds the listeners' connection events to the metrics.
+type connEvents struct{ m *metrics.Metrics }
+
+func (e connEvents) Opened()               { e.m.ConnectionsOpen.Inc() }
+func (e connEvents) Closed()               { e.m.ConnectionsOpen.Dec() }
+func (e connEvents) Dropped(reason string) { e.m.ConnectionsDropped.WithLabelValues(reason).Inc() }
 
 // domains adapts the registry to the router.
 type domains struct{ store *registry.Store }
