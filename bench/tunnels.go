@@ -230,7 +230,7 @@ func (r *runner) s8(ctx context.Context) scenarioResult {
 	if alive := pool.alive(); alive != steps[last] {
 		s.Notes = append(s.Notes, fmt.Sprintf("%d of %d tunnels still up at the end", alive, steps[last]))
 	}
-	s.Notes = append(s.Notes, "S8 tunnels are harness-side agents (internal/tunnel sessions, one TLS gRPC connection each); RSS is VmRSS of a fresh hopgate-server after 2 s of quiet")
+	s.Notes = append(s.Notes, "S8 tunnels are harness-side agents opened like hopgate-client's (agent.Open, one TLS gRPC connection each); RSS is VmRSS of a fresh hopgate-server after 2 s of quiet")
 	return s
 }
 
