@@ -62,3 +62,4 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzLoadClient$$' -fuzztime=$(FUZZTIME) ./internal/config
 	$(GO) test -run='^$$' -fuzz='^FuzzAdminBodies$$' -fuzztime=$(FUZZTIME) ./internal/admin
 	$(GO) test -run='^$$' -fuzz='^FuzzParser$$' -fuzztime=$(FUZZTIME) ./internal/h1guard
+	$(GO) test -run='^$$' -fuzz='^FuzzParser$$' -fuzztime=$(FUZZTIME) ./internal/h2guard

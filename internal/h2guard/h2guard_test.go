@@ -84,3 +84,28 @@ func TestCountsOnlyResets(t *testing.T) {
 		t.Fatal("11 resets passed a bucket of 10")
 	}
 }
+
+// FuzzParser: any byte stream, cut anywhere, spends the budget at the same frame and never panics.
+func FuzzParser(f *testing.F) {
+	var buf bytes.Buffer
+	buf.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&buf, nil)
+	_ = fr.WriteSettings()
+	for i := range 5 {
+		_ = fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
+	}
+	f.Add(buf.Bytes(), uint8(1))
+	f.Add([]byte(http2.ClientPreface+"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x08"), uint8(3))
+	f.Fuzz(func(t *testing.T, in []byte, step uint8) {
+		run := func(n int) (bool, int) {
+			clock := &fakeClock{t: time.Unix(0, 0)} // no refill: the verdict depends on the bytes only
+			p := parser{tokens: 3, burst: 3, rate: 0, now: clock.now}
+			return feedInPieces(&p, in, n)
+		}
+		okWhole, _ := run(len(in) + 1)
+		okCut, _ := run(int(step) + 1)
+		if okWhole != okCut {
+			t.Fatalf("whole: passed=%v; cut every %d bytes: passed=%v", okWhole, int(step)+1, okCut)
+		}
+	})
+}
