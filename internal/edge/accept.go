@@ -165,9 +165,6 @@ func (cc *connCount) dropped(reason string) {
 	}
 }
 
-// Open is the number of connections open now.
-func (cc *connCount) Open() int64 { return cc.n.Load() }
-
 type countedConn struct {
 	net.Conn
 	cc   *connCount

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -57,7 +58,6 @@ type Server struct {
 	tlsConf              *tls.Config
 	h2Conns, h1Conns     *ConnListener
 	tunnelConns          *ConnListener
-	dropALPN             map[string]bool
 	conns                *connCount
 	errs                 chan error
 	log                  *slog.Logger
@@ -79,7 +79,7 @@ func Listen(o ListenOptions) (*Server, error) {
 		return nil, fmt.Errorf("listen HTTPS on %s: %w", o.HTTPSAddr, err)
 	}
 	s := &Server{httpsLn: httpsLn, errs: make(chan error, 3), log: o.Logger, conns: conns,
-		tunnelConns: o.TunnelConns, dropALPN: map[string]bool{}}
+		tunnelConns: o.TunnelConns}
 	if o.HTTPAddr != "" {
 		s.httpLn, err = net.Listen("tcp", o.HTTPAddr)
 		if err != nil {
@@ -90,9 +90,6 @@ func Listen(o ListenOptions) (*Server, error) {
 	tlsConf := o.TLSConfig.Clone()
 	tlsConf.MinVersion = tls.VersionTLS12
 	tlsConf.NextProtos = append([]string{"h2", "http/1.1"}, o.ExtraALPN...)
-	for _, p := range o.ExtraALPN {
-		s.dropALPN[p] = true
-	}
 	if o.TunnelConns != nil {
 		// First: the server's order decides, and agents offer both this and h2.
 		tlsConf.NextProtos = append([]string{TunnelALPN}, tlsConf.NextProtos...)
@@ -102,30 +99,16 @@ func Listen(o ListenOptions) (*Server, error) {
 	errLog := slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug)
 	// The h2 server sees decrypted connections, so to net/http they are HTTP/2 with prior knowledge;
 	// restoreTLS puts the TLS state back on each request.
-	s.https2 = &http.Server{
-		Handler:           restoreTLS(o.HTTPS),
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          errLog,
-		ConnContext:       tlsConnContext,
-		Protocols:         new(http.Protocols),
-		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams: 1000,
-			// A tunnel is one HTTP/2 stream carrying many requests: give it room to keep the pipe full.
-			MaxReceiveBufferPerStream:     16 << 20,
-			MaxReceiveBufferPerConnection: 32 << 20,
-		},
-	}
+	s.https2 = newHTTPServer(restoreTLS(o.HTTPS), errLog)
+	s.https2.Protocols = new(http.Protocols)
 	s.https2.Protocols.SetUnencryptedHTTP2(true)
-	s.https1 = &http.Server{
-		Handler:           restoreTLS(guardHTTP1(o.HTTPS, o.Errors)),
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          errLog,
-		ConnContext:       tlsConnContext,
+	s.https2.HTTP2 = &http.HTTP2Config{
+		MaxConcurrentStreams: 1000,
+		// A tunnel is one HTTP/2 stream carrying many requests: give it room to keep the pipe full.
+		MaxReceiveBufferPerStream:     16 << 20,
+		MaxReceiveBufferPerConnection: 32 << 20,
 	}
+	s.https1 = newHTTPServer(restoreTLS(guardHTTP1(o.HTTPS, o.Errors)), errLog)
 	s.h2Conns, s.h1Conns = NewConnListener(), NewConnListener()
 	s.h2Conns.addr, s.h1Conns.addr = httpsLn.Addr(), httpsLn.Addr()
 	go func() { s.errs <- serveErr("HTTPS", s.https2.Serve(s.h2Conns)) }()
@@ -139,17 +122,22 @@ func Listen(o ListenOptions) (*Server, error) {
 		if o.WrapHTTP != nil {
 			h = o.WrapHTTP(h)
 		}
-		s.http = &http.Server{
-			Handler:           guardHTTP1(h, o.Errors),
-			ReadHeaderTimeout: readHeaderTimeout,
-			IdleTimeout:       idleTimeout,
-			MaxHeaderBytes:    maxHeaderBytes,
-			ErrorLog:          errLog,
-			ConnContext:       tlsConnContext,
-		}
+		s.http = newHTTPServer(guardHTTP1(h, o.Errors), errLog)
 		go func() { s.errs <- serveErr("HTTP", s.http.Serve(&plainListener{s.httpLn, conns})) }()
 	}
 	return s, nil
+}
+
+// newHTTPServer has the limits every listener shares, and finds each connection's guard and TLS state.
+func newHTTPServer(h http.Handler, errLog *log.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          errLog,
+		ConnContext:       tlsConnContext,
+	}
 }
 
 func serveErr(name string, err error) error {

@@ -130,10 +130,11 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 		log.Info("memory limit set: new requests are shed with 503 above the high-water mark",
 			"limit_bytes", mem.Limit(), "high_water", overload.HighWater, "low_water", overload.LowWater)
 		mem.OnChange = func(over bool, used, limit int64) {
-			m.Overloaded.Set(map[bool]float64{true: 1, false: 0}[over])
 			if over {
+				m.Overloaded.Set(1)
 				log.Warn("memory near the limit: shedding new requests", "used_bytes", used, "limit_bytes", limit)
 			} else {
+				m.Overloaded.Set(0)
 				log.Info("memory back under the low-water mark: serving again", "used_bytes", used, "limit_bytes", limit)
 			}
 		}
