@@ -157,16 +157,12 @@ func (st *Stream) SendWholeResponse(head *tunnelv1.ResponseHead, body []byte) er
 	if !st.CanSendWholeResponse(len(body)) || Informational(head) {
 		return errors.New("tunnel: the peer does not take this response in one frame")
 	}
-	if n := len(body); n > 0 {
-		got, err := st.acquire(n)
-		for got < n && err == nil {
-			var more int
-			more, err = st.acquire(n - got)
-			got += more
-		}
+	for got := 0; got < len(body); {
+		more, err := st.acquire(len(body) - got)
 		if err != nil {
 			return err
 		}
+		got += more
 	}
 	head.Body, head.EndStream = body, true
 	return st.SendResponse(head)
