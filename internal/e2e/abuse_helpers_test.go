@@ -71,16 +71,7 @@ func abDialH2(t testing.TB, g *gateway, sni string, o abH2Opts) *abH2 {
 	conf := g.tlsConfig()
 	conf.ServerName = sni
 	conf.NextProtos = []string{"h2"}
-	d := &net.Dialer{Timeout: 5 * time.Second}
-	if o.RcvBuf > 0 {
-		d.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, o.RcvBuf)
-			})
-			return errors.Join(err, serr)
-		}
-	}
+	d := abDialer(o.RcvBuf)
 	conn, err := tls.DialWithDialer(d, "tcp", g.addr, conf)
 	if err != nil {
 		t.Fatalf("dial h2 for %s: %v", sni, err)
@@ -112,6 +103,22 @@ func abDialH2(t testing.TB, g *gateway, sni string, o abH2Opts) *abH2 {
 }
 
 // write runs fn with the framer under the write lock and flushes what it wrote.
+// abDialer dials loopback with a 5 s timeout and, if rcvBuf > 0, that socket receive buffer: a small
+// one keeps what the gateway sends on its side.
+func abDialer(rcvBuf int) *net.Dialer {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	if rcvBuf > 0 {
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvBuf)
+			})
+			return errors.Join(err, serr)
+		}
+	}
+	return d
+}
+
 func (h *abH2) write(fn func(fr *http2.Framer) error) error {
 	h.wmu.Lock()
 	defer h.wmu.Unlock()

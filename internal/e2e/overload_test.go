@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -48,14 +47,7 @@ func TestOverloadShedsUnderMemoryLimit(t *testing.T) {
 	peak := abPeakRSS(t, pid)
 
 	// A visitor with a tiny receive buffer: what the gateway sends it stays in the gateway.
-	dialer := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
+	dialer := abDialer(4096)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var held []net.Conn
