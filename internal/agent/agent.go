@@ -150,13 +150,13 @@ func open(ctx context.Context, o Options) (*call, error) {
 	// Offered ahead of h2 (which grpc adds): a gateway that knows it serves the tunnel on grpc's own
 	// transport; an older one picks h2.
 	tlsConf.NextProtos = []string{TunnelALPN}
-	dialOpts := []grpc.DialOption{
-		grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
+	dialOpts := append(tunnel.DialOptions(),
+		grpc.WithTransportCredentials(corkedTLS{credentials.NewTLS(tlsConf)}),
 		// One HTTP/2 stream carries the whole tunnel; the tunnel's own credit bounds memory per
 		// request, so these windows only keep the pipe full.
-		grpc.WithInitialWindowSize(16 << 20),
-		grpc.WithInitialConnWindowSize(16 << 20),
-	}
+		grpc.WithInitialWindowSize(16<<20),
+		grpc.WithInitialConnWindowSize(16<<20),
+	)
 	if !viaProxy(o.ServerAddr) {
 		// Downloads queue in the session, where streams take turns, not in the kernel. A custom
 		// dialer switches off grpc's HTTPS_PROXY support, so it is used only when no proxy applies.
@@ -212,16 +212,23 @@ func open(ctx context.Context, o Options) (*call, error) {
 
 // session wraps an accepted call in a tunnel session; the caller runs it.
 func (c *call) session(o Options, onGoAway func(string)) *tunnel.Session {
-	var conn tunnel.FrameConn = c.stream
+	var count func(sent bool, n int)
 	if o.OnBodyBytes != nil {
-		conn = countingConn{FrameConn: c.stream, count: o.OnBodyBytes}
+		count = func(sent bool, n int) {
+			if sent {
+				o.OnBodyBytes(FromTarget, n)
+			} else {
+				o.OnBodyBytes(ToTarget, n)
+			}
+		}
 	}
-	return tunnel.NewSession(conn, tunnel.Config{
+	return tunnel.NewSession(tunnel.WrapGRPC(c.stream), tunnel.Config{
 		Accept:       o.Serve,
 		LocalWindow:  tunnel.DefaultInitialWindow,
 		PeerWindow:   c.acc.InitialWindow,
 		PingInterval: o.PingInterval,
 		OnGoAway:     onGoAway,
+		CountBody:    count,
 		Logger:       o.Logger,
 
 		PeerCapabilities: c.acc.Capabilities,
@@ -342,30 +349,6 @@ func Check(ctx context.Context, o Options) (publicURL string, err error) {
 	}
 	drain(sess, runErr, timeout)
 	return c.acc.PublicUrl, nil
-}
-
-// countingConn reports the body bytes of the Data frames passing through the tunnel.
-type countingConn struct {
-	tunnel.FrameConn
-	count func(Direction, int)
-}
-
-func (c countingConn) Send(f *tunnel.Frame) error {
-	// Count before sending: the payload's buffer goes back to a pool once Send returns.
-	n := len(f.GetData().GetPayload()) + len(f.GetResponseHead().GetBody())
-	err := c.FrameConn.Send(f)
-	if err == nil && n > 0 {
-		c.count(FromTarget, n)
-	}
-	return err
-}
-
-func (c countingConn) Recv() (*tunnel.Frame, error) {
-	f, err := c.FrameConn.Recv()
-	if n := len(f.GetData().GetPayload()); n > 0 {
-		c.count(ToTarget, n)
-	}
-	return f, err
 }
 
 // drain lets the streams in flight finish and their last frames go out, then half-closes the call

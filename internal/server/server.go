@@ -76,7 +76,7 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 		svcOpts.AuthLimiter = authLimiter
 	}
 	svc := tunnel.NewService(hub, authenticator{store}, svcOpts)
-	grpcServer := grpc.NewServer(
+	grpcServer := grpc.NewServer(append(tunnel.ServerOptions(),
 		// Agents that negotiate edge.TunnelALPN are served by grpc's own transport, which enforces
 		// keepalive: a frozen agent's connection is closed, which also frees a Send blocked on it.
 		grpc.KeepaliveParams(keepalive.ServerParameters{
@@ -91,7 +91,7 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 		// buffer is already shared between flushes by default). Every tunnel connection is a tls.Conn,
 		// which holds the decrypted record itself, so reading frames straight from it costs no syscall.
 		grpc.ReadBufferSize(0),
-	)
+	)...)
 	tunnelv1.RegisterTunnelServiceServer(grpcServer, svc)
 
 	certs, err := newCertSource(ctx, cfg, store, m, log)

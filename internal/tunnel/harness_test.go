@@ -45,7 +45,7 @@ type serverEnd struct {
 }
 
 func (ts *testTunnelServer) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFrame, tunnelv1.TunnelFrame]) error {
-	var conn FrameConn = stream
+	conn := WrapGRPC(stream)
 	if ts.wrap != nil {
 		conn = ts.wrap(conn)
 	}
@@ -63,27 +63,34 @@ type harnessOptions struct {
 	// server configures every server session; wrapServer, if set, sits between it and grpc.
 	server     Config
 	wrapServer func(FrameConn) FrameConn
+	// grpcCodec makes the client use grpc's own proto codec, as an agent without the tunnel codec does.
+	grpcCodec bool
 }
 
 // harness is one grpc server on loopback and one client connection to it.
 type harness struct {
-	t   *testing.T
-	srv *testTunnelServer
-	cc  *grpc.ClientConn
+	t         *testing.T
+	srv       *testTunnelServer
+	cc        *grpc.ClientConn
+	grpcCodec bool
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
 	t.Helper()
 	srv := &testTunnelServer{cfg: opts.server, wrap: opts.wrapServer, sessions: make(chan serverEnd)}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(ServerOptions()...)
 	tunnelv1.RegisterTunnelServiceServer(gs, srv)
-	cc := startGRPC(t, gs)
-	return &harness{t: t, srv: srv, cc: cc}
+	var dialOpts []grpc.DialOption
+	if !opts.grpcCodec {
+		dialOpts = DialOptions()
+	}
+	cc := startGRPC(t, gs, dialOpts...)
+	return &harness{t: t, srv: srv, cc: cc, grpcCodec: opts.grpcCodec}
 }
 
 // startGRPC serves gs on a fresh loopback port and returns a client connection to it; both are
 // stopped when the test ends.
-func startGRPC(t *testing.T, gs *grpc.Server) *grpc.ClientConn {
+func startGRPC(t *testing.T, gs *grpc.Server, dialOpts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -97,7 +104,7 @@ func startGRPC(t *testing.T, gs *grpc.Server) *grpc.ClientConn {
 			t.Errorf("grpc Serve: %v", err)
 		}
 	})
-	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), append(dialOpts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatalf("grpc client: %v", err)
 	}
@@ -125,6 +132,9 @@ func (h *harness) dial(agent Config, wrapAgent func(FrameConn) FrameConn) *tunne
 		t.Fatalf("OpenTunnel: %v", err)
 	}
 	var conn FrameConn = stream
+	if !h.grpcCodec {
+		conn = WrapGRPC(stream)
+	}
 	if wrapAgent != nil {
 		conn = wrapAgent(conn)
 	}

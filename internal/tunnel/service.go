@@ -75,7 +75,8 @@ type Service struct {
 	opts ServiceOptions
 }
 
-// NewService builds the gRPC service.
+// NewService builds the gRPC service. Serve it on a grpc.Server built with ServerOptions: the
+// tunnel's frames go through its codec.
 func NewService(hub *Hub, auth Authenticator, opts ServiceOptions) *Service {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -92,7 +93,10 @@ func NewService(hub *Hub, auth Authenticator, opts ServiceOptions) *Service {
 // OpenTunnel serves one agent connection for as long as it lasts.
 func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFrame, tunnelv1.TunnelFrame]) error {
 	ctx := stream.Context()
-	hello, err := recvHello(ctx, stream)
+	// The hello already goes through the tunnel codec: a grpc server set up without ServerOptions
+	// fails here, on the first frame, instead of on the first body chunk.
+	conn := WrapGRPC(stream)
+	hello, err := recvHello(ctx, conn)
 	if err != nil {
 		s.opts.OnConnect("error")
 		return err
@@ -122,7 +126,7 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 
 	sessionID := newSessionID()
 	log := s.opts.Logger.With("domain", domain, "agent_id", hello.AgentId, "session", sessionID)
-	sess := NewSession(stream, Config{
+	sess := NewSession(conn, Config{
 		LocalWindow:  DefaultInitialWindow,
 		PeerWindow:   hello.InitialWindow,
 		MaxStreams:   s.opts.MaxStreams,
@@ -188,7 +192,7 @@ func (s *Service) Drain(ctx context.Context) {
 	}
 }
 
-func recvHello(ctx context.Context, stream grpc.BidiStreamingServer[tunnelv1.TunnelFrame, tunnelv1.TunnelFrame]) (*tunnelv1.Hello, error) {
+func recvHello(ctx context.Context, stream FrameConn) (*tunnelv1.Hello, error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, helloTimeout, status.Error(codes.DeadlineExceeded, "no hello in time"))
 	defer cancel()
 	f, err := RecvContext(ctx, stream)

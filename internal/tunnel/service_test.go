@@ -65,9 +65,9 @@ func startService(t *testing.T, auth Authenticator) (*Service, *Hub, *grpc.Clien
 		PublicURL: func(d string) string { return "https://" + d + ":8443" },
 		OnConnect: results.add,
 	})
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(ServerOptions()...)
 	tunnelv1.RegisterTunnelServiceServer(gs, svc)
-	return svc, hub, startGRPC(t, gs), results
+	return svc, hub, startGRPC(t, gs, DialOptions()...), results
 }
 
 // openTunnel starts an OpenTunnel call that ends with the test.

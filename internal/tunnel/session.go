@@ -27,11 +27,12 @@ type FrameConn interface {
 // Flow-control and framing constants. Both ends announce their initial window in Hello/Accepted,
 // so these are defaults, not protocol constants.
 const (
-	// ChunkSize is the largest Data payload a stream sends; large enough that per-frame costs vanish
-	// against the copy, small enough that one stream's chunk does not delay others for long. It is
-	// 64 bytes under 32 KiB so that a whole encoded frame fits grpc's 32 KiB buffer tier: one byte
-	// more and every frame takes (and zeroes) a 1 MiB buffer, which cost a third of the CPU.
-	ChunkSize = 32<<10 - 64
+	// ChunkSize is the largest Data payload a stream sends. Every chunk costs a few goroutine
+	// hand-offs on each end (reader, session, grpc's writer), which cost more than its bytes below
+	// about 100 KiB; a bigger one would hold other streams' frames back for longer (128 KiB is
+	// about 0.3 ms at 400 MB/s). Measured on a 1 GiB download: 32 → 128 KiB took CPU per GB
+	// from 4.2 to 3.6 CPU-seconds (both ends).
+	ChunkSize = 128 << 10
 	// DefaultInitialWindow is the credit a new stream starts with in each direction.
 	DefaultInitialWindow = 256 << 10
 	// DefaultMaxWindow caps how far a stream's receive window grows: the memory bound per stream.
@@ -81,14 +82,19 @@ type Config struct {
 	OnGoAway func(reason string)
 	// PeerCapabilities are what the peer announced it understands (CapInlineBody, …).
 	PeerCapabilities []string
-	Logger           *slog.Logger
+	// CountBody, when set, is told the size of every body payload sent (sent true) or received.
+	CountBody func(sent bool, n int)
+	Logger    *slog.Logger
 }
 
-// outFrame is a frame waiting for the sender, with the pooled buffer to release once it is sent.
-// closeSend instead half-closes the call once everything queued before it is sent.
+// outFrame is a frame waiting for the sender: f, or a Data frame of stream id carrying (*buf)[:n],
+// a pooled chunk the sender gives back (or hands to the connection) once it is sent. closeSend
+// instead half-closes the call once everything queued before it is sent.
 type outFrame struct {
 	f         *Frame
+	id        uint64
 	buf       *[]byte
+	n         int
 	closeSend bool
 }
 
@@ -96,8 +102,10 @@ type outFrame struct {
 // loop never blocks on a stream, because a stream never receives more than the credit it granted.
 type Session struct {
 	conn FrameConn
-	cfg  Config
-	log  *slog.Logger
+	// pooled is conn when it carries Data payloads in pooled chunks (WrapGRPC), else nil.
+	pooled pooledConn
+	cfg    Config
+	log    *slog.Logger
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -148,6 +156,7 @@ func NewSession(conn FrameConn, cfg Config) *Session {
 		data:    make(chan outFrame, dataQueue),
 		streams: make(map[uint64]*Stream),
 	}
+	s.pooled, _ = conn.(pooledConn)
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	s.lastPong.Store(time.Now().UnixNano())
 	return s
@@ -363,7 +372,17 @@ func (s *Session) write(of outFrame) bool {
 		if cs, ok := s.conn.(interface{ CloseSend() error }); ok {
 			err = cs.CloseSend()
 		}
+	case of.buf != nil && s.pooled != nil:
+		s.countBody(true, of.n)
+		err = s.pooled.sendPooled(of.id, of.buf, of.n)
+		of.buf = nil // the connection owns it now
+	case of.buf != nil:
+		s.countBody(true, of.n)
+		err = s.conn.Send(&Frame{StreamId: of.id, Kind: &tunnelv1.TunnelFrame_Data{Data: &tunnelv1.Data{Payload: (*of.buf)[:of.n]}}})
 	default:
+		if h := of.f.GetResponseHead(); h != nil {
+			s.countBody(true, len(h.Body))
+		}
 		err = s.conn.Send(of.f)
 	}
 	if of.buf != nil {
@@ -393,9 +412,23 @@ func (s *Session) ping() {
 	s.pinger.Load().Reset(s.cfg.PingInterval)
 }
 
+func (s *Session) countBody(sent bool, n int) {
+	if s.cfg.CountBody != nil && n > 0 {
+		s.cfg.CountBody(sent, n)
+	}
+}
+
+func (s *Session) recv() (*Frame, *[]byte, error) {
+	if s.pooled != nil {
+		return s.pooled.recvPooled()
+	}
+	f, err := s.conn.Recv()
+	return f, nil, err
+}
+
 func (s *Session) recvLoop() error {
 	for {
-		f, err := s.conn.Recv()
+		f, chunk, err := s.recv()
 		if err == io.EOF {
 			// Not wrapped: a stream cut short by the call's end must never read as a clean io.EOF.
 			return ErrPeerClosed
@@ -405,13 +438,14 @@ func (s *Session) recvLoop() error {
 		}
 		// Any frame proves the peer alive; a busy tunnel needs no pong to stay up.
 		s.lastPong.Store(time.Now().UnixNano())
-		if err := s.dispatch(f); err != nil {
+		if err := s.dispatch(f, chunk); err != nil {
 			return err
 		}
 	}
 }
 
-func (s *Session) dispatch(f *Frame) error {
+// dispatch hands f on; chunk, when not nil, holds f's Data payload and goes with it.
+func (s *Session) dispatch(f *Frame, chunk *[]byte) error {
 	switch k := f.Kind.(type) {
 	case *tunnelv1.TunnelFrame_Ping:
 		// Never block the receiving loop for a pong: if the control queue is full, the frames ahead of
@@ -441,13 +475,17 @@ func (s *Session) dispatch(f *Frame) error {
 	st := s.stream(f.StreamId)
 	if st == nil {
 		// Frames for a stream that already ended cross a reset in flight: harmless, dropped by design.
+		if chunk != nil {
+			putChunk(chunk)
+		}
 		return nil
 	}
 	switch k := f.Kind.(type) {
 	case *tunnelv1.TunnelFrame_ResponseHead:
 		st.deliverResponse(k.ResponseHead)
 	case *tunnelv1.TunnelFrame_Data:
-		st.deliverData(k.Data.Payload)
+		s.countBody(false, len(k.Data.Payload))
+		st.deliverData(k.Data.Payload, chunk)
 	case *tunnelv1.TunnelFrame_End:
 		st.deliverEnd(k.End.Trailers)
 	case *tunnelv1.TunnelFrame_Reset_:
@@ -537,8 +575,3 @@ func RecvContext(ctx context.Context, conn FrameConn) (*Frame, error) {
 func resetFrame(id uint64, reason tunnelv1.ResetReason, msg string) *Frame {
 	return &Frame{StreamId: id, Kind: &tunnelv1.TunnelFrame_Reset_{Reset_: &tunnelv1.Reset{Reason: reason, Message: msg}}}
 }
-
-var chunkPool = sync.Pool{New: func() any { b := make([]byte, ChunkSize); return &b }}
-
-func getChunk() *[]byte  { return chunkPool.Get().(*[]byte) }
-func putChunk(b *[]byte) { chunkPool.Put(b) }

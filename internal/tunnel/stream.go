@@ -33,6 +33,13 @@ func (e *ResetError) Error() string {
 // maxInformational bounds the 1xx heads queued for one stream.
 const maxInformational = 4
 
+// recvBuf is received body bytes not yet read; chunk, when not nil, is the pooled buffer under p,
+// given back once p is read.
+type recvBuf struct {
+	p     []byte
+	chunk *[]byte
+}
+
 // Stream is one logical stream: a request and its response. Each direction has its own credit, so a
 // stream whose reader is slow holds at most its window in memory and never blocks the session.
 type Stream struct {
@@ -52,7 +59,7 @@ type Stream struct {
 
 	mu sync.Mutex
 	// Receive direction.
-	recvQ     [][]byte
+	recvQ     []recvBuf
 	buffered  int64
 	window    int64
 	unacked   int64
@@ -181,14 +188,18 @@ func (st *Stream) Read(p []byte) (int, error) {
 		if st.buffered > 0 {
 			n := 0
 			for n < len(p) && len(st.recvQ) > 0 {
-				c := copy(p[n:], st.recvQ[0])
+				head := &st.recvQ[0]
+				c := copy(p[n:], head.p)
 				n += c
-				if c == len(st.recvQ[0]) {
-					st.recvQ[0] = nil
-					st.recvQ = st.recvQ[1:]
-				} else {
-					st.recvQ[0] = st.recvQ[0][c:]
+				if c < len(head.p) {
+					head.p = head.p[c:]
+					continue
 				}
+				if head.chunk != nil {
+					putChunk(head.chunk)
+				}
+				*head = recvBuf{}
+				st.recvQ = st.recvQ[1:]
 			}
 			st.buffered -= int64(n)
 			inc := st.consumed(int64(n))
@@ -339,8 +350,7 @@ func (st *Stream) Close() error {
 }
 
 func (st *Stream) sendChunk(buf *[]byte, n int) error {
-	f := &Frame{StreamId: st.id, Kind: &tunnelv1.TunnelFrame_Data{Data: &tunnelv1.Data{Payload: (*buf)[:n]}}}
-	if err := st.s.sendData(st.ctx, outFrame{f: f, buf: buf}); err != nil {
+	if err := st.s.sendData(st.ctx, outFrame{id: st.id, buf: buf, n: n}); err != nil {
 		putChunk(buf)
 		return st.sendFailure(err)
 	}
@@ -481,16 +491,20 @@ func (st *Stream) deliverResponse(h *tunnelv1.ResponseHead) {
 	}
 	if h.EndStream {
 		if len(h.Body) > 0 {
-			st.deliverData(h.Body)
+			st.deliverData(h.Body, nil)
 		}
 		st.deliverEnd(nil)
 	}
 }
 
-func (st *Stream) deliverData(p []byte) {
+// deliverData queues p for the reader; chunk, when not nil, is the pooled buffer under p.
+func (st *Stream) deliverData(p []byte, chunk *[]byte) {
 	st.mu.Lock()
 	if st.recvEnded || st.recvErr != nil {
 		st.mu.Unlock()
+		if chunk != nil {
+			putChunk(chunk)
+		}
 		if st.recvErr == nil {
 			st.protocolError("data after end")
 		}
@@ -498,10 +512,13 @@ func (st *Stream) deliverData(p []byte) {
 	}
 	if st.buffered+st.unacked+int64(len(p)) > st.window {
 		st.mu.Unlock()
+		if chunk != nil {
+			putChunk(chunk)
+		}
 		st.protocolError("peer exceeded its flow-control credit")
 		return
 	}
-	st.recvQ = append(st.recvQ, p)
+	st.recvQ = append(st.recvQ, recvBuf{p: p, chunk: chunk})
 	st.buffered += int64(len(p))
 	st.mu.Unlock()
 	notify(st.readable)

@@ -1,0 +1,148 @@
+// Package tlscork makes one write on a TLS connection one write system call.
+//
+// crypto/tls writes every record (at most 16 KiB of plaintext) with its own Write on the connection
+// underneath, so a 256 KiB flush from grpc or net/http costs 16 system calls. On the virtual machines
+// a gateway usually runs on, a system call is a trip through the hypervisor and costs more than
+// encrypting the record. Wrap puts a buffer between the two: while a Write on the TLS connection is
+// in progress, the records it produces are gathered and handed to the kernel at once.
+package tlscork
+
+import (
+	"crypto/tls"
+	"net"
+	"sync"
+)
+
+// maxCorked bounds how much one Write gathers before it is sent anyway, which bounds the buffer a
+// large Write borrows. It is a whole number of full records (16 KiB of plaintext plus at most 256
+// bytes of framing each), so full records are never split between two system calls.
+const maxCorked = 16 * (16<<10 + 256)
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, maxCorked); return &b }}
+
+// Raw is the connection under a tls.Conn. Writes pass straight through unless a Conn above it is
+// inside a Write.
+type Raw struct {
+	net.Conn
+	// mu serialises writes on the connection, so that gathered bytes and direct writes (an alert sent
+	// from a read, say) keep their order.
+	mu    sync.Mutex
+	depth int
+	buf   *[]byte // borrowed from bufPool while a Write is in progress
+	err   error   // the first failed write: everything after it would be out of order
+}
+
+// NewRaw wraps the connection a tls.Conn is about to be built on.
+func NewRaw(c net.Conn) *Raw { return &Raw{Conn: c} }
+
+// Write sends p, or gathers it while a Write above is in progress.
+func (r *Raw) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		return 0, r.err
+	}
+	if r.depth == 0 {
+		return r.write(p)
+	}
+	if r.buf == nil {
+		r.buf = bufPool.Get().(*[]byte)
+	}
+	if len(*r.buf)+len(p) > maxCorked {
+		if _, err := r.flushLocked(); err != nil {
+			return 0, err
+		}
+		if len(p) >= maxCorked {
+			return r.write(p)
+		}
+		if r.buf == nil {
+			r.buf = bufPool.Get().(*[]byte)
+		}
+	}
+	*r.buf = append(*r.buf, p...)
+	return len(p), nil
+}
+
+func (r *Raw) write(p []byte) (int, error) {
+	n, err := r.Conn.Write(p)
+	if err != nil {
+		r.err = err
+	}
+	return n, err
+}
+
+func (r *Raw) cork() {
+	r.mu.Lock()
+	r.depth++
+	r.mu.Unlock()
+}
+
+// uncork ends one Write above; the last one out sends what was gathered.
+func (r *Raw) uncork() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.depth--
+	if r.depth > 0 {
+		return nil
+	}
+	_, err := r.flushLocked()
+	return err
+}
+
+// flushLocked sends the gathered bytes and gives the buffer back, so an idle connection holds none.
+func (r *Raw) flushLocked() (int, error) {
+	if r.buf == nil {
+		return 0, nil
+	}
+	b := r.buf
+	r.buf = nil
+	var n int
+	var err error
+	if len(*b) > 0 && r.err == nil {
+		n, err = r.write(*b)
+	}
+	*b = (*b)[:0]
+	bufPool.Put(b)
+	if err == nil {
+		err = r.err
+	}
+	return n, err
+}
+
+// Conn is a tls.Conn whose every Write reaches the kernel in as few system calls as its size allows.
+type Conn struct {
+	*tls.Conn
+	raw *Raw
+}
+
+// Server is tls.Server with corked writes.
+func Server(c net.Conn, conf *tls.Config) *Conn {
+	raw := NewRaw(c)
+	return &Conn{Conn: tls.Server(raw, conf), raw: raw}
+}
+
+// Wrap corks tc, which must have been built on raw. It is for TLS connections made elsewhere (grpc's
+// transport credentials hand back their own).
+func Wrap(tc net.Conn, raw *Raw) net.Conn { return &wrapped{Conn: tc, raw: raw} }
+
+func (c *Conn) Write(p []byte) (int, error) { return corkedWrite(c.Conn, c.raw, p) }
+
+// NetConn is the connection under TLS, without the cork (for socket options).
+func (c *Conn) NetConn() net.Conn { return c.raw.Conn }
+
+type wrapped struct {
+	net.Conn
+	raw *Raw
+}
+
+func (c *wrapped) Write(p []byte) (int, error) { return corkedWrite(c.Conn, c.raw, p) }
+
+func corkedWrite(w net.Conn, raw *Raw, p []byte) (int, error) {
+	raw.cork()
+	n, err := w.Write(p)
+	if ferr := raw.uncork(); err == nil && ferr != nil {
+		// The records left tls as written but never reached the peer.
+		return 0, ferr
+	}
+	return n, err
+}
