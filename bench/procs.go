@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -226,7 +227,7 @@ const adminKey = "bench-admin-key-0123456789abcdef"
 // startGateway runs bin/hopgate-server with its own data dir and random loopback ports and waits until
 // it logs its listeners. proxyDomains get a name in the development certificate, so TLS visitors can
 // verify it against the CA.
-func startGateway(ctx context.Context, binDir, dir, name string, proxyDomains []string) (*gateway, error) {
+func startGateway(ctx context.Context, binDir, dir, name string, proxyDomains []string, extraEnv ...string) (*gateway, error) {
 	dataDir := filepath.Join(dir, name+"-data")
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, err
@@ -245,6 +246,7 @@ func startGateway(ctx context.Context, binDir, dir, name string, proxyDomains []
 		"HOP_ADMIN_API_KEY="+adminKey,
 		"HOP_LOG_FORMAT=json",
 	)
+	env = append(env, extraEnv...)
 	p, err := startProc(name, filepath.Join(binDir, "hopgate-server"), nil, env, filepath.Join(dir, name+".log"), nil)
 	if err != nil {
 		return nil, err
@@ -259,7 +261,8 @@ func startGateway(ctx context.Context, binDir, dir, name string, proxyDomains []
 			p.stop(time.Second)
 			return nil, fmt.Errorf("hopgate-server did not log its listeners in 20 s:\n%s", p.tail(3000))
 		}
-		g.httpsAddr, g.httpAddr = listenAddrs(p.logPath)
+		const listening = "hopgate-server listening"
+		g.httpsAddr, g.httpAddr = logField(p.logPath, "https", listening), logField(p.logPath, "http", listening)
 		if g.httpsAddr == "" {
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -289,26 +292,25 @@ func startGateway(ctx context.Context, binDir, dir, name string, proxyDomains []
 	return g, nil
 }
 
-// listenAddrs finds the server's "listening" log line and returns its addresses.
-func listenAddrs(logPath string) (https, plain string) {
+// logField returns field of the first JSON log line in logPath whose msg is one of msgs.
+func logField(logPath, field string, msgs ...string) string {
 	f, err := os.Open(logPath)
 	if err != nil {
-		return "", ""
+		return ""
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*kib), mib)
 	for sc.Scan() {
-		var line struct {
-			Msg   string `json:"msg"`
-			HTTPS string `json:"https"`
-			HTTP  string `json:"http"`
+		var line map[string]any
+		if json.Unmarshal(sc.Bytes(), &line) != nil || !slices.Contains(msgs, fmt.Sprint(line["msg"])) {
+			continue
 		}
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "hopgate-server listening" {
-			return line.HTTPS, line.HTTP
+		if v, ok := line[field].(string); ok {
+			return v
 		}
 	}
-	return "", ""
+	return ""
 }
 
 func (g *gateway) stop() {
@@ -406,15 +408,15 @@ func (g *gateway) waitAgents(ctx context.Context, domain string, n int, timeout 
 }
 
 // startClient runs bin/hopgate-client for domain towards target, trusting the gateway's CA.
-func startClient(binDir, dir string, g *gateway, domain, key, target string) (*proc, error) {
-	args := []string{
+func startClient(binDir, dir string, g *gateway, domain, key, target string, extraArgs ...string) (*proc, error) {
+	args := append([]string{
 		"--server-addr", g.httpsAddr,
 		"--domain", domain,
 		"--local-target", target,
 		"--ca-file", g.caFile,
 		"--log-format", "json",
 		"--agent-id", "bench",
-	}
+	}, extraArgs...)
 	return startProc("hopgate-client", filepath.Join(binDir, "hopgate-client"), args,
 		cleanEnv("HOP_CLIENT_API_KEY="+key), filepath.Join(dir, "hopgate-client.log"), nil)
 }

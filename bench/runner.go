@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 )
@@ -33,6 +34,9 @@ type runner struct {
 	log  *slog.Logger
 	keep bool
 	dir  string
+	// profiling serves the runtime profiles of hopgate-server and hopgate-client on their metrics
+	// listeners (hold mode only: metrics cost CPU in measured runs).
+	profiling bool
 
 	origin, rproxy *proc
 	originAddr     string
@@ -57,6 +61,7 @@ func (r *runner) run(ctx context.Context, hold time.Duration, resultsDir string)
 		return 1
 	}
 	r.dir = dir
+	r.profiling = hold > 0
 	defer r.cleanup()
 
 	start := time.Now()
@@ -153,7 +158,12 @@ func (r *runner) setup(ctx context.Context) error {
 	rproxyAddr := addrs["http"]
 	r.rproxyTLSAddr = addrs["tls"]
 
-	r.gw, err = startGateway(ctx, r.bin, r.dir, "hopgate-server", []string{benchDomain})
+	var profEnv, profArgs []string
+	if r.profiling {
+		profEnv = []string{"HOP_SERVER_METRICS_LISTEN=127.0.0.1:0", "HOP_SERVER_PPROF=true"}
+		profArgs = []string{"--metrics-listen", "127.0.0.1:0", "--pprof"}
+	}
+	r.gw, err = startGateway(ctx, r.bin, r.dir, "hopgate-server", []string{benchDomain}, profEnv...)
 	if err != nil {
 		return err
 	}
@@ -161,7 +171,7 @@ func (r *runner) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.client, err = startClient(r.bin, r.dir, r.gw, benchDomain, key, "http://"+r.originAddr)
+	r.client, err = startClient(r.bin, r.dir, r.gw, benchDomain, key, "http://"+r.originAddr, profArgs...)
 	if err != nil {
 		return err
 	}
@@ -226,6 +236,11 @@ func (r *runner) holdForProfiling(ctx context.Context, d time.Duration) {
 	fmt.Printf("  hopgate-server  http %s, https %s  pid %d  (Host: %s)\n", r.gw.httpAddr, r.gw.httpsAddr, r.gw.proc.pid(), benchDomain)
 	fmt.Printf("  hopgate-client  pid %d\n", r.client.pid())
 	fmt.Printf("  e.g. curl -o /dev/null -H 'Host: %s' http://%s/bytes/1073741824\n", benchDomain, r.gw.httpAddr)
+	for _, name := range []string{"hopgate-server", "hopgate-client"} {
+		if addr := logField(filepath.Join(r.dir, name+".log"), "addr", "metrics listening", "serving metrics"); addr != "" {
+			fmt.Printf("  %s profiles: go tool pprof http://%s/debug/pprof/profile?seconds=10 (or /heap, /allocs)\n", name, addr)
+		}
+	}
 	fmt.Printf("  logs in %s\n", r.dir)
 	r.keep = true
 	select {

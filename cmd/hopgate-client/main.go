@@ -107,7 +107,7 @@ func main() {
 
 	if cfg.MetricsListen != "" {
 		m := agentmetrics.New()
-		srv, err := m.Listen(cfg.MetricsListen)
+		srv, err := m.Listen(cfg.MetricsListen, cfg.Pprof)
 		if err != nil {
 			log.Error("cannot serve metrics", "err", err)
 			os.Exit(1)

@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/hopgate/hopgate/internal/profiling"
+
 	"github.com/hopgate/hopgate/internal/agent"
 	"github.com/hopgate/hopgate/internal/tunnel"
 )
@@ -120,14 +122,17 @@ type Server struct {
 	done chan error
 }
 
-// Listen binds addr and starts serving /metrics on it.
-func (m *Metrics) Listen(addr string) (*Server, error) {
+// Listen binds addr and starts serving /metrics on it, and /debug/pprof/ when withPprof is set.
+func (m *Metrics) Listen(addr string, withPprof bool) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listener: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
+	if withPprof {
+		profiling.Mount(mux)
+	}
 	s := &Server{
 		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute},
 		ln:   ln,

@@ -31,7 +31,7 @@ func TestInstrument(t *testing.T) {
 		OnBodyBytes:        func(agent.Direction, int) { calls = append(calls, "bytes") },
 		Serve:              func(*tunnel.Stream) { served++ },
 	})
-	srv, err := m.Listen("127.0.0.1:0")
+	srv, err := m.Listen("127.0.0.1:0", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,4 +90,26 @@ func scrape(t *testing.T, addr string) string {
 	}
 	http.DefaultClient.CloseIdleConnections()
 	return string(b)
+}
+
+func TestPprofOnlyWhenAsked(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		srv, err := agentmetrics.New().Listen("127.0.0.1:0", on)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Get("http://" + srv.Addr() + "/debug/pprof/goroutine?debug=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		served := resp.StatusCode == http.StatusOK && strings.Contains(string(body), "goroutine profile")
+		if served != on {
+			t.Errorf("pprof %v: GET /debug/pprof/goroutine answered %d", on, resp.StatusCode)
+		}
+		if err := srv.Close(context.Background()); err != nil {
+			t.Error(err)
+		}
+	}
 }

@@ -34,6 +34,8 @@ type Client struct {
 
 	// MetricsListen is the host:port of the agent's Prometheus /metrics; empty disables it.
 	MetricsListen string
+	// Pprof also serves Go's runtime profiles (/debug/pprof/) on the metrics listener.
+	Pprof bool
 
 	LogLevel  slog.Level
 	LogFormat string // "json" or "text"
@@ -82,6 +84,9 @@ func clientSettings(c *Client) []setting {
 		{env: "HOP_CLIENT_METRICS_LISTEN", flag: "metrics-listen", keepEmpty: true,
 			usage: "listener of the agent's Prometheus /metrics, e.g. 127.0.0.1:9181; empty disables it",
 			bind:  bind(&c.MetricsListen, "host:port", parseListen)},
+		{env: "HOP_CLIENT_PPROF", flag: "pprof", def: "false",
+			usage: "also serve Go's runtime profiles (/debug/pprof/) on the metrics listener",
+			bind:  bindBool(&c.Pprof)},
 		{env: "HOP_CLIENT_LOG_LEVEL", flag: "log-level", def: "info",
 			usage: "debug, info, warn or error",
 			bind:  bind(&c.LogLevel, "level", parseLogLevel)},
@@ -94,9 +99,13 @@ func clientSettings(c *Client) []setting {
 // LoadClient reads the settings of hopgate-client, like LoadServer.
 func LoadClient(args []string, lookupEnv func(string) (string, bool), dotenvPath string) (*Client, error) {
 	c := &Client{}
-	_, errs, err := load("hopgate-client", clientSettings(c), args, lookupEnv, dotenvPath)
+	settings := clientSettings(c)
+	_, errs, err := load("hopgate-client", settings, args, lookupEnv, dotenvPath)
 	if err != nil {
 		return nil, err
+	}
+	if c.Pprof && c.MetricsListen == "" {
+		errs = append(errs, find(settings, "HOP_CLIENT_PPROF").errorf("needs HOP_CLIENT_METRICS_LISTEN (--metrics-listen): profiles are served on that listener only"))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

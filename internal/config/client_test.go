@@ -65,11 +65,12 @@ func TestLoadClientEveryFlag(t *testing.T) {
 		"--shutdown-timeout", "10s",
 		"--agent-id", "host-1-ab12",
 		"--metrics-listen", "127.0.0.1:9181",
+		"--pprof",
 		"--log-level", "debug",
 		"--log-format", "json",
 	}
-	if n := len(clientSettings(&Client{})); n != len(args)/2+1 { // --debug and --local-insecure-skip-verify have no value
-		t.Fatalf("test covers %d flags, the table has %d", len(args)/2+1, n)
+	if n := len(clientSettings(&Client{})); n != (len(args)+3)/2 { // --debug, --local-insecure-skip-verify and --pprof have no value
+		t.Fatalf("test covers %d flags, the table has %d", (len(args)+3)/2, n)
 	}
 	got, err := LoadClient(args, clientEnv().lookup, noDotenv(t))
 	if err != nil {
@@ -88,6 +89,7 @@ func TestLoadClientEveryFlag(t *testing.T) {
 		ShutdownTimeout:         10 * time.Second,
 		AgentID:                 "host-1-ab12",
 		MetricsListen:           "127.0.0.1:9181",
+		Pprof:                   true,
 		LogLevel:                slog.LevelDebug,
 		LogFormat:               "json",
 	}
@@ -189,6 +191,8 @@ func TestLoadClientErrors(t *testing.T) {
 			want: []string{`HOP_CLIENT_LOG_FORMAT (--log-format): "yaml" is not a log format`}},
 		{name: "bad metrics listen", set: env{"HOP_CLIENT_METRICS_LISTEN": "9181"},
 			want: []string{`HOP_CLIENT_METRICS_LISTEN (--metrics-listen): "9181" is not a listen address host:port`}},
+		{name: "pprof without metrics", set: env{"HOP_CLIENT_PPROF": "true"},
+			want: []string{"HOP_CLIENT_PPROF (--pprof): needs HOP_CLIENT_METRICS_LISTEN"}},
 		{name: "server flag on the client", args: []string{"--admin-api-key=x"}, want: []string{"flag provided but not defined: -admin-api-key"}},
 	}
 	for _, tc := range tests {

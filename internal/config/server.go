@@ -45,6 +45,7 @@ type Server struct {
 	AuthFailuresPerMin  int // failed key checks (tunnel and admin API) allowed per client address
 
 	MetricsListen string // host:port of /metrics; empty = disabled
+	Pprof         bool   // serve /debug/pprof/ on the metrics listener
 
 	AdminAPIKey string // secret; empty disables the admin API
 
@@ -125,6 +126,9 @@ func serverSettings(s *Server) []setting {
 		{env: "HOP_SERVER_METRICS_LISTEN", flag: "metrics-listen", def: "127.0.0.1:9180", keepEmpty: true,
 			usage: "listener of Prometheus /metrics; set it empty to disable",
 			bind:  bind(&s.MetricsListen, "host:port", parseListen)},
+		{env: "HOP_SERVER_PPROF", flag: "pprof", def: "false",
+			usage: "also serve Go's runtime profiles (/debug/pprof/) on the metrics listener",
+			bind:  bindBool(&s.Pprof)},
 		{env: "HOP_ADMIN_API_KEY", flag: "admin-api-key", secret: true,
 			usage: "Bearer key of the admin API; empty disables the admin API",
 			bind:  bind(&s.AdminAPIKey, "key", parseString)},
@@ -204,6 +208,9 @@ func LoadServer(args []string, lookupEnv func(string) (string, bool), dotenvPath
 	if s.DBMaxOpenConns > 0 && s.DBMaxIdleConns > s.DBMaxOpenConns {
 		errs = append(errs, find(settings, "HOP_DB_MAX_IDLE_CONNS").errorf(
 			"%d is more than HOP_DB_MAX_OPEN_CONNS (--db-max-open-conns) %d", s.DBMaxIdleConns, s.DBMaxOpenConns))
+	}
+	if s.Pprof && s.MetricsListen == "" {
+		errs = append(errs, find(settings, "HOP_SERVER_PPROF").errorf("needs HOP_SERVER_METRICS_LISTEN (--metrics-listen): profiles are served on that listener only"))
 	}
 	if s.Debug && !got.explicit("HOP_LOG_FORMAT") {
 		s.LogFormat = "text"

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -208,4 +209,33 @@ func TestLimitsConnections(t *testing.T) {
 		held = append(held, c)
 		return true
 	})
+}
+
+// TestPprofOnMetricsListener: HOP_SERVER_PPROF serves Go's profiles on the metrics listener, and only
+// there; without it the path is not served.
+func TestPprofOnMetricsListener(t *testing.T) {
+	t.Parallel()
+	for _, on := range []bool{true, false} {
+		g := startGateway(t, gatewayOptions{Env: []string{"HOP_SERVER_METRICS_LISTEN=127.0.0.1:0", fmt.Sprintf("HOP_SERVER_PPROF=%v", on)}})
+		metrics := tnMetricsAddr(t, g)
+		c := &http.Client{Timeout: 5 * time.Second}
+		res, err := c.Get("http://" + metrics + "/debug/pprof/goroutine?debug=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		served := res.StatusCode == http.StatusOK && strings.Contains(string(body), "goroutine profile")
+		if served != on {
+			t.Errorf("HOP_SERVER_PPROF=%v: /debug/pprof/goroutine answered %d", on, res.StatusCode)
+		}
+		// Never on the public port.
+		res, err = g.httpClient(false).Get(g.url("localhost", "/debug/pprof/goroutine?debug=1"))
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				t.Errorf("HOP_SERVER_PPROF=%v: profiles served on the public port", on)
+			}
+		}
+	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/hopgate/hopgate/internal/errorpage"
 	"github.com/hopgate/hopgate/internal/metrics"
 	"github.com/hopgate/hopgate/internal/overload"
+	"github.com/hopgate/hopgate/internal/profiling"
 	"github.com/hopgate/hopgate/internal/proxy"
 	"github.com/hopgate/hopgate/internal/registry"
 	"github.com/hopgate/hopgate/internal/tunnel"
@@ -191,7 +192,7 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 		defer close(grpcDone)
 		_ = grpcServer.Serve(tunnelConns) // returns when Stop closes the listener
 	}()
-	metricsSrv, err := serveMetrics(cfg.MetricsListen, m, log)
+	metricsSrv, err := serveMetrics(cfg.MetricsListen, cfg.Pprof, m, log)
 	if err != nil {
 		_ = srv.Shutdown(context.Background())
 		return err
@@ -231,7 +232,7 @@ func Run(ctx context.Context, cfg *config.Server, log *slog.Logger, ready func(h
 	return runErr
 }
 
-func serveMetrics(addr string, m *metrics.Metrics, log *slog.Logger) (*http.Server, error) {
+func serveMetrics(addr string, withPprof bool, m *metrics.Metrics, log *slog.Logger) (*http.Server, error) {
 	if addr == "" {
 		return nil, nil
 	}
@@ -241,6 +242,9 @@ func serveMetrics(addr string, m *metrics.Metrics, log *slog.Logger) (*http.Serv
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
+	if withPprof {
+		profiling.Mount(mux)
+	}
 	s := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = s.Serve(ln) }()
 	log.Info("metrics listening", "addr", ln.Addr().String())

@@ -18,7 +18,31 @@ import (
 // bytes of framing each), so full records are never split between two system calls.
 const maxCorked = 16 * (16<<10 + 256)
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, maxCorked); return &b }}
+// Gathering buffers come in two sizes: most Writes (responses, flushes of small frames) fit the small
+// one, and only bulk transfers borrow the large one.
+const smallCorked = 32 << 10
+
+var (
+	smallPool = sync.Pool{New: func() any { b := make([]byte, 0, smallCorked); return &b }}
+	largePool = sync.Pool{New: func() any { b := make([]byte, 0, maxCorked); return &b }}
+)
+
+func getBuf(hint int) *[]byte {
+	if hint <= smallCorked {
+		return smallPool.Get().(*[]byte)
+	}
+	return largePool.Get().(*[]byte)
+}
+
+func putBuf(b *[]byte) {
+	*b = (*b)[:0]
+	switch cap(*b) {
+	case smallCorked:
+		smallPool.Put(b)
+	case maxCorked:
+		largePool.Put(b)
+	}
+}
 
 // Raw is the connection under a tls.Conn. Writes pass straight through unless a Conn above it is
 // inside a Write.
@@ -28,7 +52,8 @@ type Raw struct {
 	// from a read, say) keep their order.
 	mu    sync.Mutex
 	depth int
-	buf   *[]byte // borrowed from bufPool while a Write is in progress
+	hint  int     // the bytes the Writes in progress will produce, about
+	buf   *[]byte // borrowed while a Write is in progress
 	err   error   // the first failed write: everything after it would be out of order
 }
 
@@ -46,18 +71,16 @@ func (r *Raw) Write(p []byte) (int, error) {
 		return r.write(p)
 	}
 	if r.buf == nil {
-		r.buf = bufPool.Get().(*[]byte)
+		r.buf = getBuf(r.hint)
 	}
-	if len(*r.buf)+len(p) > maxCorked {
+	if len(*r.buf)+len(p) > cap(*r.buf) {
 		if _, err := r.flushLocked(); err != nil {
 			return 0, err
 		}
-		if len(p) >= maxCorked {
+		if len(p) >= smallCorked {
 			return r.write(p)
 		}
-		if r.buf == nil {
-			r.buf = bufPool.Get().(*[]byte)
-		}
+		r.buf = getBuf(r.hint)
 	}
 	*r.buf = append(*r.buf, p...)
 	return len(p), nil
@@ -71,9 +94,10 @@ func (r *Raw) write(p []byte) (int, error) {
 	return n, err
 }
 
-func (r *Raw) cork() {
+func (r *Raw) cork(n int) {
 	r.mu.Lock()
 	r.depth++
+	r.hint += n + n/64 + 256 // plus record framing
 	r.mu.Unlock()
 }
 
@@ -85,6 +109,7 @@ func (r *Raw) uncork() error {
 	if r.depth > 0 {
 		return nil
 	}
+	r.hint = 0
 	_, err := r.flushLocked()
 	return err
 }
@@ -101,8 +126,7 @@ func (r *Raw) flushLocked() (int, error) {
 	if len(*b) > 0 && r.err == nil {
 		n, err = r.write(*b)
 	}
-	*b = (*b)[:0]
-	bufPool.Put(b)
+	putBuf(b)
 	if err == nil {
 		err = r.err
 	}
@@ -137,8 +161,15 @@ type wrapped struct {
 
 func (c *wrapped) Write(p []byte) (int, error) { return corkedWrite(c.Conn, c.raw, p) }
 
+// smallRecord is the least plaintext crypto/tls puts in a record (about one TCP segment while a
+// connection is new; 16 KiB later): a Write no larger is one record and one system call anyway.
+const smallRecord = 1200
+
 func corkedWrite(w net.Conn, raw *Raw, p []byte) (int, error) {
-	raw.cork()
+	if len(p) <= smallRecord {
+		return w.Write(p)
+	}
+	raw.cork(len(p))
 	n, err := w.Write(p)
 	if ferr := raw.uncork(); err == nil && ferr != nil {
 		// The records left tls as written but never reached the peer.

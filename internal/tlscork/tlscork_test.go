@@ -104,6 +104,8 @@ func TestOneWriteOneSystemCall(t *testing.T) {
 		{"corked 200 KiB", corked, 200 << 10, 1, 1, "13 records in one write"},
 		{"corked 1 MiB", corked, 1 << 20, 5, 4, "64 records, 16 to a write"},
 		{"corked 10 bytes", corked, 10, 1, 1, "a small write stays one write"},
+		{"corked 16 KiB, new connection", corked, 16 << 10, 1, 1, "crypto/tls starts with ~1 KiB records"},
+		{"plain 16 KiB, new connection", plain, 16 << 10, 40, 2, "crypto/tls alone: a write per small record"},
 		{"plain 200 KiB", plain, 200 << 10, 20, 13, "crypto/tls alone: one write per record"},
 	}
 	for _, tc := range tests {

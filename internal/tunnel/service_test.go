@@ -168,9 +168,11 @@ func TestServiceAccepts(t *testing.T) {
 	if a == nil || a.AgentID != "agent-1" || a.Domain != "example.test" {
 		t.Fatalf("Pick = %+v", a)
 	}
-	if got := results.list(); len(got) != 1 || got[0] != "ok" {
-		t.Errorf("OnConnect results = %v", got)
-	}
+	// OnConnect runs after the agent joins the hub and Accepted is sent.
+	eventually(t, time.Second, `OnConnect("ok")`, func() bool {
+		got := results.list()
+		return len(got) == 1 && got[0] == "ok"
+	})
 
 	// The agent announced a 512 KiB window: the server may send that much before it reads.
 	body := payload(5, 3<<20)
