@@ -320,10 +320,14 @@ func (b *responseBody) Close() error {
 	return nil
 }
 
-// bufferPool lends ReverseProxy 32 KiB copy buffers.
+// bufferPool lends ReverseProxy 32 KiB copy buffers. A response holds its buffer for as long as it
+// streams (an event stream for hours), so it stays small; a whole tunnel chunk (128 KiB) measured no
+// faster on 1 GiB downloads (five alternating runs: 353 vs 324 CPU ticks per GB, the smaller ahead).
 type bufferPool struct{}
 
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, tunnel.ChunkSize); return &b }}
+const copyBufferSize = 32 << 10
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
 
 func (bufferPool) Get() []byte  { return *(copyBuffers.Get().(*[]byte)) }
 func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }

@@ -30,7 +30,7 @@ func TestCodecData(t *testing.T) {
 	for _, size := range []int{1, 100, 1023, 1024, 1025, 16 << 10, 100_000, ChunkSize} {
 		for _, id := range []uint64{1, 300, 1 << 40} {
 			want := payload(uint64(size), size)
-			buf := getChunk()
+			buf := BufferPool.Get(ChunkSize)
 			copy(*buf, want)
 			out, err := codec{}.Marshal(&outData{id: id, buf: buf, n: size})
 			if err != nil {
@@ -158,7 +158,7 @@ func TestMixedCodecs(t *testing.T) {
 }
 
 func BenchmarkCodecUnmarshalData(b *testing.B) {
-	buf := getChunk()
+	buf := BufferPool.Get(ChunkSize)
 	out, _ := codec{}.Marshal(&outData{id: 7, buf: buf, n: ChunkSize})
 	wire := split(out.Materialize(), 16<<10)
 	b.SetBytes(ChunkSize)
@@ -176,7 +176,7 @@ func BenchmarkCodecUnmarshalData(b *testing.B) {
 // stream's credit bounds its memory even when its reader is slow and its frames small.
 func TestReceiveBufferSize(t *testing.T) {
 	for _, n := range []int{1, 255, 256, 257, 300, 5000, 70_000, ChunkSize} {
-		buf := getChunk()
+		buf := BufferPool.Get(ChunkSize)
 		out, err := codec{}.Marshal(&outData{id: 1, buf: buf, n: n})
 		if err != nil {
 			t.Fatal(err)
@@ -211,4 +211,84 @@ func TestBufferPool(t *testing.T) {
 	if b := p.Get(1000); cap(*b) != 1024 {
 		t.Errorf("Get(1000) after putting a 1000-byte buffer: cap %d, want 1024", cap(*b))
 	}
+}
+
+// sizeRecorder yields chunks[i] on its i-th Read (fewer bytes if p is smaller) and records len(p).
+type sizeRecorder struct {
+	chunks []int
+	sizes  []int
+}
+
+func (r *sizeRecorder) Read(p []byte) (int, error) {
+	r.sizes = append(r.sizes, len(p))
+	if len(r.chunks) == 0 {
+		return 0, io.EOF
+	}
+	n := min(r.chunks[0], len(p))
+	r.chunks[0] -= n
+	if r.chunks[0] == 0 {
+		r.chunks = r.chunks[1:]
+	}
+	return n, nil
+}
+
+// TestReadFromSizes: a body that arrives in small pieces (an event stream) is read with small buffers,
+// which a waiting read holds; a bulk body reaches whole chunks within a few reads.
+func TestReadFromSizes(t *testing.T) {
+	leakCheck(t)
+	h := newHarness(t, harnessOptions{})
+	p := h.dial(Config{Accept: echoAgent(t)}, nil)
+	ctx := testCtx(t, 10*time.Second)
+	events := make([]int, 20)
+	for i := range events {
+		events[i] = 100
+	}
+	bulk := make([]int, 40)
+	for i := range bulk {
+		bulk[i] = 1 << 20 // more than any read asks: every read comes back full
+	}
+	tests := []struct {
+		name   string
+		chunks []int
+		check  func(sizes []int) bool
+	}{
+		{"events", events, func(sizes []int) bool { return slicesMax(sizes) <= minReadSize }},
+		{"bulk", bulk, func(sizes []int) bool { return slicesMax(sizes[:min(len(sizes), 6)]) == ChunkSize }},
+	}
+	for _, tc := range tests {
+		total := 0
+		for _, c := range tc.chunks {
+			total += c
+		}
+		if tc.name == "bulk" {
+			total = 8 << 20
+		}
+		st, err := p.server.OpenStream(ctx, &tunnelv1.RequestHead{Method: "POST", Path: "/", ContentLength: int64(total)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := &sizeRecorder{chunks: tc.chunks}
+		go func() {
+			_, _ = st.ReadFrom(io.LimitReader(rec, int64(total)))
+			_ = st.CloseWrite(nil)
+		}()
+		if _, err := st.AwaitResponse(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := io.Copy(io.Discard, st); err != nil || n != int64(total) {
+			t.Fatalf("%s: echo %d bytes, %v", tc.name, n, err)
+		}
+		st.Close()
+		if !tc.check(rec.sizes) {
+			t.Errorf("%s: read sizes %v", tc.name, rec.sizes[:min(len(rec.sizes), 12)])
+		}
+	}
+}
+
+func slicesMax(s []int) int {
+	m := 0
+	for _, v := range s {
+		m = max(m, v)
+	}
+	return m
 }

@@ -52,8 +52,5 @@ func (p *tieredPool) Put(b *[]byte) {
 	p.tiers[e-minTier].Put(b)
 }
 
-// getChunk returns a buffer of ChunkSize bytes to read body bytes into.
-func getChunk() *[]byte { return BufferPool.Get(ChunkSize) }
-
-// putChunk gives back a buffer from getChunk or from the receive path, whatever its length now.
+// putChunk gives back a buffer from BufferPool, whatever its length now.
 func putChunk(b *[]byte) { BufferPool.Put(b) }

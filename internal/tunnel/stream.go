@@ -263,7 +263,7 @@ func (st *Stream) Write(p []byte) (int, error) {
 		if err != nil {
 			return written, err
 		}
-		buf := getChunk()
+		buf := BufferPool.Get(n)
 		copy(*buf, p[written:written+n])
 		if err := st.sendChunk(buf, n); err != nil {
 			return written, err
@@ -275,17 +275,29 @@ func (st *Stream) Write(p []byte) (int, error) {
 
 // ReadFrom sends everything r yields until io.EOF, reading straight into pooled frame buffers and
 // never reading more than the peer has credited (back-pressure reaches r).
+//
+// A read holds its buffer while it waits, and an event stream waits most of the time: reads start at
+// minReadSize and double while they come back full, up to ChunkSize, and halve when they come back
+// small. A bulk body reaches whole chunks after a few reads; an event stream keeps a small buffer.
 func (st *Stream) ReadFrom(r io.Reader) (int64, error) {
 	var total int64
+	size := minReadSize
 	for {
-		want, err := st.acquire(ChunkSize)
+		want, err := st.acquire(size)
 		if err != nil {
 			return total, err
 		}
-		buf := getChunk()
-		n, rerr := r.Read((*buf)[:want])
+		buf := BufferPool.Get(want)
+		n, rerr := r.Read(*buf)
 		if n < want {
 			st.refund(int64(want - n))
+		}
+		// Credit may cut a read short; only the reader's own short reads say the body is slow.
+		switch {
+		case n == want && want == size:
+			size = min(2*size, ChunkSize)
+		case n < want && n < size/4:
+			size = max(size/2, minReadSize)
 		}
 		if n > 0 {
 			if err := st.sendChunk(buf, n); err != nil {
@@ -303,6 +315,9 @@ func (st *Stream) ReadFrom(r io.Reader) (int64, error) {
 		}
 	}
 }
+
+// minReadSize is where ReadFrom's reads start: the size of a typical small body.
+const minReadSize = 16 << 10
 
 // CloseWrite ends this end's direction, sending trailers if any.
 func (st *Stream) CloseWrite(trailers []*tunnelv1.Header) error {
