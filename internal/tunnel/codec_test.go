@@ -130,30 +130,40 @@ func TestCodecOtherEncodings(t *testing.T) {
 	}
 }
 
-// TestMixedCodecs runs bodies both ways between a gateway on the tunnel codec and an agent on
-// grpc's own, as with an agent from before the codec.
+// TestMixedCodecs runs bodies both ways between an end on the tunnel codec and one on grpc's own, as
+// with an agent or a gateway from before the codec.
 func TestMixedCodecs(t *testing.T) {
 	leakCheck(t)
-	h := newHarness(t, harnessOptions{grpcCodec: true})
-	p := h.dial(Config{Accept: echoAgent(t)}, nil)
-	ctx := testCtx(t, 10*time.Second)
-	body := payload(7, 3<<20+5)
-	st, err := p.server.OpenStream(ctx, &tunnelv1.RequestHead{Method: "POST", Path: "/", ContentLength: int64(len(body))})
-	if err != nil {
-		t.Fatalf("OpenStream: %v", err)
-	}
-	defer st.Close()
-	go func() {
-		_, _ = st.Write(body)
-		_ = st.CloseWrite(nil)
-	}()
-	if _, err := st.AwaitResponse(ctx); err != nil {
-		t.Fatalf("AwaitResponse: %v", err)
-	}
-	s := sha256.New()
-	n, err := io.Copy(s, st)
-	if err != nil || n != int64(len(body)) || hex.EncodeToString(s.Sum(nil)) != sum(body) {
-		t.Fatalf("echo: %d bytes, %v; want %d bytes back unchanged", n, err, len(body))
+	for _, tc := range []struct {
+		name string
+		opts harnessOptions
+	}{
+		{"old agent", harnessOptions{grpcCodec: true}},
+		{"old gateway", harnessOptions{serverGRPCCodec: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, tc.opts)
+			p := h.dial(Config{Accept: echoAgent(t)}, nil)
+			ctx := testCtx(t, 10*time.Second)
+			body := payload(7, 3<<20+5)
+			st, err := p.server.OpenStream(ctx, &tunnelv1.RequestHead{Method: "POST", Path: "/", ContentLength: int64(len(body))})
+			if err != nil {
+				t.Fatalf("OpenStream: %v", err)
+			}
+			defer st.Close()
+			go func() {
+				_, _ = st.Write(body)
+				_ = st.CloseWrite(nil)
+			}()
+			if _, err := st.AwaitResponse(ctx); err != nil {
+				t.Fatalf("AwaitResponse: %v", err)
+			}
+			s := sha256.New()
+			n, err := io.Copy(s, st)
+			if err != nil || n != int64(len(body)) || hex.EncodeToString(s.Sum(nil)) != sum(body) {
+				t.Fatalf("echo: %d bytes, %v; want %d bytes back unchanged", n, err, len(body))
+			}
+		})
 	}
 }
 

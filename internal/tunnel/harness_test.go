@@ -35,6 +35,8 @@ type testTunnelServer struct {
 	tunnelv1.UnimplementedTunnelServiceServer
 	cfg      Config
 	wrap     func(FrameConn) FrameConn
+	// grpcCodec: the server runs grpc's own proto codec, as a gateway from before the tunnel codec.
+	grpcCodec bool
 	sessions chan serverEnd
 }
 
@@ -45,7 +47,10 @@ type serverEnd struct {
 }
 
 func (ts *testTunnelServer) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFrame, tunnelv1.TunnelFrame]) error {
-	conn := WrapGRPC(stream)
+	var conn FrameConn = stream
+	if !ts.grpcCodec {
+		conn = WrapGRPC(stream)
+	}
 	if ts.wrap != nil {
 		conn = ts.wrap(conn)
 	}
@@ -63,8 +68,9 @@ type harnessOptions struct {
 	// server configures every server session; wrapServer, if set, sits between it and grpc.
 	server     Config
 	wrapServer func(FrameConn) FrameConn
-	// grpcCodec makes the client use grpc's own proto codec, as an agent without the tunnel codec does.
-	grpcCodec bool
+	// grpcCodec makes the client use grpc's own proto codec, as an agent without the tunnel codec does;
+	// serverGRPCCodec the same for the server.
+	grpcCodec, serverGRPCCodec bool
 }
 
 // harness is one grpc server on loopback and one client connection to it.
@@ -77,8 +83,12 @@ type harness struct {
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
 	t.Helper()
-	srv := &testTunnelServer{cfg: opts.server, wrap: opts.wrapServer, sessions: make(chan serverEnd)}
-	gs := grpc.NewServer(ServerOptions()...)
+	srv := &testTunnelServer{cfg: opts.server, wrap: opts.wrapServer, sessions: make(chan serverEnd), grpcCodec: opts.serverGRPCCodec}
+	serverOpts := ServerOptions()
+	if opts.serverGRPCCodec {
+		serverOpts = nil
+	}
+	gs := grpc.NewServer(serverOpts...)
 	tunnelv1.RegisterTunnelServiceServer(gs, srv)
 	var dialOpts []grpc.DialOption
 	if !opts.grpcCodec {
