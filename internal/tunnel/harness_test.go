@@ -33,11 +33,11 @@ func leakCheck(t *testing.T) {
 // testTunnelServer is a TunnelService that skips the handshake: every call becomes a server session.
 type testTunnelServer struct {
 	tunnelv1.UnimplementedTunnelServiceServer
-	cfg      Config
-	wrap     func(FrameConn) FrameConn
+	cfg  Config
+	wrap func(FrameConn) FrameConn
 	// grpcCodec: the server runs grpc's own proto codec, as a gateway from before the tunnel codec.
 	grpcCodec bool
-	sessions chan serverEnd
+	sessions  chan serverEnd
 }
 
 type serverEnd struct {
