@@ -8,9 +8,11 @@
 package tlscork
 
 import (
+	"context"
 	"crypto/tls"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // maxCorked bounds how much one Write gathers before it is sent anyway, which bounds the buffer a
@@ -50,6 +52,9 @@ type Raw struct {
 	net.Conn
 	// mu serialises writes on the connection, so that gathered bytes and direct writes (an alert sent
 	// from a read, say) keep their order.
+	// ready is set once the handshake is done. A Write that has to run the handshake first must not
+	// be corked: the handshake's own messages would wait in the buffer for a reply that cannot come.
+	ready atomic.Bool
 	mu    sync.Mutex
 	depth int
 	hint  int     // the bytes the Writes in progress will produce, about
@@ -145,9 +150,24 @@ func Server(c net.Conn, conf *tls.Config) *Conn {
 	return &Conn{Conn: tls.Server(raw, conf), raw: raw}
 }
 
-// Wrap corks tc, which must have been built on raw. It is for TLS connections made elsewhere (grpc's
-// transport credentials hand back their own).
-func Wrap(tc net.Conn, raw *Raw) net.Conn { return &wrapped{Conn: tc, raw: raw} }
+// HandshakeContext runs the handshake; writes are corked only after it succeeded.
+func (c *Conn) HandshakeContext(ctx context.Context) error {
+	if err := c.Conn.HandshakeContext(ctx); err != nil {
+		return err
+	}
+	c.raw.ready.Store(true)
+	return nil
+}
+
+// Handshake is HandshakeContext without a deadline of its own.
+func (c *Conn) Handshake() error { return c.HandshakeContext(context.Background()) }
+
+// Wrap corks tc, which must have been built on raw and have completed its handshake. It is for TLS
+// connections made elsewhere (grpc's transport credentials hand back their own).
+func Wrap(tc net.Conn, raw *Raw) net.Conn {
+	raw.ready.Store(true)
+	return &wrapped{Conn: tc, raw: raw}
+}
 
 func (c *Conn) Write(p []byte) (int, error) { return corkedWrite(c.Conn, c.raw, p) }
 
@@ -166,7 +186,7 @@ func (c *wrapped) Write(p []byte) (int, error) { return corkedWrite(c.Conn, c.ra
 const smallRecord = 1200
 
 func corkedWrite(w net.Conn, raw *Raw, p []byte) (int, error) {
-	if len(p) <= smallRecord {
+	if len(p) <= smallRecord || !raw.ready.Load() {
 		return w.Write(p)
 	}
 	raw.cork(len(p))

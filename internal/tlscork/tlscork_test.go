@@ -188,3 +188,44 @@ func TestWriteErrorSticks(t *testing.T) {
 		t.Fatal("second Write succeeded")
 	}
 }
+
+// TestWriteBeforeHandshake: a Write that runs the handshake itself must not hold the handshake's
+// messages back (it would wait for a reply forever); it is simply not corked.
+func TestWriteBeforeHandshake(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+		b := make([]byte, 100<<10)
+		_ = tc.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(tc, b); err != nil {
+			got <- nil
+			return
+		}
+		got <- b
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := Server(raw, &tls.Config{Certificates: []tls.Certificate{testCert(t)}})
+	defer srv.Close()
+	_ = srv.SetDeadline(time.Now().Add(5 * time.Second))
+	msg := bytes.Repeat([]byte{7}, 100<<10)
+	if _, err := srv.Write(msg); err != nil {
+		t.Fatalf("Write with the handshake in it: %v", err)
+	}
+	if b := <-got; !bytes.Equal(b, msg) {
+		t.Fatal("the client did not read the message")
+	}
+}
