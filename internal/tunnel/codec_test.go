@@ -302,3 +302,34 @@ func slicesMax(s []int) int {
 	}
 	return m
 }
+
+// FuzzCodecUnmarshal: whatever bytes arrive, however grpc split them, the tunnel codec reads exactly
+// what proto.Unmarshal reads, or fails where it fails.
+func FuzzCodecUnmarshal(f *testing.F) {
+	for _, n := range []int{1, 1500, 5000} {
+		buf := BufferPool.Get(ChunkSize)
+		out, _ := codec{}.Marshal(&outData{id: uint64(n), buf: buf, n: n})
+		f.Add(out.Materialize(), uint16(16<<10))
+		out.Free()
+	}
+	hello, _ := proto.Marshal(&Frame{Kind: &tunnelv1.TunnelFrame_Hello{Hello: &tunnelv1.Hello{Domain: "a.test"}}})
+	f.Add(hello, uint16(3))
+	f.Fuzz(func(t *testing.T, wire []byte, piece uint16) {
+		want := new(Frame)
+		wantErr := proto.Unmarshal(wire, want)
+		var in inFrame
+		err := codec{}.Unmarshal(split(wire, max(int(piece), 1)), &in)
+		if (err != nil) != (wantErr != nil) {
+			t.Fatalf("codec error %v, proto error %v", err, wantErr)
+		}
+		if err == nil && !proto.Equal(in.f, want) {
+			t.Fatalf("codec read %v, proto read %v", in.f, want)
+		}
+		if in.chunk != nil {
+			if len(*in.chunk) != len(in.f.GetData().GetPayload()) {
+				t.Fatalf("chunk of %d bytes for a %d-byte payload", len(*in.chunk), len(in.f.GetData().GetPayload()))
+			}
+			putChunk(in.chunk)
+		}
+	})
+}
