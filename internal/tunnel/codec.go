@@ -23,14 +23,14 @@ type codec struct{}
 
 // ServerOptions install the tunnel's codec and buffer pool on the gateway's grpc server.
 func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.ForceServerCodecV2(codec{}), experimental.BufferPool(BufferPool)}
+	return []grpc.ServerOption{grpc.ForceServerCodecV2(codec{}), experimental.BufferPool(buffers)}
 }
 
 // DialOptions install the tunnel's codec and buffer pool on the agent's grpc connection.
 func DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec{})),
-		experimental.WithBufferPool(BufferPool),
+		experimental.WithBufferPool(buffers),
 	}
 }
 
@@ -78,7 +78,7 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 			putChunk(m.buf)
 			return mem.BufferSlice{mem.SliceBuffer(hdr)}, nil
 		}
-		return mem.BufferSlice{mem.SliceBuffer(hdr), mem.NewBuffer(m.buf, BufferPool)}, nil
+		return mem.BufferSlice{mem.SliceBuffer(hdr), mem.NewBuffer(m.buf, buffers)}, nil
 	case proto.Message:
 		size := proto.Size(m)
 		if mem.IsBelowBufferPoolingThreshold(size) {
@@ -88,14 +88,14 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 			}
 			return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 		}
-		buf := BufferPool.Get(size)
+		buf := buffers.Get(size)
 		b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend((*buf)[:0], m)
 		if err != nil {
-			BufferPool.Put(buf)
+			buffers.Put(buf)
 			return nil, err
 		}
 		*buf = b
-		return mem.BufferSlice{mem.NewBuffer(buf, BufferPool)}, nil
+		return mem.BufferSlice{mem.NewBuffer(buf, buffers)}, nil
 	}
 	return nil, fmt.Errorf("tunnel codec: cannot marshal %T", v)
 }
@@ -116,7 +116,7 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 func unmarshalProto(data mem.BufferSlice, m proto.Message) error {
-	buf := data.MaterializeToBuffer(BufferPool)
+	buf := data.MaterializeToBuffer(buffers)
 	defer buf.Free()
 	return proto.Unmarshal(buf.ReadOnlyData(), m)
 }
@@ -148,8 +148,8 @@ func readData(data mem.BufferSlice) (*Frame, *[]byte, bool) {
 	if !ok || n != uint64(r.remaining()) || n == 0 || n > ChunkSize {
 		return nil, nil, false
 	}
-	// Sized to the payload, not a whole chunk: see BufferPool.
-	chunk := BufferPool.Get(int(n))
+	// Sized to the payload, not a whole chunk: see buffers.
+	chunk := buffers.Get(int(n))
 	p := *chunk
 	if _, err := io.ReadFull(&r, p); err != nil {
 		putChunk(chunk)

@@ -30,7 +30,7 @@ func TestCodecData(t *testing.T) {
 	for _, size := range []int{1, 100, 1023, 1024, 1025, 16 << 10, 100_000, ChunkSize} {
 		for _, id := range []uint64{1, 300, 1 << 40} {
 			want := payload(uint64(size), size)
-			buf := BufferPool.Get(ChunkSize)
+			buf := buffers.Get(ChunkSize)
 			copy(*buf, want)
 			out, err := codec{}.Marshal(&outData{id: id, buf: buf, n: size})
 			if err != nil {
@@ -168,7 +168,7 @@ func TestMixedCodecs(t *testing.T) {
 }
 
 func BenchmarkCodecUnmarshalData(b *testing.B) {
-	buf := BufferPool.Get(ChunkSize)
+	buf := buffers.Get(ChunkSize)
 	out, _ := codec{}.Marshal(&outData{id: 7, buf: buf, n: ChunkSize})
 	wire := split(out.Materialize(), 16<<10)
 	b.SetBytes(ChunkSize)
@@ -186,7 +186,7 @@ func BenchmarkCodecUnmarshalData(b *testing.B) {
 // stream's credit bounds its memory even when its reader is slow and its frames small.
 func TestReceiveBufferSize(t *testing.T) {
 	for _, n := range []int{1, 255, 256, 257, 300, 5000, 70_000, ChunkSize} {
-		buf := BufferPool.Get(ChunkSize)
+		buf := buffers.Get(ChunkSize)
 		out, err := codec{}.Marshal(&outData{id: 1, buf: buf, n: n})
 		if err != nil {
 			t.Fatal(err)
@@ -307,7 +307,7 @@ func slicesMax(s []int) int {
 // what proto.Unmarshal reads, or fails where it fails.
 func FuzzCodecUnmarshal(f *testing.F) {
 	for _, n := range []int{1, 1500, 5000} {
-		buf := BufferPool.Get(ChunkSize)
+		buf := buffers.Get(ChunkSize)
 		out, _ := codec{}.Marshal(&outData{id: uint64(n), buf: buf, n: n})
 		f.Add(out.Materialize(), uint16(16<<10))
 		out.Free()

@@ -7,7 +7,7 @@ import (
 	"google.golang.org/grpc/mem"
 )
 
-// BufferPool holds the buffers of tunnel connections: grpc's frame reads and message assembly, the
+// buffers is the pool behind tunnel connections: grpc's frame reads and message assembly, the
 // chunks body bytes are read into before they are sent, and the buffers received payloads are copied
 // into. Tiers are powers of two, so a buffer is never more than twice the bytes it holds: a stream's
 // credit bounds the payload bytes it may have queued, and that bound must hold for memory too (a
@@ -15,7 +15,7 @@ import (
 //
 // Unlike grpc's default pool it does not clear buffers: every user here overwrites the bytes it
 // exposes before anyone reads them, and the clearing cost as much as the copy.
-var BufferPool mem.BufferPool = &tieredPool{}
+var buffers mem.BufferPool = &tieredPool{}
 
 const (
 	minTier = 8  // 256 B
@@ -52,5 +52,5 @@ func (p *tieredPool) Put(b *[]byte) {
 	p.tiers[e-minTier].Put(b)
 }
 
-// putChunk gives back a buffer from BufferPool, whatever its length now.
-func putChunk(b *[]byte) { BufferPool.Put(b) }
+// putChunk gives back a buffer from buffers, whatever its length now.
+func putChunk(b *[]byte) { buffers.Put(b) }

@@ -263,7 +263,7 @@ func (st *Stream) Write(p []byte) (int, error) {
 		if err != nil {
 			return written, err
 		}
-		buf := BufferPool.Get(n)
+		buf := buffers.Get(n)
 		copy(*buf, p[written:written+n])
 		if err := st.sendChunk(buf, n); err != nil {
 			return written, err
@@ -287,7 +287,7 @@ func (st *Stream) ReadFrom(r io.Reader) (int64, error) {
 		if err != nil {
 			return total, err
 		}
-		buf := BufferPool.Get(want)
+		buf := buffers.Get(want)
 		n, rerr := r.Read(*buf)
 		if n < want {
 			st.refund(int64(want - n))
