@@ -269,6 +269,36 @@ func (a *creditAuditor) Recv() (*Frame, error) {
 	if err != nil {
 		return f, err
 	}
+	a.audit(f)
+	return f, nil
+}
+
+// sendPooled and recvPooled keep a pooled connection pooled under the auditor, so the audited tests
+// run the production path: Data payloads in pooled chunks on both ends.
+func (a *creditAuditor) sendPooled(id uint64, buf *[]byte, n int) error {
+	if p, ok := a.FrameConn.(pooledConn); ok {
+		return p.sendPooled(id, buf, n)
+	}
+	err := a.FrameConn.Send(&Frame{StreamId: id, Kind: &tunnelv1.TunnelFrame_Data{Data: &tunnelv1.Data{Payload: (*buf)[:n]}}})
+	putChunk(buf)
+	return err
+}
+
+func (a *creditAuditor) recvPooled() (*Frame, *[]byte, error) {
+	p, ok := a.FrameConn.(pooledConn)
+	if !ok {
+		f, err := a.Recv()
+		return f, nil, err
+	}
+	f, chunk, err := p.recvPooled()
+	if err != nil {
+		return f, chunk, err
+	}
+	a.audit(f)
+	return f, chunk, nil
+}
+
+func (a *creditAuditor) audit(f *Frame) {
 	a.mu.Lock()
 	switch k := f.Kind.(type) {
 	case *tunnelv1.TunnelFrame_Data:
@@ -287,7 +317,6 @@ func (a *creditAuditor) Recv() (*Frame, error) {
 		}
 	}
 	a.mu.Unlock()
-	return f, nil
 }
 
 func (a *creditAuditor) check(t *testing.T, side string) {
