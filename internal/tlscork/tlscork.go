@@ -50,11 +50,11 @@ func putBuf(b *[]byte) {
 // inside a Write.
 type Raw struct {
 	net.Conn
-	// mu serialises writes on the connection, so that gathered bytes and direct writes (an alert sent
-	// from a read, say) keep their order.
 	// ready is set once the handshake is done. A Write that has to run the handshake first must not
 	// be corked: the handshake's own messages would wait in the buffer for a reply that cannot come.
 	ready atomic.Bool
+	// mu serialises writes on the connection, so that gathered bytes and direct writes (an alert sent
+	// from a read, say) keep their order.
 	mu    sync.Mutex
 	depth int
 	hint  int     // the bytes the Writes in progress will produce, about
@@ -79,7 +79,7 @@ func (r *Raw) Write(p []byte) (int, error) {
 		r.buf = getBuf(r.hint)
 	}
 	if len(*r.buf)+len(p) > cap(*r.buf) {
-		if _, err := r.flushLocked(); err != nil {
+		if err := r.flushLocked(); err != nil {
 			return 0, err
 		}
 		if len(p) >= smallCorked {
@@ -115,27 +115,21 @@ func (r *Raw) uncork() error {
 		return nil
 	}
 	r.hint = 0
-	_, err := r.flushLocked()
-	return err
+	return r.flushLocked()
 }
 
 // flushLocked sends the gathered bytes and gives the buffer back, so an idle connection holds none.
-func (r *Raw) flushLocked() (int, error) {
+func (r *Raw) flushLocked() error {
 	if r.buf == nil {
-		return 0, nil
+		return nil
 	}
 	b := r.buf
 	r.buf = nil
-	var n int
-	var err error
 	if len(*b) > 0 && r.err == nil {
-		n, err = r.write(*b)
+		_, _ = r.write(*b) // a failure is kept in r.err
 	}
 	putBuf(b)
-	if err == nil {
-		err = r.err
-	}
-	return n, err
+	return r.err
 }
 
 // Conn is a tls.Conn whose every Write reaches the kernel in as few system calls as its size allows.
@@ -170,9 +164,6 @@ func Wrap(tc net.Conn, raw *Raw) net.Conn {
 }
 
 func (c *Conn) Write(p []byte) (int, error) { return corkedWrite(c.Conn, c.raw, p) }
-
-// NetConn is the connection under TLS, without the cork (for socket options).
-func (c *Conn) NetConn() net.Conn { return c.raw.Conn }
 
 type wrapped struct {
 	net.Conn

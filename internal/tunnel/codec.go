@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 
@@ -196,19 +197,10 @@ func (r *bufsReader) ReadByte() (byte, error) {
 	return 0, io.EOF
 }
 
+// varint reads a protobuf varint, which is encoding/binary's unsigned varint.
 func (r *bufsReader) varint() (uint64, bool) {
-	var v uint64
-	for shift := 0; shift < 64; shift += 7 {
-		c, err := r.ReadByte()
-		if err != nil {
-			return 0, false
-		}
-		v |= uint64(c&0x7f) << shift
-		if c < 0x80 {
-			return v, true
-		}
-	}
-	return 0, false
+	v, err := binary.ReadUvarint(r)
+	return v, err == nil
 }
 
 func (r *bufsReader) remaining() int {

@@ -52,5 +52,10 @@ func (p *tieredPool) Put(b *[]byte) {
 	p.tiers[e-minTier].Put(b)
 }
 
-// putChunk gives back a buffer from buffers, whatever its length now.
-func putChunk(b *[]byte) { buffers.Put(b) }
+// putChunk gives back a buffer from buffers, whatever its length now; nil (a payload that is not
+// pooled) is nothing to give back.
+func putChunk(b *[]byte) {
+	if b != nil {
+		buffers.Put(b)
+	}
+}

@@ -478,9 +478,7 @@ func (s *Session) dispatch(f *Frame, chunk *[]byte) error {
 	st := s.stream(f.StreamId)
 	if st == nil {
 		// Frames for a stream that already ended cross a reset in flight: harmless, dropped by design.
-		if chunk != nil {
-			putChunk(chunk)
-		}
+		putChunk(chunk)
 		return nil
 	}
 	switch k := f.Kind.(type) {

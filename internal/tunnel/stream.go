@@ -195,9 +195,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 					head.p = head.p[c:]
 					continue
 				}
-				if head.chunk != nil {
-					putChunk(head.chunk)
-				}
+				putChunk(head.chunk)
 				*head = recvBuf{}
 				st.recvQ = st.recvQ[1:]
 			}
@@ -516,20 +514,17 @@ func (st *Stream) deliverResponse(h *tunnelv1.ResponseHead) {
 func (st *Stream) deliverData(p []byte, chunk *[]byte) {
 	st.mu.Lock()
 	if st.recvEnded || st.recvErr != nil {
+		afterEnd := st.recvErr == nil
 		st.mu.Unlock()
-		if chunk != nil {
-			putChunk(chunk)
-		}
-		if st.recvErr == nil {
+		putChunk(chunk)
+		if afterEnd {
 			st.protocolError("data after end")
 		}
 		return
 	}
 	if st.buffered+st.unacked+int64(len(p)) > st.window {
 		st.mu.Unlock()
-		if chunk != nil {
-			putChunk(chunk)
-		}
+		putChunk(chunk)
 		st.protocolError("peer exceeded its flow-control credit")
 		return
 	}
