@@ -14,9 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/hopgate/hopgate/internal/profiling"
-
 	"github.com/hopgate/hopgate/internal/agent"
+	"github.com/hopgate/hopgate/internal/profiling"
 	"github.com/hopgate/hopgate/internal/tunnel"
 )
 
