@@ -39,7 +39,7 @@ clean:
 browser-test:
 	command -v chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-noto-cjk)
 	fc-list :lang=ko | grep -q . || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y fonts-noto-cjk)
-	HOP_BROWSER_TESTS=1 $(GO) test -count=1 -timeout 9m -run '^TestBrowser$$' -v ./internal/errorpage/
+	HOP_BROWSER_TESTS=1 $(GO) test -count=1 -timeout 9m -run '^TestBrowser$$' -v ./internal/gateway/errorpage/
 
 # Measures HopGate against the origin and a plain httputil.ReverseProxy (issue 8); see bench/README.md.
 # `bench` is the quick profile (under 5 minutes on 2 cores), `bench-full` the issue's sizes (S9 included).
@@ -57,10 +57,10 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzSessionFrames$$' -fuzztime=$(FUZZTIME) ./internal/tunnel
 	$(GO) test -run='^$$' -fuzz='^FuzzCodecUnmarshal$$' -fuzztime=$(FUZZTIME) ./internal/tunnel
-	$(GO) test -run='^$$' -fuzz='^FuzzHeaderMapping$$' -fuzztime=$(FUZZTIME) ./internal/proxy
-	$(GO) test -run='^$$' -fuzz='^FuzzCanonical$$' -fuzztime=$(FUZZTIME) ./internal/hostname
+	$(GO) test -run='^$$' -fuzz='^FuzzHeaderMapping$$' -fuzztime=$(FUZZTIME) ./internal/tunnel/httpwire
+	$(GO) test -run='^$$' -fuzz='^FuzzCanonical$$' -fuzztime=$(FUZZTIME) ./internal/gateway/hostname
 	$(GO) test -run='^$$' -fuzz='^FuzzLoadServer$$' -fuzztime=$(FUZZTIME) ./internal/config
 	$(GO) test -run='^$$' -fuzz='^FuzzLoadClient$$' -fuzztime=$(FUZZTIME) ./internal/config
-	$(GO) test -run='^$$' -fuzz='^FuzzAdminBodies$$' -fuzztime=$(FUZZTIME) ./internal/admin
-	$(GO) test -run='^$$' -fuzz='^FuzzParser$$' -fuzztime=$(FUZZTIME) ./internal/h1guard
-	$(GO) test -run='^$$' -fuzz='^FuzzParser$$' -fuzztime=$(FUZZTIME) ./internal/h2guard
+	$(GO) test -run='^$$' -fuzz='^FuzzAdminBodies$$' -fuzztime=$(FUZZTIME) ./internal/gateway/admin
+	$(GO) test -run='^$$' -fuzz='^FuzzParser$$' -fuzztime=$(FUZZTIME) ./internal/gateway/h1guard
+	$(GO) test -run='^$$' -fuzz='^FuzzParser$$' -fuzztime=$(FUZZTIME) ./internal/gateway/h2guard

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 )
 
 // benchDomain is the tenant every visitor scenario goes through.
@@ -38,12 +40,12 @@ type runner struct {
 	// listeners (hold mode only: metrics cost CPU in measured runs).
 	profiling bool
 
-	origin, rproxy *proc
+	origin, rproxy *hoptest.Process
 	originAddr     string
 	rproxyTLSAddr  string
 	rproxyPool     *x509.CertPool
-	gw             *gateway
-	client         *proc
+	gw             *hoptest.Gateway
+	client         *hoptest.Process
 
 	targets map[string]target
 	result  runResult
@@ -89,10 +91,10 @@ func (r *runner) run(ctx context.Context, hold time.Duration, resultsDir string)
 			r.log.Warn("scenario failed", "id", id, "err", res.Error)
 		}
 		r.result.Scenarios = append(r.result.Scenarios, res)
-		if r.client != nil && r.client.exited() && slices.Contains([]string{"S1", "S2", "S3", "S4", "S5", "S6", "S7"}, id) {
+		if r.client != nil && r.client.Exited() && slices.Contains([]string{"S1", "S2", "S3", "S4", "S5", "S6", "S7"}, id) {
 			// The product crashed: a finding, reported, not a harness failure. Nothing after it through
 			// the tunnel would mean anything, so the visitor scenarios stop here.
-			r.log.Error("hopgate-client exited during the run", "log", r.client.tail(2000))
+			r.log.Error("hopgate-client exited during the run", "log", r.client.Log.Tail(2000))
 			break
 		}
 	}
@@ -146,12 +148,14 @@ func (r *runner) setup(ctx context.Context) error {
 	}
 	r.originAddr = addrs["http"]
 
-	certFile, keyFile, pool, err := writeSelfSigned(r.dir)
+	// The same P-256 kind as HopGate's development certificate, so that both pay the same handshake
+	// and record costs.
+	cert, err := hoptest.SelfSigned(r.dir, "rproxy")
 	if err != nil {
 		return fmt.Errorf("reverse proxy certificate: %w", err)
 	}
-	r.rproxyPool = pool
-	r.rproxy, addrs, err = startRole(ctx, r.dir, "rproxy", "-origin", "http://"+r.originAddr, "-cert", certFile, "-key", keyFile)
+	r.rproxyPool = cert.Pool
+	r.rproxy, addrs, err = startRole(ctx, r.dir, "rproxy", "-origin", "http://"+r.originAddr, "-cert", cert.CertFile, "-key", cert.KeyFile)
 	if err != nil {
 		return err
 	}
@@ -167,17 +171,18 @@ func (r *runner) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	key, err := r.gw.register(ctx, benchDomain)
+	key, err := r.gw.Register(ctx, benchDomain)
 	if err != nil {
 		return err
 	}
-	r.client, err = startClient(r.bin, r.dir, r.gw, benchDomain, key, "http://"+r.originAddr, profArgs...)
+	r.client, err = r.gw.StartAgent(hoptest.AgentOptions{BinDir: r.bin, Log: filepath.Join(r.dir, "hopgate-client.log"),
+		Domain: benchDomain, Key: key, Target: "http://" + r.originAddr, AgentID: "bench", Args: profArgs})
 	if err != nil {
 		return err
 	}
-	err = r.gw.waitAgents(ctx, benchDomain, 1, 20*time.Second, func() error {
-		if r.client.exited() {
-			return fmt.Errorf("hopgate-client exited: %s", r.client.tail(2000))
+	err = r.gw.WaitAgents(ctx, benchDomain, 1, 20*time.Second, func() error {
+		if r.client.Exited() {
+			return fmt.Errorf("hopgate-client exited: %s", r.client.Log.Tail(2000))
 		}
 		return nil
 	})
@@ -185,16 +190,16 @@ func (r *runner) setup(ctx context.Context) error {
 		return err
 	}
 
-	_, httpsPort, _ := net.SplitHostPort(r.gw.httpsAddr)
+	_, httpsPort, _ := net.SplitHostPort(r.gw.HTTPSAddr)
 	r.targets = map[string]target{
 		tDirect:  {Name: tDirect, base: "http://" + r.originAddr, dial: r.originAddr, proto: "h1"},
 		tRProxy:  {Name: tRProxy, base: "http://" + rproxyAddr, dial: rproxyAddr, proto: "h1"},
-		tHopHTTP: {Name: tHopHTTP, base: "http://" + r.gw.httpAddr, host: benchDomain, dial: r.gw.httpAddr, proto: "h1"},
-		tHopTLS: {Name: tHopTLS, base: "https://" + net.JoinHostPort(benchDomain, httpsPort), dial: r.gw.httpsAddr, proto: "h1",
-			tls: &tls.Config{RootCAs: r.gw.caPool, ServerName: benchDomain}},
+		tHopHTTP: {Name: tHopHTTP, base: "http://" + r.gw.HTTPAddr, host: benchDomain, dial: r.gw.HTTPAddr, proto: "h1"},
+		tHopTLS: {Name: tHopTLS, base: "https://" + net.JoinHostPort(benchDomain, httpsPort), dial: r.gw.HTTPSAddr, proto: "h1",
+			tls: &tls.Config{RootCAs: r.gw.CAPool, ServerName: benchDomain}},
 	}
-	r.log.Info("stack up", "origin", r.originAddr, "rproxy", rproxyAddr, "hopgate_https", r.gw.httpsAddr,
-		"hopgate_http", r.gw.httpAddr, "server_pid", r.gw.proc.pid(), "client_pid", r.client.pid())
+	r.log.Info("stack up", "origin", r.originAddr, "rproxy", rproxyAddr, "hopgate_https", r.gw.HTTPSAddr,
+		"hopgate_http", r.gw.HTTPAddr, "server_pid", r.gw.Pid(), "client_pid", r.client.Pid())
 	return r.smoke(ctx)
 }
 
@@ -231,14 +236,14 @@ func (r *runner) smoke(ctx context.Context) error {
 // holdForProfiling keeps the stack up for a profiler attached by hand.
 func (r *runner) holdForProfiling(ctx context.Context, d time.Duration) {
 	fmt.Printf("HopGate stack is up for %s (Ctrl-C to stop):\n", d)
-	fmt.Printf("  origin          http://%s            pid %d\n", r.originAddr, r.origin.pid())
-	fmt.Printf("  reverse proxy   %s  (TLS %s)  pid %d\n", r.targets[tRProxy].base, r.rproxyTLSAddr, r.rproxy.pid())
-	fmt.Printf("  hopgate-server  http %s, https %s  pid %d  (Host: %s)\n", r.gw.httpAddr, r.gw.httpsAddr, r.gw.proc.pid(), benchDomain)
-	fmt.Printf("  hopgate-client  pid %d\n", r.client.pid())
-	fmt.Printf("  e.g. curl -o /dev/null -H 'Host: %s' http://%s/bytes/1073741824\n", benchDomain, r.gw.httpAddr)
-	for _, name := range []string{"hopgate-server", "hopgate-client"} {
-		if addr := logField(filepath.Join(r.dir, name+".log"), "addr", "metrics listening", "serving metrics"); addr != "" {
-			fmt.Printf("  %s profiles: go tool pprof http://%s/debug/pprof/profile?seconds=10 (or /heap, /allocs)\n", name, addr)
+	fmt.Printf("  origin          http://%s            pid %d\n", r.originAddr, r.origin.Pid())
+	fmt.Printf("  reverse proxy   %s  (TLS %s)  pid %d\n", r.targets[tRProxy].base, r.rproxyTLSAddr, r.rproxy.Pid())
+	fmt.Printf("  hopgate-server  http %s, https %s  pid %d  (Host: %s)\n", r.gw.HTTPAddr, r.gw.HTTPSAddr, r.gw.Pid(), benchDomain)
+	fmt.Printf("  hopgate-client  pid %d\n", r.client.Pid())
+	fmt.Printf("  e.g. curl -o /dev/null -H 'Host: %s' http://%s/bytes/1073741824\n", benchDomain, r.gw.HTTPAddr)
+	for _, p := range []*hoptest.Process{r.gw.Process, r.client} {
+		if addr := p.Log.Field("addr", "metrics listening", "serving metrics"); addr != "" {
+			fmt.Printf("  %s profiles: go tool pprof http://%s/debug/pprof/profile?seconds=10 (or /heap, /allocs)\n", p.Name, addr)
 		}
 	}
 	fmt.Printf("  logs in %s\n", r.dir)
@@ -250,13 +255,13 @@ func (r *runner) holdForProfiling(ctx context.Context, d time.Duration) {
 }
 
 func (r *runner) cleanup() {
-	for _, p := range []*proc{r.client, r.rproxy, r.origin} {
+	for _, p := range []*hoptest.Process{r.client, r.rproxy, r.origin} {
 		if p != nil {
-			p.stop(5 * time.Second)
+			p.Stop(5 * time.Second)
 		}
 	}
 	if r.gw != nil {
-		r.gw.stop()
+		r.gw.Stop(5 * time.Second)
 	}
 	if r.keep {
 		fmt.Fprintf(os.Stderr, "bench: logs and data kept in %s\n", r.dir)

@@ -159,13 +159,13 @@ func (r *runner) s3(ctx context.Context) scenarioResult {
 
 // cpuOf names the processes whose CPU time a bulk transfer through target costs (beyond the harness).
 func (r *runner) cpuOf(target string) procSet {
-	ps := procSet{"origin": r.origin.pid()}
+	ps := procSet{"origin": r.origin.Pid()}
 	switch target {
 	case tRProxy:
-		ps["rproxy"] = r.rproxy.pid()
+		ps["rproxy"] = r.rproxy.Pid()
 	case tHopHTTP, tHopTLS:
-		ps["server"] = r.gw.proc.pid()
-		ps["client"] = r.client.pid()
+		ps["server"] = r.gw.Pid()
+		ps["client"] = r.client.Pid()
 	}
 	return ps
 }

@@ -12,17 +12,18 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hopgate/hopgate/internal/agent"
+	"github.com/hopgate/hopgate/internal/agent/supervisor"
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 	"github.com/hopgate/hopgate/internal/tunnel"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
 
-// fakeAgent is one tunnel opened by the harness itself through agent.Open, which opens it exactly as
+// fakeAgent is one tunnel opened by the harness itself through supervisor.Open, which opens it exactly as
 // hopgate-client does (its own TLS connection offering the tunnel ALPN, the same gRPC options, Hello,
 // Accepted, then the agent-side tunnel.Session). Starting a hopgate-client process per tunnel would
 // cost the machine more than the server under test.
 type fakeAgent struct {
-	t    *agent.Tunnel
+	t    *supervisor.Tunnel
 	done chan struct{}
 }
 
@@ -37,7 +38,7 @@ func openFakeAgent(ctx context.Context, addr string, tlsConf *tls.Config, domain
 			st.Reset(tunnelv1.ResetReason_RESET_REASON_TARGET_UNREACHABLE, "idle bench agent")
 		}
 	}
-	t, err := agent.Open(ctx, agent.Options{
+	t, err := supervisor.Open(ctx, supervisor.Options{
 		ServerAddr:   addr,
 		Domain:       domain,
 		APIKey:       key,
@@ -98,8 +99,8 @@ type agentPool struct {
 }
 
 // open adds n agents, at most parallel dialling at once; agent i serves domains[i%len(domains)].
-func (p *agentPool) open(ctx context.Context, g *gateway, n, parallel int, domains, keys []string, serve func(*tunnel.Stream)) error {
-	tlsConf := &tls.Config{RootCAs: g.caPool, ServerName: "localhost"}
+func (p *agentPool) open(ctx context.Context, g *hoptest.Gateway, n, parallel int, domains, keys []string, serve func(*tunnel.Stream)) error {
+	tlsConf := &tls.Config{RootCAs: g.CAPool, ServerName: "localhost"}
 	sem := make(chan struct{}, parallel)
 	var (
 		wg   sync.WaitGroup
@@ -122,7 +123,7 @@ func (p *agentPool) open(ctx context.Context, g *gateway, n, parallel int, domai
 		wg.Go(func() {
 			defer func() { <-sem }()
 			k := (base + i) % len(domains)
-			a, err := openFakeAgent(ctx, g.httpsAddr, tlsConf, domains[k], keys[k], fmt.Sprintf("bench-%d", base+i), serve)
+			a, err := openFakeAgent(ctx, g.HTTPSAddr, tlsConf, domains[k], keys[k], fmt.Sprintf("bench-%d", base+i), serve)
 			if err != nil {
 				errs.add(err)
 				return
@@ -176,7 +177,7 @@ func settleRSS(ctx context.Context, pid int, wait time.Duration) (int64, error) 
 		return 0, ctx.Err()
 	case <-time.After(wait):
 	}
-	return memKiB(pid, "VmRSS")
+	return hoptest.MemKiB(pid, "VmRSS")
 }
 
 // s8: server memory per idle tunnel, on a fresh server so earlier scenarios' heap does not count.
@@ -187,13 +188,13 @@ func (r *runner) s8(ctx context.Context) scenarioResult {
 	if err != nil {
 		return s.fail(err)
 	}
-	defer g.stop()
+	defer g.Stop(5 * time.Second)
 	const domain = "idle.hopgate.test"
-	key, err := g.register(ctx, domain)
+	key, err := g.Register(ctx, domain)
 	if err != nil {
 		return s.fail(err)
 	}
-	pid := g.proc.pid()
+	pid := g.Pid()
 	var pool agentPool
 	defer pool.closeAll()
 	base, err := settleRSS(ctx, pid, time.Second)
@@ -208,7 +209,7 @@ func (r *runner) s8(ctx context.Context) scenarioResult {
 			return s.fail(err)
 		}
 		have = n
-		if err := g.waitAgents(ctx, domain, n, 30*time.Second, nil); err != nil {
+		if err := g.WaitAgents(ctx, domain, n, 30*time.Second, nil); err != nil {
 			return s.fail(err)
 		}
 		rss[i], err = settleRSS(ctx, pid, 2*time.Second)
@@ -230,7 +231,7 @@ func (r *runner) s8(ctx context.Context) scenarioResult {
 	if alive := pool.alive(); alive != steps[last] {
 		s.Notes = append(s.Notes, fmt.Sprintf("%d of %d tunnels still up at the end", alive, steps[last]))
 	}
-	s.Notes = append(s.Notes, "S8 tunnels are harness-side agents opened like hopgate-client's (agent.Open, one TLS gRPC connection each); RSS is VmRSS of a fresh hopgate-server after 2 s of quiet")
+	s.Notes = append(s.Notes, "S8 tunnels are harness-side agents opened like hopgate-client's (supervisor.Open, one TLS gRPC connection each); RSS is VmRSS of a fresh hopgate-server after 2 s of quiet")
 	return s
 }
 
@@ -242,8 +243,8 @@ func (r *runner) s9(ctx context.Context) scenarioResult {
 	if err != nil {
 		return s.fail(err)
 	}
-	defer g.stop()
-	pid := g.proc.pid()
+	defer g.Stop(5 * time.Second)
+	pid := g.Pid()
 
 	domains := make([]string, p.S9Domains)
 	keys := make([]string, p.S9Domains)
@@ -258,7 +259,7 @@ func (r *runner) s9(ctx context.Context) scenarioResult {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			k, err := g.register(ctx, domains[i])
+			k, err := g.Register(ctx, domains[i])
 			if err != nil {
 				errs.add(err)
 			}
@@ -283,7 +284,7 @@ func (r *runner) s9(ctx context.Context) scenarioResult {
 		return s.fail(err)
 	}
 
-	visitor := target{Name: "hop-http", base: "http://" + g.httpAddr, dial: g.httpAddr, proto: "h1"}
+	visitor := target{Name: "hop-http", base: "http://" + g.HTTPAddr, dial: g.HTTPAddr, proto: "h1"}
 	c := visitor.client(512, 10*time.Second)
 	defer closeClient(c)
 	var peak atomic.Int64
@@ -299,7 +300,7 @@ func (r *runner) s9(ctx context.Context) scenarioResult {
 			case <-sctx.Done():
 				return
 			case <-t.C:
-				if v, err := memKiB(pid, "VmRSS"); err == nil && v > peak.Load() {
+				if v, err := hoptest.MemKiB(pid, "VmRSS"); err == nil && v > peak.Load() {
 					peak.Store(v)
 				}
 			}
@@ -326,7 +327,7 @@ func (r *runner) s9(ctx context.Context) scenarioResult {
 	cpu1, _ := cpuTime(pid)
 	stopSampling()
 	<-sampled
-	hwm, _ := memKiB(pid, "VmHWM")
+	hwm, _ := hoptest.MemKiB(pid, "VmHWM")
 
 	total := int(float64(p.S9Rate) * p.S9Duration.Seconds())
 	success := ratio(float64(smp.Requests), float64(total))
@@ -344,7 +345,7 @@ func (r *runner) s9(ctx context.Context) scenarioResult {
 	s.set("server", "register_seconds", registerSecs)
 	s.set("server", "connect_seconds", connectSecs)
 	s.set("server", "tunnels_alive_after", float64(pool.alive()))
-	harness, _ := memKiB(os.Getpid(), "VmRSS")
+	harness, _ := hoptest.MemKiB(os.Getpid(), "VmRSS")
 	s.set("harness", "rss_kib", float64(harness))
 
 	s.rows = append(s.rows, row{Metric: "success", Result: fmt.Sprintf("%.3f %% of %d (p50 %s, p99 %s)", 100*success, total,

@@ -18,7 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/hopgate/hopgate/internal/metrics"
+	"github.com/hopgate/hopgate/internal/gateway/metrics"
 	"github.com/hopgate/hopgate/internal/version"
 )
 

@@ -1,5 +1,5 @@
-// Package errorpages holds the HTML error pages and their assets that hopgate-server embeds.
-package errorpages
+// Package errors holds the HTML error pages and their assets that hopgate-server embeds.
+package errors
 
 import "embed"
 

@@ -6,14 +6,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
-	"github.com/hopgate/hopgate/internal/cli"
 	"github.com/hopgate/hopgate/internal/config"
+	"github.com/hopgate/hopgate/internal/gateway"
+	"github.com/hopgate/hopgate/internal/gateway/cli"
 	"github.com/hopgate/hopgate/internal/logbuf"
-	"github.com/hopgate/hopgate/internal/server"
 	"github.com/hopgate/hopgate/internal/version"
 )
 
@@ -47,7 +48,7 @@ func main() {
 	log.Info("starting hopgate-server", "version", version.Version, "config", cfg)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err = server.Run(ctx, cfg, log, nil)
+	err = run(ctx, cfg, log)
 	stop()
 	if err != nil {
 		log.Error("hopgate-server failed", "err", err)
@@ -56,4 +57,14 @@ func main() {
 	if err != nil {
 		os.Exit(1)
 	}
+}
+
+// run builds the gateway and serves until ctx ends.
+func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
+	g, err := gateway.New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	return g.Run(ctx)
 }

@@ -1,384 +1,147 @@
-// Package agent keeps an agent's tunnel to the gateway up: it dials, says hello, serves streams and
-// reconnects with jittered exponential backoff until it is told to stop or the gateway refuses it.
+// Package agent assembles hopgate-client, in the same phases as the gateway: New builds the TLS
+// set-ups, the local proxy and the metrics from the configuration (and fails on bad input; nothing is
+// dialled yet), Run keeps the tunnel up until its context ends, Check tries the configuration once.
 package agent
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
-	"errors"
+	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
+	"os"
 	"time"
 
-	"github.com/jpillora/backoff"
-	"golang.org/x/net/http/httpproxy"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/status"
-
-	"github.com/hopgate/hopgate/internal/tcpopt"
-	"github.com/hopgate/hopgate/internal/tunnel"
-	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+	"github.com/hopgate/hopgate/internal/agent/check"
+	"github.com/hopgate/hopgate/internal/agent/local"
+	"github.com/hopgate/hopgate/internal/agent/metrics"
+	"github.com/hopgate/hopgate/internal/agent/supervisor"
+	"github.com/hopgate/hopgate/internal/config"
+	"github.com/hopgate/hopgate/internal/version"
 )
 
-// TunnelALPN is the TLS protocol the gateway hands to grpc's own transport (edge.TunnelALPN; the agent
-// does not import the gateway's packages).
-const TunnelALPN = "hopgate-tunnel/1"
+// ErrRefused means the gateway will not take this agent (unknown domain, wrong key): retrying cannot
+// help.
+var ErrRefused = supervisor.ErrRefused
 
-// ErrRefused means the gateway will not take this agent (unknown domain, wrong key): retrying cannot help.
-var ErrRefused = errors.New("gateway refused the tunnel")
+// metricsCloseTimeout bounds how long a stop waits for scrapes in flight.
+const metricsCloseTimeout = 5 * time.Second
 
-// Options describe the agent.
-type Options struct {
-	ServerAddr string
-	Domain     string
-	APIKey     string
-	AgentID    string
-	Version    string
-	// Target is only shown in logs.
-	Target string
-	TLS    *tls.Config
-	// PingInterval is how often the agent pings; the tunnel is dead after three silent intervals.
-	PingInterval time.Duration
-	// DrainTimeout bounds how long a stop waits for streams in flight.
-	DrainTimeout time.Duration
-	// Serve handles one stream (a request from a visitor).
-	Serve func(*tunnel.Stream)
-	// MinBackoff and MaxBackoff bound the reconnect delay (defaults 1 s and 60 s).
-	MinBackoff, MaxBackoff time.Duration
-	// HealthyAfter is how long a tunnel must stay up for the backoff to start over (default 30 s).
-	HealthyAfter time.Duration
-	// OnUp is called each time a tunnel is accepted.
-	OnUp func(publicURL string)
-	// OnDown is called each time an accepted tunnel ends, with the reason (nil when the agent stops).
-	OnDown func(err error)
-	// OnReconnectAttempt is called each time the agent schedules a new attempt, with the delay before it.
-	OnReconnectAttempt func(delay time.Duration)
-	// OnBodyBytes is called for the body bytes of every Data frame: received from the gateway (ToTarget,
-	// a visitor's request body) or sent to it (FromTarget, the target's response body).
-	OnBodyBytes func(dir Direction, n int)
-	Logger      *slog.Logger
+// Agent is a hopgate-client: the supervisor of its tunnel, the proxy to its local target and its
+// metrics.
+type Agent struct {
+	cfg       *config.Client
+	log       *slog.Logger
+	opts      supervisor.Options
+	local     *local.Proxy
+	targetTLS *tls.Config
 }
 
-// Direction tells which way body bytes travel, seen from the local target.
-type Direction int
-
-const (
-	// ToTarget is a visitor's request body, from the gateway towards the local target.
-	ToTarget Direction = iota
-	// FromTarget is the local target's response body, towards the gateway.
-	FromTarget
-)
-
-// Run keeps the tunnel up until ctx ends (then drains and returns nil) or the gateway refuses the
-// agent (returns an error wrapping ErrRefused).
-func Run(ctx context.Context, o Options) error {
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.MinBackoff <= 0 {
-		o.MinBackoff = time.Second
-	}
-	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = time.Minute
-	}
-	if o.HealthyAfter <= 0 {
-		o.HealthyAfter = 30 * time.Second
-	}
-	if o.DrainTimeout <= 0 {
-		o.DrainTimeout = 30 * time.Second
-	}
-	// Full jitter between the floor and the exponential step spreads a fleet's reconnects after an outage.
-	b := &backoff.Backoff{Min: o.MinBackoff, Max: o.MaxBackoff, Factor: 2, Jitter: true}
-	for {
-		start := time.Now()
-		up, err := runOnce(ctx, o)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if errors.Is(err, ErrRefused) {
-			return err
-		}
-		if up && time.Since(start) >= o.HealthyAfter {
-			b.Reset()
-		}
-		delay := b.Duration()
-		if errors.Is(err, tunnel.ErrGoingAway) {
-			// The gateway is draining for a restart: come back quickly, not after a long backoff.
-			b.Reset()
-			delay = b.Duration()
-		}
-		o.Logger.Warn("tunnel down, reconnecting", "reason", err, "retry_in", delay.Round(time.Millisecond), "attempt", int(b.Attempt()))
-		if o.OnReconnectAttempt != nil {
-			o.OnReconnectAttempt(delay)
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
-// call is one OpenTunnel call that the gateway accepted.
-type call struct {
-	conn   *grpc.ClientConn
-	stream tunnelv1.TunnelService_OpenTunnelClient
-	acc    *tunnelv1.Accepted
-	// ctx is the call's own context, so that a stop can drain streams before the call ends.
-	ctx    context.Context
-	cancel context.CancelFunc
-}
-
-func (c *call) close() {
-	c.cancel()
-	_ = c.conn.Close()
-}
-
-// open dials the gateway, says hello and waits for Accepted. ctx bounds the wait, not the call.
-func open(ctx context.Context, o Options) (*call, error) {
-	tlsConf := o.TLS.Clone()
-	if tlsConf == nil {
-		tlsConf = &tls.Config{}
-	}
-	// Offered ahead of h2 (which grpc adds): a gateway that knows it serves the tunnel on grpc's own
-	// transport; an older one picks h2.
-	tlsConf.NextProtos = []string{TunnelALPN}
-	dialOpts := append(tunnel.DialOptions(),
-		grpc.WithTransportCredentials(corkedTLS{credentials.NewTLS(tlsConf)}),
-		// One HTTP/2 stream carries the whole tunnel; the tunnel's own credit bounds memory per
-		// request, so these windows only keep the pipe full.
-		grpc.WithInitialWindowSize(16<<20),
-		grpc.WithInitialConnWindowSize(16<<20),
-	)
-	if !viaProxy(o.ServerAddr) {
-		// Downloads queue in the session, where streams take turns, not in the kernel. A custom
-		// dialer switches off grpc's HTTPS_PROXY support, so it is used only when no proxy applies.
-		d := &net.Dialer{Control: tcpopt.Control(tcpopt.TunnelNotSentLowat)}
-		dialOpts = append(dialOpts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return d.DialContext(ctx, "tcp", addr)
-		}))
-	}
-	conn, err := grpc.NewClient(o.ServerAddr, dialOpts...)
+// New builds the agent described by cfg. Its errors are configuration errors, each naming the setting.
+func New(cfg *config.Client, log *slog.Logger) (*Agent, error) {
+	serverTLS, err := serverTLS(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", o.ServerAddr, err)
+		return nil, fmt.Errorf("HOP_CLIENT_CA_FILE (--ca-file): %w", err)
 	}
-	callCtx, cancelCall := context.WithCancel(context.Background())
-	c := &call{conn: conn, ctx: callCtx, cancel: cancelCall}
-	fail := func(err error) (*call, error) {
-		c.close()
-		return nil, classify(err)
-	}
-	// The call itself must not outlive ctx while it waits for Accepted: a gateway that never answers
-	// would otherwise hold the attempt forever.
-	stop := context.AfterFunc(ctx, cancelCall)
-	defer stop()
-	c.stream, err = tunnelv1.NewTunnelServiceClient(conn).OpenTunnel(callCtx)
+	targetRoots, err := loadRoots(cfg.LocalCAFile)
 	if err != nil {
-		return fail(err)
+		return nil, fmt.Errorf("HOP_CLIENT_LOCAL_CA_FILE (--local-ca-file): %w", err)
 	}
-	hello := &tunnelv1.Hello{
-		Domain:        o.Domain,
-		ApiKey:        o.APIKey,
-		AgentId:       o.AgentID,
-		Version:       o.Version,
-		InitialWindow: tunnel.DefaultInitialWindow,
+	if cfg.SkipVerify() {
+		log.Warn("--debug: the server certificate is not verified")
 	}
-	if err := c.stream.Send(&tunnelv1.TunnelFrame{Kind: &tunnelv1.TunnelFrame_Hello{Hello: hello}}); err != nil && !errors.Is(err, io.EOF) {
-		return fail(err)
+	a := &Agent{cfg: cfg, log: log,
+		targetTLS: &tls.Config{RootCAs: targetRoots, InsecureSkipVerify: cfg.LocalInsecureSkipVerify}}
+	a.local = local.New(cfg.LocalTarget, local.Options{TLSConfig: a.targetTLS, Logger: log})
+	agentID := cfg.AgentID
+	if agentID == "" {
+		agentID = defaultAgentID()
 	}
-	// io.EOF from Send means the gateway already ended the call: Recv returns its status, which
-	// says why (a refusal, or a server that is not a gateway).
-	first, err := tunnel.RecvContext(ctx, c.stream)
-	if err != nil {
-		return fail(err)
+	a.opts = supervisor.Options{
+		ServerAddr:   cfg.ServerAddr,
+		Domain:       cfg.Domain,
+		APIKey:       cfg.APIKey,
+		AgentID:      agentID,
+		Version:      version.Version,
+		Target:       cfg.LocalTarget.String(),
+		TLS:          serverTLS,
+		PingInterval: cfg.PingInterval,
+		DrainTimeout: cfg.ShutdownTimeout,
+		Serve:        a.local.ServeStream,
+		Logger:       log,
 	}
-	c.acc = first.GetAccepted()
-	if c.acc == nil {
-		return fail(fmt.Errorf("gateway answered hello with %T", first.Kind))
-	}
-	if !stop() {
-		// ctx ended just as Accepted arrived: the call is already cancelled.
-		return fail(ctx.Err())
-	}
-	return c, nil
+	return a, nil
 }
 
-// session wraps an accepted call in a tunnel session; the caller runs it.
-func (c *call) session(o Options, onGoAway func(string)) *tunnel.Session {
-	var count func(sent bool, n int)
-	if o.OnBodyBytes != nil {
-		count = func(sent bool, n int) {
-			if sent {
-				o.OnBodyBytes(FromTarget, n)
-			} else {
-				o.OnBodyBytes(ToTarget, n)
+// Run serves the agent's metrics (if configured) and keeps its tunnel up until ctx ends (then drains
+// and returns nil) or the gateway refuses it (an error wrapping ErrRefused).
+func (a *Agent) Run(ctx context.Context) error {
+	opts := a.opts
+	if a.cfg.MetricsListen != "" {
+		m := metrics.New()
+		srv, err := m.Listen(a.cfg.MetricsListen, a.cfg.Pprof)
+		if err != nil {
+			return fmt.Errorf("serve metrics: %w", err)
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), metricsCloseTimeout)
+			defer cancel()
+			if err := srv.Close(ctx); err != nil {
+				a.log.Warn("metrics listener did not stop cleanly", "err", err)
 			}
-		}
+		}()
+		a.log.Info("serving metrics", "addr", srv.Addr(), "path", "/metrics")
+		opts = m.Instrument(opts)
 	}
-	return tunnel.NewSession(tunnel.WrapGRPC(c.stream), tunnel.Config{
-		Accept:       o.Serve,
-		LocalWindow:  tunnel.DefaultInitialWindow,
-		PeerWindow:   c.acc.InitialWindow,
-		PingInterval: o.PingInterval,
-		OnGoAway:     onGoAway,
-		CountBody:    count,
-		Logger:       o.Logger,
-
-		PeerCapabilities: c.acc.Capabilities,
-	})
+	return supervisor.Run(ctx, opts)
 }
 
-// run serves the session on the call until the session ends, then ends the call.
-func (c *call) run(sess *tunnel.Session) error {
-	// A dead session (missed pings) must end the call: a Send blocked on a frozen gateway only
-	// returns when the call's context ends.
-	sess.OnDone(c.cancel)
-	return sess.Run(c.ctx)
+// Check tries the server, the tunnel and the local target once, writing one line per step to w.
+func (a *Agent) Check(ctx context.Context, w io.Writer) check.Result {
+	return check.Run(ctx, check.Options{Agent: a.opts, Target: a.cfg.LocalTarget, TargetTLS: a.targetTLS}, w)
 }
 
-// Tunnel is one tunnel the gateway accepted, opened exactly as Run opens its tunnels (same TLS
-// protocol, same gRPC options) but without reconnecting: the bench's many agents use it, so that
-// they cost the gateway what real agents cost it.
-type Tunnel struct {
-	c *call
-	// Session serves o.Serve for the streams the gateway opens once Run is called.
-	Session   *tunnel.Session
-	PublicURL string
-}
+// Close releases the local proxy's idle connections.
+func (a *Agent) Close() { a.local.Close() }
 
-// Open dials the gateway, says hello and waits for Accepted; ctx bounds the wait, not the tunnel.
-// o.Serve nil refuses every stream. Run serves the tunnel, Close ends it.
-func Open(ctx context.Context, o Options) (*Tunnel, error) {
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
+func serverTLS(cfg *config.Client) (*tls.Config, error) {
+	host, _, err := net.SplitHostPort(cfg.ServerAddr)
+	if err != nil {
+		host = cfg.ServerAddr
 	}
-	c, err := open(ctx, o)
+	roots, err := loadRoots(cfg.CAFile)
 	if err != nil {
 		return nil, err
 	}
-	return &Tunnel{c: c, Session: c.session(o, nil), PublicURL: c.acc.PublicUrl}, nil
+	return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12, RootCAs: roots, InsecureSkipVerify: cfg.SkipVerify()}, nil
 }
 
-// Run serves the tunnel until the gateway or Close ends it, and returns why.
-func (t *Tunnel) Run() error { return t.c.run(t.Session) }
-
-// Close ends the tunnel at once and closes its connection.
-func (t *Tunnel) Close() {
-	t.Session.Close(nil)
-	t.c.close()
-}
-
-// viaProxy reports whether the environment (HTTPS_PROXY, NO_PROXY) sends connections to addr
-// through a proxy, as grpc's default dialer would.
-func viaProxy(addr string) bool {
-	u, err := httpproxy.FromEnvironment().ProxyFunc()(&url.URL{Scheme: "https", Host: addr})
-	return err != nil || u != nil
-}
-
-// runOnce dials, authenticates and serves one tunnel. up reports whether the gateway accepted it.
-func runOnce(ctx context.Context, o Options) (up bool, err error) {
-	c, err := open(ctx, o)
+// loadRoots reads a PEM bundle; an empty path means the system roots (nil).
+func loadRoots(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(path)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	defer c.close()
-	if o.OnDown != nil {
-		defer func() { o.OnDown(err) }()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
 	}
-
-	goAway := make(chan struct{})
-	sess := c.session(o, func(string) { close(goAway) })
-	o.Logger.Info("tunnel up", "url", c.acc.PublicUrl, "target", o.Target, "server", o.ServerAddr, "session", c.acc.SessionId)
-	if o.OnUp != nil {
-		o.OnUp(c.acc.PublicUrl)
-	}
-
-	runErr := make(chan error, 1)
-	go func() { runErr <- c.run(sess) }()
-	select {
-	case err := <-runErr:
-		return true, classify(err)
-	case <-goAway:
-		// Finish what is in flight, then reconnect (to the restarted or another gateway).
-		drain(sess, runErr, o.DrainTimeout)
-		return true, tunnel.ErrGoingAway
-	case <-ctx.Done():
-		sess.GoAway("agent shutting down")
-		drain(sess, runErr, o.DrainTimeout)
-		return true, nil
-	}
+	return pool, nil
 }
 
-// Check opens one tunnel, as Run would, and closes it again at once: it answers whether the gateway
-// accepts this domain and key. It returns the public URL, or an error wrapping ErrRefused when the
-// gateway refuses the agent. ctx bounds the whole check, the close included. Streams the gateway
-// sends in the short time the tunnel is up are served by o.Serve (or reset when it is nil).
-func Check(ctx context.Context, o Options) (publicURL string, err error) {
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.Serve == nil {
-		o.Serve = func(st *tunnel.Stream) {
-			st.Reset(tunnelv1.ResetReason_RESET_REASON_TARGET_UNREACHABLE, "agent is only checking its configuration")
-		}
-	}
-	c, err := open(ctx, o)
+func defaultAgentID() string {
+	host, err := os.Hostname()
 	if err != nil {
-		return "", err
+		host = "agent"
 	}
-	defer c.close()
-	sess := c.session(o, nil)
-	runErr := make(chan error, 1)
-	go func() { runErr <- sess.Run(c.ctx) }()
-	// GoAway first, so that the gateway sends no new request to this short-lived tunnel, then the
-	// same clean close as a stop.
-	sess.GoAway("agent configuration check done")
-	timeout := o.DrainTimeout
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
-	if timeout <= 0 {
-		timeout = time.Second
-	}
-	drain(sess, runErr, timeout)
-	return c.acc.PublicUrl, nil
-}
-
-// drain lets the streams in flight finish and their last frames go out, then half-closes the call
-// and waits for the gateway to end it: cancelling the call instead could drop frames still buffered
-// in gRPC. The whole drain is bounded by timeout.
-func drain(sess *tunnel.Session, runErr <-chan error, timeout time.Duration) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	_ = sess.Wait(ctx)
-	sess.CloseSend()
-	select {
-	case <-runErr:
-		return
-	case <-ctx.Done():
-	}
-	sess.Close(tunnel.ErrGoingAway)
-	<-runErr
-}
-
-// classify marks the answers that retrying cannot change.
-func classify(err error) error {
-	if err == nil {
-		return nil
-	}
-	var st interface{ GRPCStatus() *status.Status }
-	if errors.As(err, &st) {
-		switch st.GRPCStatus().Code() {
-		case codes.Unauthenticated, codes.PermissionDenied:
-			return fmt.Errorf("%w: %s", ErrRefused, st.GRPCStatus().Message())
-		}
-	}
-	return err
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return host + "-" + hex.EncodeToString(b[:])
 }

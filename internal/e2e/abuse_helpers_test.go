@@ -10,8 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -263,21 +262,11 @@ func abStreamEnded(s abH2State, id uint32) bool {
 // abVmRSS is the resident set size of process pid, in bytes.
 func abVmRSS(t testing.TB, pid int) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	kib, err := hoptest.MemKiB(pid, "VmRSS")
 	if err != nil {
-		t.Fatalf("read status of %d: %v", pid, err)
+		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, err := strconv.ParseInt(f[1], 10, 64)
-			if err != nil {
-				t.Fatalf("parse %q: %v", l, err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatalf("no VmRSS in /proc/%d/status", pid)
-	return 0
+	return kib << 10
 }
 
 // abPeakRSS samples the resident set size of pid every 20 ms until the returned func is called,
@@ -298,16 +287,12 @@ func abPeakRSS(t testing.TB, pid int) func() int64 {
 				return
 			case <-tick.C:
 			}
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			kib, err := hoptest.MemKiB(pid, "VmRSS")
 			if err != nil {
 				return
 			}
-			for _, l := range strings.Split(string(b), "\n") {
-				if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-					if kb, err := strconv.ParseInt(f[1], 10, 64); err == nil && kb<<10 > peak.Load() {
-						peak.Store(kb << 10)
-					}
-				}
+			if kib<<10 > peak.Load() {
+				peak.Store(kib << 10)
 			}
 		}
 	}()
@@ -422,7 +407,7 @@ func abAlive(t testing.TB, g *gateway) {
 	if g.exited() {
 		t.Fatalf("the gateway exited")
 	}
-	code, body := tnGet(t, tnFor(g, t).httpClient(true), g.url("localhost", "/healthz"))
+	code, body := tnGet(t, g.forTest(t).httpClient(true), g.url("localhost", "/healthz"))
 	if code != http.StatusOK {
 		t.Fatalf("/healthz after the attack: %d %q", code, body)
 	}

@@ -40,7 +40,7 @@ func TestAbuseH2RapidReset(t *testing.T) {
 	g.startAgent(domain, g.register(domain), target.URL)
 	metrics := tnMetricsAddr(t, g)
 	by := abNewBystander(t, g)
-	pid := g.cmd.Process.Pid
+	pid := g.pid()
 	rssBefore := abVmRSS(t, pid)
 	peak := abPeakRSS(t, pid)
 
@@ -158,7 +158,7 @@ func TestAbuseH2ContinuationFlood(t *testing.T) {
 	const perConn = 4 << 20 // header block bytes each connection tries to send
 	g := startGateway(t, gatewayOptions{})
 	by := abNewBystander(t, g)
-	pid := g.cmd.Process.Pid
+	pid := g.pid()
 	rssBefore := abVmRSS(t, pid)
 	peak := abPeakRSS(t, pid)
 
@@ -298,7 +298,7 @@ func TestAbuseH2PingFlood(t *testing.T) {
 	const pings = 100000
 	g := startGateway(t, gatewayOptions{})
 	by := abNewBystander(t, g)
-	pid := g.cmd.Process.Pid
+	pid := g.pid()
 	rssBefore := abVmRSS(t, pid)
 	peak := abPeakRSS(t, pid)
 	h := abDialH2(t, g, "localhost", abH2Opts{NoRead: true, RcvBuf: 4096})

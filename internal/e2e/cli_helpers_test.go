@@ -5,20 +5,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 )
-
-// clRun runs a binary to its end and returns its exit code and output (stdout and stderr).
-func clRun(t testing.TB, name string, args, env []string, within time.Duration) (int, string) {
-	t.Helper()
-	p := startProcess(t, name, args, env)
-	code := p.wait(t, within)
-	return code, p.logs.String()
-}
 
 // clAdmin runs `hopgate-server domains args…` against g, with the admin key in the environment as
 // an operator would set it.
@@ -27,7 +18,7 @@ func clAdmin(t testing.TB, g *gateway, args ...string) (int, string) {
 	_, port, _ := net.SplitHostPort(g.addr)
 	full := append([]string{"domains"}, args...)
 	full = append(full, "--admin-url", "https://localhost:"+port, "--ca-file", g.caFile)
-	return clRun(t, "hopgate-server", full, []string{"HOP_ADMIN_API_KEY=" + g.adminKey}, 30*time.Second)
+	return run(t, "hopgate-server", full, []string{"HOP_ADMIN_API_KEY=" + g.adminKey}, 30*time.Second)
 }
 
 // clClosedAddr is a loopback address where nothing listens.
@@ -42,17 +33,12 @@ func clClosedAddr(t testing.TB) string {
 	return addr
 }
 
-var clMetricsRe = regexp.MustCompile(`"msg":"serving metrics".*?"addr":"([0-9.:]+)"`)
-
 // clMetricsAddr waits for the agent to log where it serves metrics.
 func clMetricsAddr(t testing.TB, p *process) string {
 	t.Helper()
 	var addr string
 	waitFor(t, 10*time.Second, "the agent's metrics listener", func() bool {
-		m := clMetricsRe.FindStringSubmatch(p.logs.String())
-		if m != nil {
-			addr = m[1]
-		}
+		addr = p.logs.Field("addr", "serving metrics")
 		return addr != ""
 	})
 	return addr

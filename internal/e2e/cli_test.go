@@ -13,13 +13,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 )
 
 // TestCLVersion: --version prints the version set by the build and exits 0, on both binaries.
 func TestCLVersion(t *testing.T) {
 	t.Parallel()
 	for _, name := range []string{"hopgate-server", "hopgate-client"} {
-		code, out := clRun(t, name, []string{"--version"}, nil, 10*time.Second)
+		code, out := run(t, name, []string{"--version"}, nil, 10*time.Second)
 		if code != 0 || strings.TrimSpace(out) != name+" dev" {
 			t.Errorf("%s --version: exit %d, printed %q; want 0 and %q", name, code, out, name+" dev")
 		}
@@ -30,7 +32,7 @@ func TestCLVersion(t *testing.T) {
 	const v = "v9.8.7-e2e"
 	build := exec.Command("go", "build", "-ldflags", "-X github.com/hopgate/hopgate/internal/version.Version="+v,
 		"-o", dir+"/", "../../cmd/hopgate-server", "../../cmd/hopgate-client")
-	build.Env = append(cleanEnv(), "CGO_ENABLED=0")
+	build.Env = hoptest.Env("CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build with a version: %v\n%s", err, out)
 	}
@@ -102,7 +104,7 @@ func TestCLCheck(t *testing.T) {
 			t.Parallel()
 			args := append([]string{"--check", "--domain", domain}, tc.args...)
 			start := time.Now()
-			code, out := clRun(t, "hopgate-client", args, []string{"HOP_CLIENT_API_KEY=" + tc.key}, 45*time.Second)
+			code, out := run(t, "hopgate-client", args, []string{"HOP_CLIENT_API_KEY=" + tc.key}, 45*time.Second)
 			t.Logf("%s in %s:\n%s", tc.name, time.Since(start).Round(time.Millisecond), out)
 			if code != tc.code {
 				t.Errorf("exit %d, want %d", code, tc.code)
@@ -140,7 +142,7 @@ func TestCLCheckBesideRunningAgent(t *testing.T) {
 	key := g.register(domain)
 	g.startAgent(domain, key, target.URL)
 
-	code, out := clRun(t, "hopgate-client",
+	code, out := run(t, "hopgate-client",
 		[]string{"--check", "--server-addr", g.addr, "--domain", domain, "--ca-file", g.caFile, "--local-target", target.URL},
 		[]string{"HOP_CLIENT_API_KEY=" + key}, 45*time.Second)
 	if code != 0 {
@@ -333,12 +335,12 @@ func TestCLDomains(t *testing.T) {
 
 	// A wrong key says so and exits 1; bad usage exits 2.
 	_, port, _ := strings.Cut(g.addr, ":")
-	code, out = clRun(t, "hopgate-server", []string{"domains", "list", "--admin-url", "https://localhost:" + port, "--ca-file", g.caFile},
+	code, out = run(t, "hopgate-server", []string{"domains", "list", "--admin-url", "https://localhost:" + port, "--ca-file", g.caFile},
 		[]string{"HOP_ADMIN_API_KEY=wrong-key"}, 30*time.Second)
 	if code != 1 || !strings.Contains(out, "401 Unauthorized") {
 		t.Errorf("wrong admin key: exit %d\n%s", code, out)
 	}
-	code, out = clRun(t, "hopgate-server", []string{"domains", "frobnicate"}, nil, 10*time.Second)
+	code, out = run(t, "hopgate-server", []string{"domains", "frobnicate"}, nil, 10*time.Second)
 	if code != 2 || !strings.Contains(out, `unknown command "frobnicate"`) {
 		t.Errorf("unknown command: exit %d\n%s", code, out)
 	}

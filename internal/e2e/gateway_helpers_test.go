@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"regexp"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -148,28 +147,6 @@ func gwNewTarget(t testing.TB, h http.HandlerFunc) *gwTarget {
 	}))
 	t.Cleanup(tg.Close)
 	return tg
-}
-
-// gwRun runs a binary to its end and returns its exit code and output.
-func gwRun(t testing.TB, name string, args, env []string, within time.Duration) (int, string) {
-	t.Helper()
-	p := startProcess(t, name, args, env)
-	code := p.wait(t, within)
-	return code, p.logs.String()
-}
-
-var gwHTTPListenRe = regexp.MustCompile(`"http":"([0-9.:]+)"`)
-
-// gwHTTPAddr is the bound plain-HTTP address the gateway logged at start.
-func gwHTTPAddr(t testing.TB, g *gateway) string {
-	t.Helper()
-	for _, l := range lines(g.process, "hopgate-server listening") {
-		if m := gwHTTPListenRe.FindStringSubmatch(l); m != nil {
-			return m[1]
-		}
-	}
-	t.Fatalf("no http address in the listening line:\n%s", g.logs.String())
-	return ""
 }
 
 // gwNoRedirect is a plain-HTTP client that shows redirects instead of following them.

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 	"github.com/hopgate/hopgate/internal/testutil/pgtest"
 )
 
@@ -374,7 +375,7 @@ func TestGatewayRouter(t *testing.T) {
 	})
 	g.register("idle.example.test")
 	g.startAgent("live.example.test", g.register("live.example.test"), target.URL)
-	httpAddr := gwHTTPAddr(t, g)
+	httpAddr := g.httpAddr(t)
 	_, httpsPort, _ := net.SplitHostPort(g.addr)
 
 	gateway := []struct {
@@ -740,7 +741,7 @@ func TestGatewayShutdownTimeout(t *testing.T) {
 func TestGatewaySlowClients(t *testing.T) {
 	t.Parallel()
 	g := startGateway(t, gatewayOptions{})
-	httpAddr := gwHTTPAddr(t, g)
+	httpAddr := g.httpAddr(t)
 	conf := g.tlsConfig()
 	conf.ServerName = "localhost"
 	conf.NextProtos = []string{"http/1.1"}
@@ -785,29 +786,17 @@ func TestGatewaySlowClients(t *testing.T) {
 func TestGatewayDataDirSpecialCharacters(t *testing.T) {
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "data#1?x")
-	const adminKey = "test-admin-key-special-dir"
-	p := startProcess(t, "hopgate-server", nil, []string{
-		"HOP_SERVER_DEBUG=true", "HOP_SERVER_DOMAIN=localhost", "HOP_ADMIN_API_KEY=" + adminKey,
-		"HOP_SERVER_HTTPS_LISTEN=127.0.0.1:0", "HOP_SERVER_HTTP_LISTEN=127.0.0.1:0",
-		"HOP_SERVER_METRICS_LISTEN=", "HOP_DATA_DIR=" + dir, "HOP_LOG_FORMAT=json",
-	})
-	var addr string
-	waitFor(t, 20*time.Second, "hopgate-server to listen or exit", func() bool {
-		if m := listenRe.FindStringSubmatch(p.logs.String()); m != nil {
-			addr = m[1]
-			return true
-		}
-		return p.exited()
-	})
-	if addr == "" {
-		code := p.wait(t, time.Second)
-		if out := p.logs.String(); code != 2 || !strings.Contains(out, "HOP_DATA_DIR") {
-			t.Fatalf("HOP_DATA_DIR=%q: exit %d, want the server to run, or exit 2 naming HOP_DATA_DIR:\n%s", dir, code, out)
+	g, err := tryStartGateway(t, gatewayOptions{DataDir: dir})
+	var exited *hoptest.ExitedError
+	if errors.As(err, &exited) {
+		if exited.Code != 2 || !strings.Contains(exited.Log, "HOP_DATA_DIR") {
+			t.Fatalf("HOP_DATA_DIR=%q: exit %d, want the server to run, or exit 2 naming HOP_DATA_DIR:\n%s", dir, exited.Code, exited.Log)
 		}
 		return
 	}
-	g := &gateway{process: p, t: t, addr: addr, adminKey: adminKey, dataDir: dir,
-		caFile: filepath.Join(dir, "selfsigned", "cert.pem")}
+	if err != nil {
+		t.Fatal(err)
+	}
 	g.register("dir.example.test")
 }
 
@@ -905,7 +894,7 @@ func TestGatewayBadConfig(t *testing.T) {
 			if tc.debug {
 				env = append(env, "HOP_SERVER_DEBUG=true")
 			}
-			code, out := gwRun(t, tc.bin, tc.args, append(env, tc.env...), 20*time.Second)
+			code, out := run(t, tc.bin, tc.args, append(env, tc.env...), 20*time.Second)
 			if code != tc.want {
 				t.Fatalf("exit %d, want %d:\n%s", code, tc.want, out)
 			}
@@ -1021,7 +1010,7 @@ func TestGatewaySchemaTooNew(t *testing.T) {
 			}
 			st.exec(t, g.dataDir, dsn, "UPDATE schema_migrations SET version = 999")
 
-			code, out := gwRun(t, "hopgate-server", nil, g.env, 20*time.Second)
+			code, out := run(t, "hopgate-server", nil, g.env, 20*time.Second)
 			if code == 0 {
 				t.Fatalf("the server ran on a schema newer than it knows:\n%s", out)
 			}

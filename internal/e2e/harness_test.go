@@ -2,25 +2,20 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 )
 
 var binDir string
@@ -46,18 +41,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// logBuffer collects a process's output for assertions and failure reports. The process writes to a
-// file directly (no pipe): a test process slowed by -race can never fill a pipe and so block the
-// server's logger, which would make tests measure their own slowness.
-type logBuffer struct {
-	path string
-}
-
-func (l *logBuffer) String() string {
-	b, _ := os.ReadFile(l.path)
-	return string(b)
-}
-
 // waitFor polls cond until it holds or d passes.
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -71,92 +54,77 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Fatalf("timed out after %s waiting for %s", d, what)
 }
 
-// process is a running binary.
+// process is a running binary, killed when the test ends; its output is shown if the test failed.
 type process struct {
-	cmd    *exec.Cmd
-	logs   *logBuffer
-	done   chan struct{}
-	exitMu sync.Mutex
-	exit   int
+	hp   *hoptest.Process
+	logs *hoptest.Log
+}
+
+// logFile is a new log file for a process called name in the test's temporary directory.
+func logFile(t testing.TB, name string) string {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), name+"-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	return f.Name()
 }
 
 func startProcess(t testing.TB, name string, args, env []string) *process {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, name), args...)
-	cmd.Env = append(cleanEnv(), env...)
-	out, err := os.CreateTemp(t.TempDir(), name+"-*.log")
+	hp, err := hoptest.Start(hoptest.Command{Path: filepath.Join(binDir, name), Args: args, Env: env, Log: logFile(t, name)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &process{cmd: cmd, logs: &logBuffer{path: out.Name()}, done: make(chan struct{}), exit: -1}
-	cmd.Stdout, cmd.Stderr = out, out
-	err = cmd.Start()
-	out.Close() // the child has its own descriptor
-	if err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		_ = cmd.Wait()
-		p.exitMu.Lock()
-		p.exit = cmd.ProcessState.ExitCode()
-		p.exitMu.Unlock()
-		close(p.done)
-	}()
+	return watch(t, hp)
+}
+
+// watch ties hp to t: killed at cleanup, its output logged if t failed.
+func watch(t testing.TB, hp *hoptest.Process) *process {
 	t.Cleanup(func() {
-		p.signal(syscall.SIGKILL)
-		<-p.done
+		hp.Kill()
 		if t.Failed() {
-			t.Logf("--- %s output ---\n%s", name, p.logs.String())
+			t.Logf("--- %s output ---\n%s", hp.Name, hp.Log.String())
 		}
 	})
-	return p
+	return &process{hp: hp, logs: hp.Log}
 }
 
-// cleanEnv drops HOP_* settings of the machine so that tests see only their own.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "HOP_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
+func (p *process) signal(sig os.Signal) { p.hp.Signal(sig) }
 
-func (p *process) signal(sig os.Signal) {
-	select {
-	case <-p.done:
-	default:
-		_ = p.cmd.Process.Signal(sig)
-	}
-}
+func (p *process) exited() bool { return p.hp.Exited() }
+
+func (p *process) pid() int { return p.hp.Pid() }
 
 // wait returns the exit code, failing the test if the process does not exit within d.
 func (p *process) wait(t testing.TB, d time.Duration) int {
 	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(d):
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	code, err := p.hp.Wait(ctx)
+	if err != nil {
 		t.Fatalf("process did not exit within %s", d)
 	}
-	p.exitMu.Lock()
-	defer p.exitMu.Unlock()
-	return p.exit
+	return code
 }
 
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+// run runs a binary to its end and returns its exit code and output (stdout and stderr).
+func run(t testing.TB, name string, args, env []string, within time.Duration) (int, string) {
+	t.Helper()
+	p := startProcess(t, name, args, env)
+	code := p.wait(t, within)
+	return code, p.logs.String()
 }
+
+// lines returns the log lines of p that contain s.
+func lines(p *process, s string) []string { return p.logs.Lines(s) }
 
 // gateway is a running hopgate-server.
 type gateway struct {
 	*process
 	t        testing.TB
+	hop      *hoptest.Gateway
 	addr     string // 127.0.0.1:port of the HTTPS listener
 	adminKey string
 	dataDir  string
@@ -172,56 +140,66 @@ type gatewayOptions struct {
 	Env  []string
 }
 
-var listenRe = regexp.MustCompile(`"https":"([0-9.:]+)"`)
+const testAdminKey = "test-admin-key-0123456789"
 
 // startGateway runs hopgate-server in debug mode with an admin key and waits until it serves.
 func startGateway(t testing.TB, o gatewayOptions) *gateway {
 	t.Helper()
+	g, err := tryStartGateway(t, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// tryStartGateway is startGateway returning why the server did not come up (*hoptest.ExitedError if
+// it exited).
+func tryStartGateway(t testing.TB, o gatewayOptions) (*gateway, error) {
+	t.Helper()
 	if o.DataDir == "" {
 		o.DataDir = t.TempDir()
 	}
-	addr := o.Addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	g := &gateway{t: t, adminKey: "test-admin-key-0123456789", dataDir: o.DataDir,
-		caFile: filepath.Join(o.DataDir, "selfsigned", "cert.pem")}
-	g.env = append([]string{
-		"HOP_SERVER_DEBUG=true",
-		"HOP_SERVER_DOMAIN=localhost",
-		"HOP_ADMIN_API_KEY=" + g.adminKey,
-		"HOP_SERVER_HTTPS_LISTEN=" + addr,
-		"HOP_SERVER_HTTP_LISTEN=127.0.0.1:0",
-		"HOP_SERVER_METRICS_LISTEN=",
-		"HOP_DATA_DIR=" + o.DataDir,
-		"HOP_DB_DSN=" + o.DSN,
-		"HOP_LOG_FORMAT=json",
-		"HOP_SERVER_SHUTDOWN_TIMEOUT=5s",
-	}, o.Env...)
-	g.process = startProcess(t, "hopgate-server", nil, g.env)
-	waitFor(t, 20*time.Second, "hopgate-server to listen", func() bool {
-		if g.exited() {
-			t.Fatalf("hopgate-server exited early:\n%s", g.logs.String())
-		}
-		m := listenRe.FindStringSubmatch(g.logs.String())
-		if m == nil {
-			return false
-		}
-		g.addr = m[1]
-		return true
+	hg, err := hoptest.StartGateway(t.Context(), hoptest.GatewayOptions{
+		BinDir:          binDir,
+		Log:             logFile(t, "hopgate-server"),
+		DataDir:         o.DataDir,
+		AdminKey:        testAdminKey,
+		HTTPSAddr:       o.Addr,
+		DSN:             o.DSN,
+		ShutdownTimeout: 5 * time.Second,
+		Env:             o.Env,
 	})
-	return g
+	if err != nil {
+		return nil, err
+	}
+	p := watch(t, hg.Process)
+	t.Cleanup(hg.CloseIdleConnections)
+	return &gateway{process: p, t: t, hop: hg, addr: hg.HTTPSAddr, adminKey: hg.AdminKey, dataDir: hg.DataDir,
+		caFile: hg.CAFile, env: hg.Env}, nil
+}
+
+// forTest is g as seen from another test (a subtest): failures and cleanups belong to t.
+func (g *gateway) forTest(t testing.TB) *gateway {
+	c := *g
+	c.t = t
+	return &c
+}
+
+// httpAddr is the bound plain-HTTP address the gateway logged at start.
+func (g *gateway) httpAddr(t testing.TB) string {
+	t.Helper()
+	if g.hop.HTTPAddr == "" {
+		t.Fatalf("no http address in the listening line:\n%s", g.logs.String())
+	}
+	return g.hop.HTTPAddr
 }
 
 // tlsConfig trusts the gateway's development CA.
 func (g *gateway) tlsConfig() *tls.Config {
-	pem, err := os.ReadFile(g.caFile)
-	if err != nil {
-		g.t.Fatalf("read CA: %v", err)
+	if g.hop.CAPool == nil {
+		g.t.Fatalf("no development CA in %s", g.caFile)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	return &tls.Config{RootCAs: pool}
+	return g.hop.TLSConfig("")
 }
 
 // httpClient sends every request to the gateway whatever the URL's host, so that Host and SNI are
@@ -250,45 +228,40 @@ func (g *gateway) url(domain, path string) string {
 	return "https://" + net.JoinHostPort(domain, port) + path
 }
 
-// admin calls the admin API and decodes the JSON answer.
+// admin calls the admin API and decodes the JSON answer (nil if it is not JSON).
 func (g *gateway) admin(method, path string, body any) (int, map[string]any) {
 	g.t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, g.url("localhost", path), rd)
-	req.Header.Set("Authorization", "Bearer "+g.adminKey)
-	res, err := g.httpClient(true).Do(req)
+	code, b, err := g.hop.Admin(context.Background(), method, path, body)
 	if err != nil {
-		g.t.Fatalf("%s %s: %v", method, path, err)
+		g.t.Fatal(err)
 	}
-	defer res.Body.Close()
 	var out map[string]any
-	_ = json.NewDecoder(res.Body).Decode(&out)
-	return res.StatusCode, out
+	_ = json.Unmarshal(b, &out)
+	return code, out
 }
 
 // register registers domain and returns its client API key.
 func (g *gateway) register(domain string) string {
 	g.t.Helper()
-	code, out := g.admin(http.MethodPost, "/api/v1/admin/domains/register", map[string]string{"domain": domain, "memo": "e2e"})
-	if code != http.StatusCreated {
-		g.t.Fatalf("register %s: %d %v", domain, code, out)
+	key, err := g.hop.Register(context.Background(), domain)
+	if err != nil {
+		g.t.Fatalf("register %s: %v", domain, err)
 	}
-	return out["client_api_key"].(string)
+	return key
 }
 
-// agents returns the live agent count the admin API reports for domain.
+// agents returns the live agent count the admin API reports for domain, -1 if it refuses to.
 func (g *gateway) agents(domain string) int {
 	g.t.Helper()
-	code, out := g.admin(http.MethodGet, "/api/v1/admin/domains/status?domain="+domain, nil)
-	if code != http.StatusOK {
+	n, err := g.hop.Agents(context.Background(), domain)
+	var se *hoptest.StatusError
+	if errors.As(err, &se) {
 		return -1
 	}
-	n, _ := out["agents"].(float64)
-	return int(n)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return n
 }
 
 // startAgent runs hopgate-client for domain towards target and waits until the tunnel is up.
@@ -300,30 +273,17 @@ func (g *gateway) startAgent(domain, key, target string, extra ...string) *proce
 		if p.exited() {
 			g.t.Fatalf("hopgate-client exited early:\n%s", p.logs.String())
 		}
-		return strings.Contains(p.logs.String(), "tunnel up") && g.agents(domain) > before
+		return len(lines(p, "tunnel up")) > 0 && g.agents(domain) > before
 	})
 	return p
 }
 
 func (g *gateway) startAgentNoWait(domain, key, target string, extra ...string) *process {
-	args := append([]string{
-		"--server-addr", g.addr,
-		"--domain", domain,
-		"--local-target", target,
-		"--ca-file", g.caFile,
-		"--log-format", "json",
-	}, extra...)
-	return startProcess(g.t, "hopgate-client", args, []string{"HOP_CLIENT_API_KEY=" + key})
-}
-
-// lines returns the log lines of p that contain s.
-func lines(p *process, s string) []string {
-	var out []string
-	sc := bufio.NewScanner(strings.NewReader(p.logs.String()))
-	for sc.Scan() {
-		if strings.Contains(sc.Text(), s) {
-			out = append(out, sc.Text())
-		}
+	g.t.Helper()
+	hp, err := g.hop.StartAgent(hoptest.AgentOptions{BinDir: binDir, Log: logFile(g.t, "hopgate-client"),
+		Domain: domain, Key: key, Target: target, Args: extra})
+	if err != nil {
+		g.t.Fatal(err)
 	}
-	return out
+	return watch(g.t, hp)
 }

@@ -2,27 +2,19 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
-	"regexp"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -33,13 +25,6 @@ import (
 
 // htTimeout bounds every single exchange these tests make.
 const htTimeout = 15 * time.Second
-
-// htFor is g as seen from a subtest: failures and cleanups belong to t.
-func htFor(g *gateway, t testing.TB) *gateway {
-	c := *g
-	c.t = t
-	return &c
-}
 
 // htServe starts a local target (the private service) on 127.0.0.1, closed at cleanup.
 func htServe(t testing.TB, h http.Handler) *httptest.Server {
@@ -55,7 +40,7 @@ func htServe(t testing.TB, h http.Handler) *httptest.Server {
 // htAgent registers domain on g and connects an agent for it towards target.
 func htAgent(t testing.TB, g *gateway, domain, target string, extra ...string) {
 	t.Helper()
-	g = htFor(g, t)
+	g = g.forTest(t)
 	g.startAgent(domain, g.register(domain), target, extra...)
 }
 
@@ -121,20 +106,6 @@ func htGetSeen(t testing.TB, c *http.Client, url string, hdr http.Header) (*http
 	return res, seen
 }
 
-var htHTTPListenRe = regexp.MustCompile(`"http":"([0-9.:]+)"`)
-
-// htHTTPAddr is the plain-HTTP address the gateway logged at start.
-func htHTTPAddr(t testing.TB, g *gateway) string {
-	t.Helper()
-	for _, l := range lines(g.process, "hopgate-server listening") {
-		if m := htHTTPListenRe.FindStringSubmatch(l); m != nil {
-			return m[1]
-		}
-	}
-	t.Fatalf("no http address in the listening line:\n%s", g.logs.String())
-	return ""
-}
-
 // htPlainClient sends every request to addr over plain HTTP and does not follow redirects.
 func htPlainClient(t testing.TB, addr string) *http.Client {
 	dialer := &net.Dialer{Timeout: 5 * time.Second}
@@ -149,8 +120,8 @@ func htPlainClient(t testing.TB, addr string) *http.Client {
 // htWritePEM writes cert as a PEM file in dir and returns its path.
 func htWritePEM(t testing.TB, dir string, cert *x509.Certificate) string {
 	t.Helper()
-	path := filepath.Join(dir, "target-ca.pem")
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o600); err != nil {
+	path, err := hoptest.WriteCertFile(dir, "target-ca.pem", cert)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -159,31 +130,11 @@ func htWritePEM(t testing.TB, dir string, cert *x509.Certificate) string {
 // htSelfSigned makes a self-signed certificate for 127.0.0.1 and localhost, and the PEM file that trusts it.
 func htSelfSigned(t testing.TB) (tls.Certificate, string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, err := hoptest.SelfSigned(t.TempDir(), "target")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: "hopgate e2e target"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, htWritePEM(t, t.TempDir(), leaf)
+	return c.Cert, c.CertFile
 }
 
 // htGRPCEnd is how a blocking gRPC handler ended.

@@ -230,7 +230,7 @@ func TestHTTPStreamingResponses(t *testing.T) {
 		for _, h2 := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/h2=%v", path[1:], h2), func(t *testing.T) {
 				t.Parallel()
-				g := htFor(g, t)
+				g := g.forTest(t)
 				ctx, cancel := context.WithTimeout(context.Background(), htTimeout)
 				defer cancel()
 				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, g.url(domain, path), nil)
@@ -548,7 +548,7 @@ func TestHTTPHeaders(t *testing.T) {
 	for _, h2 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("forwarded/h2=%v", h2), func(t *testing.T) {
 			t.Parallel()
-			res, seen := htGetSeen(t, htFor(g, t).httpClient(h2), g.url(domain, "/p?q=1"), spoofed)
+			res, seen := htGetSeen(t, g.forTest(t).httpClient(h2), g.url(domain, "/p?q=1"), spoofed)
 			if (res.ProtoMajor == 2) != h2 {
 				t.Fatalf("visitor spoke %s", res.Proto)
 			}
@@ -626,7 +626,7 @@ func TestHTTPHeaders(t *testing.T) {
 		if seen.Header.Get("X-Secret") != "1" || direct.Header.Get("X-Resp-Secret") != "1" || direct.Header.Get("Connection") != "X-Resp-Secret" {
 			t.Fatalf("test premise: directly, the target saw %v and answered %v", seen.Header, direct.Header)
 		}
-		_, seen = htGetSeen(t, htFor(g, t).httpClient(false), g.url(domain, "/"), hopByHop)
+		_, seen = htGetSeen(t, g.forTest(t).httpClient(false), g.url(domain, "/"), hopByHop)
 		for _, k := range []string{"Connection", "X-Secret", "X-Other", "Keep-Alive", "Proxy-Connection"} {
 			if v, ok := seen.Header[k]; ok {
 				t.Errorf("hop-by-hop request header %s: %q reached the target", k, v)
@@ -653,7 +653,7 @@ func TestHTTPHeaders(t *testing.T) {
 			}}
 			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace),
 				http.MethodGet, g.url(domain, "/hints"), nil)
-			res, body := htDo(t, htFor(g, t).httpClient(h2), req)
+			res, body := htDo(t, g.forTest(t).httpClient(h2), req)
 			final := time.Now()
 			mu.Lock()
 			defer mu.Unlock()
@@ -670,7 +670,7 @@ func TestHTTPHeaders(t *testing.T) {
 		})
 		t.Run(fmt.Sprintf("100 continue/h2=%v", h2), func(t *testing.T) {
 			t.Parallel()
-			c := htFor(g, t).httpClient(h2)
+			c := g.forTest(t).httpClient(h2)
 			c.Transport.(*http.Transport).ExpectContinueTimeout = 10 * time.Second
 			var got100 bool
 			var mu sync.Mutex
@@ -690,7 +690,7 @@ func TestHTTPHeaders(t *testing.T) {
 		})
 		t.Run(fmt.Sprintf("trailers/h2=%v", h2), func(t *testing.T) {
 			t.Parallel()
-			c := htFor(g, t).httpClient(h2)
+			c := g.forTest(t).httpClient(h2)
 			req, _ := http.NewRequest(http.MethodGet, g.url(domain, "/trailers"), nil)
 			ctx, cancel := context.WithTimeout(context.Background(), htTimeout)
 			defer cancel()
@@ -718,7 +718,7 @@ func TestHTTPHeaders(t *testing.T) {
 			req, _ := http.NewRequest(http.MethodPost, g.url(domain, "/echo"), io.NopCloser(strings.NewReader("chunked body")))
 			req.ContentLength = -1
 			req.Trailer = http.Header{"X-Req-Trailer": {"rv"}}
-			res, b := htDo(t, htFor(g, t).httpClient(h2), req)
+			res, b := htDo(t, g.forTest(t).httpClient(h2), req)
 			var seen htSeen
 			if err := json.Unmarshal(b, &seen); err != nil || res.StatusCode != http.StatusOK {
 				t.Fatalf("%d %q", res.StatusCode, b)
@@ -730,7 +730,7 @@ func TestHTTPHeaders(t *testing.T) {
 		t.Run(fmt.Sprintf("large header passes/h2=%v", h2), func(t *testing.T) {
 			t.Parallel()
 			big := strings.Repeat("b", 600<<10)
-			_, seen := htGetSeen(t, htFor(g, t).httpClient(h2), g.url(domain, "/"), http.Header{"X-Big": {big}})
+			_, seen := htGetSeen(t, g.forTest(t).httpClient(h2), g.url(domain, "/"), http.Header{"X-Big": {big}})
 			if seen.Header.Get("X-Big") != big {
 				t.Errorf("a 600 KiB header arrived as %d bytes", len(seen.Header.Get("X-Big")))
 			}
@@ -741,7 +741,7 @@ func TestHTTPHeaders(t *testing.T) {
 		t.Parallel()
 		req, _ := http.NewRequest(http.MethodGet, g.url(domain, "/"), nil)
 		req.Header.Set("X-Big", strings.Repeat("b", 1<<20+16<<10))
-		res, body := htDo(t, htFor(g, t).httpClient(false), req)
+		res, body := htDo(t, g.forTest(t).httpClient(false), req)
 		if res.StatusCode != http.StatusRequestHeaderFieldsTooLarge || bigHeaders.Load() != 0 {
 			t.Fatalf("status %d %q, want 431; the target got %d such requests", res.StatusCode, body, bigHeaders.Load())
 		}
@@ -798,7 +798,7 @@ func TestHTTPPlainMode(t *testing.T) {
 		t.Parallel()
 		g := startGateway(t, gatewayOptions{Env: []string{"HOP_SERVER_HTTP_PROXY=true"}})
 		htAgent(t, g, domain, target.URL)
-		addr := htHTTPAddr(t, g)
+		addr := g.httpAddr(t)
 		_, port, _ := net.SplitHostPort(addr)
 		c := htPlainClient(t, addr)
 		res, seen := htGetSeen(t, c, "http://"+domain+":"+port+"/p?q=1", http.Header{"X-Forwarded-Proto": {"https"}})
@@ -847,7 +847,7 @@ func TestHTTPPlainMode(t *testing.T) {
 		}))
 		g := startGateway(t, gatewayOptions{})
 		htAgent(t, g, domain, counted.URL)
-		addr := htHTTPAddr(t, g)
+		addr := g.httpAddr(t)
 		_, port, _ := net.SplitHostPort(addr)
 		_, sport, _ := net.SplitHostPort(g.addr)
 		req, _ := http.NewRequest(http.MethodGet, "http://"+domain+":"+port+"/p?q=1", nil)
@@ -874,7 +874,7 @@ func TestHTTPLocalTargetForms(t *testing.T) {
 	// roundTrip sends a GET and a POST for path and returns what the target saw of the GET.
 	roundTrip := func(t *testing.T, domain, path string) htSeen {
 		t.Helper()
-		c := htFor(g, t).httpClient(false)
+		c := g.forTest(t).httpClient(false)
 		_, seen := htGetSeen(t, c, g.url(domain, path), nil)
 		if seen.Host != domain+":"+port {
 			t.Errorf("target saw Host %q", seen.Host)
@@ -940,7 +940,7 @@ func TestHTTPLocalTargetForms(t *testing.T) {
 		const domain = "tls-untrusted.example.test"
 		htAgent(t, g, domain, ts.URL)
 		req, _ := http.NewRequest(http.MethodGet, g.url(domain, "/"), nil)
-		if res, body := htDo(t, htFor(g, t).httpClient(false), req); res.StatusCode != http.StatusBadGateway {
+		if res, body := htDo(t, g.forTest(t).httpClient(false), req); res.StatusCode != http.StatusBadGateway {
 			t.Errorf("an https target with an unknown CA gave %d %q, want 502", res.StatusCode, body)
 		}
 	})
@@ -994,7 +994,7 @@ func TestHTTPVisitorProtocols(t *testing.T) {
 	for _, h2 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
 			t.Parallel()
-			c := htFor(g, t).httpClient(h2)
+			c := g.forTest(t).httpClient(h2)
 			wantProto := map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[h2]
 			req, _ := http.NewRequest(http.MethodGet, g.url(domain, "/big"), nil)
 			res, body := htDo(t, c, req)

@@ -150,7 +150,7 @@ func TestLimitsConnections(t *testing.T) {
 	const limit = 4
 	g := startGateway(t, gatewayOptions{Env: []string{fmt.Sprintf("HOP_SERVER_MAX_CONNECTIONS=%d", limit),
 		"HOP_SERVER_METRICS_LISTEN=127.0.0.1:0"}})
-	plainAddr := htHTTPAddr(t, g)
+	plainAddr := g.httpAddr(t)
 	metrics := tnMetricsAddr(t, g)
 	// handshake opens a TLS connection and proves it is served.
 	handshake := func() (*tls.Conn, error) {

@@ -42,8 +42,8 @@ func TestOverloadShedsUnderMemoryLimit(t *testing.T) {
 	}})
 	metrics := tnMetricsAddr(t, g)
 	g.startAgent(domain, g.register(domain), target.URL)
-	addr := htHTTPAddr(t, g)
-	pid := g.cmd.Process.Pid
+	addr := g.httpAddr(t)
+	pid := g.pid()
 	peak := abPeakRSS(t, pid)
 
 	// A visitor with a tiny receive buffer: what the gateway sends it stays in the gateway.

@@ -11,8 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 )
 
 // tnTarget is a local target (the private service) in the test process, closed at cleanup.
@@ -32,13 +32,6 @@ func tnTarget(t testing.TB, h http.HandlerFunc) *httptest.Server {
 		s.Close()
 	})
 	return s
-}
-
-// tnFor is g as seen from another test (a subtest): failures and cleanups belong to t.
-func tnFor(g *gateway, t testing.TB) *gateway {
-	c := *g
-	c.t = t
-	return &c
 }
 
 // tnData is n deterministic pseudo-random bytes, generated as they are read (nothing held in memory).
@@ -76,35 +69,20 @@ func tnHash(r io.Reader) (string, int64, error) {
 // tnVmHWM is the peak resident set size of process pid, in bytes.
 func tnVmHWM(t testing.TB, pid int) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	kib, err := hoptest.MemKiB(pid, "VmHWM")
 	if err != nil {
-		t.Fatalf("read status of %d: %v", pid, err)
+		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
-			kb, err := strconv.ParseInt(f[1], 10, 64)
-			if err != nil {
-				t.Fatalf("parse %q: %v", l, err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatalf("no VmHWM in /proc/%d/status", pid)
-	return 0
+	return kib << 10
 }
-
-var tnMetricsRe = regexp.MustCompile(`"metrics listening".*?"addr":"([0-9.:]+)"`)
 
 // tnMetricsAddr is the address of the gateway's metrics listener (HOP_SERVER_METRICS_LISTEN=127.0.0.1:0).
 func tnMetricsAddr(t testing.TB, g *gateway) string {
 	t.Helper()
 	var addr string
 	waitFor(t, 5*time.Second, "metrics listener in the server log", func() bool {
-		m := tnMetricsRe.FindStringSubmatch(g.logs.String())
-		if m != nil {
-			addr = m[1]
-		}
-		return m != nil
+		addr = g.logs.Field("addr", "metrics listening")
+		return addr != ""
 	})
 	return addr
 }

@@ -186,7 +186,7 @@ func TestTunnelBulkTransfer(t *testing.T) {
 		h2 := upload(t, g.httpClient(true), g.url(domain, "/upload"), true)
 		t.Logf("100 MiB upload: direct %.0f MB/s, tunnel (HTTP/1.1 visitor) %.0f MB/s, tunnel (HTTP/2 visitor, chunked) %.0f MB/s", d, h1, h2)
 	})
-	hwm := tnVmHWM(t, g.cmd.Process.Pid)
+	hwm := tnVmHWM(t, g.pid())
 	t.Logf("gateway peak RSS (VmHWM) after 600 MiB through it: %.1f MiB", float64(hwm)/(1<<20))
 	if hwm > 200<<20 {
 		t.Errorf("gateway peak RSS %.1f MiB, want < 200 MiB: bodies are buffered", float64(hwm)/(1<<20))
@@ -506,7 +506,7 @@ func TestTunnelAgentKilledMidResponse(t *testing.T) {
 		{"h2 content-length", true, "?len=1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			agent := tnFor(g, t).startAgent(domain, key, slowTarget.URL)
+			agent := g.forTest(t).startAgent(domain, key, slowTarget.URL)
 			res, err := g.httpClient(tc.h2).Get(g.url(domain, "/stream"+tc.query))
 			if err != nil {
 				t.Fatal(err)
@@ -537,7 +537,7 @@ func TestTunnelAgentKilledMidResponse(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("visitor body neither ended nor failed within 10 s of the agent's death")
 			}
-			tnWaitAgents(t, tnFor(g, t), domain, 0, 5*time.Second)
+			tnWaitAgents(t, g.forTest(t), domain, 0, 5*time.Second)
 		})
 	}
 	if code, _ := tnGet(t, g.httpClient(false), g.url("localhost", "/healthz")); code != http.StatusOK {
@@ -872,7 +872,7 @@ func TestTunnelAgentRefusalsAndDrain(t *testing.T) {
 
 	t.Run("wrong key", func(t *testing.T) {
 		t.Parallel()
-		g := tnFor(g, t)
+		g := g.forTest(t)
 		g.register("wrongkey.tunnel.test")
 		p := g.startAgentNoWait("wrongkey.tunnel.test", "not-the-key", target.URL)
 		if code := p.wait(t, 15*time.Second); code != 3 {
@@ -881,7 +881,7 @@ func TestTunnelAgentRefusalsAndDrain(t *testing.T) {
 	})
 	t.Run("unknown domain", func(t *testing.T) {
 		t.Parallel()
-		g := tnFor(g, t)
+		g := g.forTest(t)
 		key := g.register("known.tunnel.test")
 		p := g.startAgentNoWait("unknown.tunnel.test", key, target.URL)
 		if code := p.wait(t, 15*time.Second); code != 3 {
@@ -890,7 +890,7 @@ func TestTunnelAgentRefusalsAndDrain(t *testing.T) {
 	})
 	t.Run("rotated key", func(t *testing.T) {
 		t.Parallel()
-		g := tnFor(g, t)
+		g := g.forTest(t)
 		const domain = "rotate.tunnel.test"
 		p := g.startAgent(domain, g.register(domain), target.URL)
 		if code, out := g.admin(http.MethodPost, "/api/v1/admin/domains/rotate-key", map[string]string{"domain": domain}); code != 200 {
@@ -903,7 +903,7 @@ func TestTunnelAgentRefusalsAndDrain(t *testing.T) {
 	})
 	t.Run("SIGTERM drains", func(t *testing.T) {
 		t.Parallel()
-		g := tnFor(g, t)
+		g := g.forTest(t)
 		const domain = "drain.tunnel.test"
 		p := g.startAgent(domain, g.register(domain), target.URL)
 		type result struct {

@@ -22,6 +22,11 @@ import (
 // run grpc's codec instead.
 type codec struct{}
 
+// ALPN is the TLS protocol agents offer ahead of "h2". The gateway hands a connection that negotiates
+// it whole to grpc-go's own HTTP/2 transport instead of net/http's HTTP/2 server: same port, same
+// certificate, fewer TLS records and writes. Either end that does not know it falls back to "h2".
+const ALPN = "hopgate-tunnel/1"
+
 // ServerOptions install the tunnel's codec and buffer pool on the gateway's grpc server.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{grpc.ForceServerCodecV2(codec{}), experimental.BufferPool(buffers)}

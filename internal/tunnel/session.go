@@ -1,4 +1,5 @@
-// Package tunnel carries many logical streams over one OpenTunnel call, on both ends.
+// Package tunnel is the wire shared by the gateway and the agent: many logical streams over one
+// OpenTunnel call, with per-stream credit, pings and GoAway, and the codec that carries their frames.
 package tunnel
 
 import (

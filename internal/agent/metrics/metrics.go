@@ -1,0 +1,154 @@
+// Package agentmetrics exposes an agent's tunnel state and traffic as Prometheus series on its own
+// registry and listener.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hopgate/hopgate/internal/agent/supervisor"
+	"github.com/hopgate/hopgate/internal/profiling"
+	"github.com/hopgate/hopgate/internal/tunnel"
+)
+
+// Metrics holds the agent's series. The zero value is not usable; call New.
+type Metrics struct {
+	reg           *prometheus.Registry
+	up            prometheus.Gauge
+	reconnects    prometheus.Counter
+	streamsActive prometheus.Gauge
+	streamsTotal  prometheus.Counter
+	toTarget      prometheus.Counter
+	fromTarget    prometheus.Counter
+}
+
+// New registers the agent's series, and the Go and process collectors, on a fresh registry.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopgate_client_bytes_total",
+		Help: "Body bytes proxied, by direction seen from the local target (to_target: request bodies, from_target: response bodies).",
+	}, []string{"direction"})
+	m := &Metrics{
+		reg: reg,
+		up: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hopgate_client_tunnel_up",
+			Help: "1 while the gateway has accepted the tunnel, 0 otherwise.",
+		}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hopgate_client_reconnects_total",
+			Help: "Reconnect attempts scheduled after a tunnel ended or an attempt failed.",
+		}),
+		streamsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hopgate_client_streams_active",
+			Help: "Requests being served now.",
+		}),
+		streamsTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hopgate_client_streams_total",
+			Help: "Requests served since start.",
+		}),
+		// Both directions exist from the start so that rate() has a zero to begin from.
+		toTarget:   bytes.WithLabelValues("to_target"),
+		fromTarget: bytes.WithLabelValues("from_target"),
+	}
+	reg.MustRegister(m.up, m.reconnects, m.streamsActive, m.streamsTotal, bytes,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// Instrument returns o with hooks that feed the series: tunnel up and down, reconnect attempts, body
+// bytes, and a Serve that counts streams. Hooks already set in o still run.
+func (m *Metrics) Instrument(o supervisor.Options) supervisor.Options {
+	onUp, onDown, onRetry, onBytes, serve := o.OnUp, o.OnDown, o.OnReconnectAttempt, o.OnBodyBytes, o.Serve
+	o.OnUp = func(url string) {
+		m.up.Set(1)
+		if onUp != nil {
+			onUp(url)
+		}
+	}
+	o.OnDown = func(err error) {
+		m.up.Set(0)
+		if onDown != nil {
+			onDown(err)
+		}
+	}
+	o.OnReconnectAttempt = func(d time.Duration) {
+		m.reconnects.Inc()
+		if onRetry != nil {
+			onRetry(d)
+		}
+	}
+	o.OnBodyBytes = func(dir supervisor.Direction, n int) {
+		if dir == supervisor.ToTarget {
+			m.toTarget.Add(float64(n))
+		} else {
+			m.fromTarget.Add(float64(n))
+		}
+		if onBytes != nil {
+			onBytes(dir, n)
+		}
+	}
+	if serve != nil {
+		o.Serve = func(st *tunnel.Stream) {
+			m.streamsTotal.Inc()
+			m.streamsActive.Inc()
+			defer m.streamsActive.Dec()
+			serve(st)
+		}
+	}
+	return o
+}
+
+// Handler serves the series in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Server serves /metrics on its own listener.
+type Server struct {
+	srv  *http.Server
+	ln   net.Listener
+	done chan error
+}
+
+// Listen binds addr and starts serving /metrics on it, and /debug/pprof/ when withPprof is set.
+func (m *Metrics) Listen(addr string, withPprof bool) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	if withPprof {
+		profiling.Mount(mux)
+	}
+	s := &Server{
+		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute},
+		ln:   ln,
+		done: make(chan error, 1),
+	}
+	go func() { s.done <- s.srv.Serve(ln) }()
+	return s, nil
+}
+
+// Addr is the address the listener is bound to (with the real port when addr asked for port 0).
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Close stops the listener and waits for scrapes in flight, within ctx.
+func (s *Server) Close(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	if serveErr := <-s.done; !errors.Is(serveErr, http.ErrServerClosed) {
+		err = errors.Join(err, serveErr)
+	}
+	return err
+}

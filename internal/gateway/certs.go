@@ -1,0 +1,119 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/hopgate/hopgate/internal/config"
+	"github.com/hopgate/hopgate/internal/gateway/acme"
+	"github.com/hopgate/hopgate/internal/gateway/devcert"
+	"github.com/hopgate/hopgate/internal/gateway/metrics"
+	"github.com/hopgate/hopgate/internal/gateway/registry"
+)
+
+// certSource gives the HTTPS listener its certificates: the development CA in debug mode (never a
+// public CA), ACME otherwise.
+type certSource struct {
+	tls  *tls.Config
+	acme *acme.Manager
+}
+
+func newCertSource(ctx context.Context, cfg *config.Server, store *registry.Store, m *metrics.Metrics, log *slog.Logger) (*certSource, error) {
+	if cfg.Debug {
+		cert, path, err := devcert.Load(filepath.Join(cfg.DataDir, "selfsigned"), append([]string{cfg.Domain}, cfg.ProxyDomains...))
+		if err != nil {
+			return nil, fmt.Errorf("self-signed certificate: %w", err)
+		}
+		issuer, err := devcert.NewIssuer(cert)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("debug mode: self-signed certificate; trust it on agents with --ca-file", "ca_file", path)
+		return &certSource{tls: &tls.Config{GetCertificate: issuer.GetCertificate}}, nil
+	}
+
+	mgr, err := acme.New(acme.Options{
+		CADir:              cfg.ACMECADir,
+		Email:              cfg.ACMEEmail,
+		CARoots:            cfg.ACMECARoots,
+		CacheDir:           cfg.ACMECacheDir,
+		ExpectIPs:          cfg.ACMEExpectIPs,
+		Resolver:           resolver(cfg.ACMEDNSResolver),
+		RenewCheckInterval: cfg.ACMERenewInterval,
+		Logger:             log,
+		OnExpiry: func(name string, notAfter time.Time) {
+			if notAfter.IsZero() {
+				m.CertExpiry.DeleteLabelValues(name)
+				return
+			}
+			m.CertExpiry.WithLabelValues(name).Set(float64(notAfter.Unix()))
+		},
+		OnOrder: func(_ string, err error) {
+			result := "ok"
+			if err != nil {
+				result = "error"
+			}
+			m.CertOrders.WithLabelValues(result).Inc()
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("certificates: %w", err)
+	}
+	mgr.SetDefault(cfg.Domain)
+	names := append([]string{cfg.Domain}, cfg.ProxyDomains...)
+	domains, err := store.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list domains for certificates: %w", err)
+	}
+	for _, d := range domains {
+		names = append(names, d.Name)
+	}
+	mgr.Manage(ctx, names...)
+	log.Info("certificates: ACME", "ca", cfg.ACMECADir, "names", len(names), "cache", cfg.ACMECacheDir)
+	return &certSource{tls: &tls.Config{GetCertificate: mgr.GetCertificate}, acme: mgr}, nil
+}
+
+// run keeps certificates renewed until ctx ends.
+func (c *certSource) run(ctx context.Context) error {
+	if c.acme == nil {
+		return nil
+	}
+	return c.acme.Run(ctx)
+}
+
+// adminCerts adapts the manager to the admin API.
+type adminCerts struct{ m *acme.Manager }
+
+func (a adminCerts) Manage(ctx context.Context, names ...string) { a.m.Manage(ctx, names...) }
+func (a adminCerts) Unmanage(name string)                        { a.m.Unmanage(name) }
+func (a adminCerts) Status(name string) any                      { return a.m.Status(name) }
+
+// resolver returns a lookup through the DNS server at addr, or nil for the system resolver.
+func resolver(addr string) func(ctx context.Context, host string) ([]net.IP, error) {
+	if addr == "" {
+		return nil
+	}
+	r := &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	}
+	return func(ctx context.Context, host string) ([]net.IP, error) {
+		addrs, err := r.LookupIPAddr(ctx, host)
+		if err != nil {
+			return nil, err
+		}
+		ips := make([]net.IP, len(addrs))
+		for i, a := range addrs {
+			ips[i] = a.IP
+		}
+		return ips, nil
+	}
+}

@@ -1,0 +1,54 @@
+package proxy
+
+import (
+	"errors"
+	"net/http"
+)
+
+// Why a tenant request failed. Each maps to one outcome (outcomeOf); wrap them to add a cause.
+var (
+	// ErrUnknownDomain: no such domain is registered (404).
+	ErrUnknownDomain = errors.New("unknown domain")
+	// ErrNoAgent: the domain is registered but no agent can take the request (503).
+	ErrNoAgent = errors.New("no agent connected for this domain")
+	// ErrStoreUnavailable: the registry could not say whether the domain exists (503).
+	ErrStoreUnavailable = errors.New("domain store unavailable")
+	// ErrOverloaded: memory is near GOMEMLIMIT and new requests are shed (503, Retry-After).
+	ErrOverloaded = errors.New("the gateway is overloaded; try again shortly")
+	// ErrHeaderTimeout: the agent sent no response headers in time (504).
+	ErrHeaderTimeout = errors.New("no response headers from the agent in time")
+	// ErrUpstream: the agent or its local target failed before sending headers (502).
+	ErrUpstream = errors.New("the agent or its local target failed")
+)
+
+// outcome is what a failed request becomes: its status, the reason word of hopgate_proxy_errors_total
+// and the access log, the message on the error page, and a Retry-After value if any.
+type outcome struct {
+	status     int
+	reason     string
+	message    string
+	retryAfter string
+}
+
+// outcomes is checked in order; anything else is the agent's or the target's failure (502).
+var outcomes = []struct {
+	err error
+	outcome
+}{
+	{ErrUnknownDomain, outcome{http.StatusNotFound, "unknown_domain", "", ""}},
+	{ErrOverloaded, outcome{http.StatusServiceUnavailable, "overload", ErrOverloaded.Error(), "5"}},
+	{ErrStoreUnavailable, outcome{http.StatusServiceUnavailable, "store_unavailable", "", ""}},
+	{ErrNoAgent, outcome{http.StatusServiceUnavailable, "no_agent", ErrNoAgent.Error(), ""}},
+	{ErrHeaderTimeout, outcome{http.StatusGatewayTimeout, "timeout", http.StatusText(http.StatusGatewayTimeout), ""}},
+}
+
+var upstreamOutcome = outcome{http.StatusBadGateway, "upstream", http.StatusText(http.StatusBadGateway), ""}
+
+func outcomeOf(err error) outcome {
+	for _, o := range outcomes {
+		if errors.Is(err, o.err) {
+			return o.outcome
+		}
+	}
+	return upstreamOutcome
+}

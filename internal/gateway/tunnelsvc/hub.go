@@ -1,0 +1,186 @@
+package tunnelsvc
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hopgate/hopgate/internal/tunnel"
+	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+)
+
+// Agent is one connected agent's tunnel as the gateway sees it.
+type Agent struct {
+	Domain  string
+	AgentID string
+	Session *tunnel.Session
+	// inflight counts the requests picked for this agent and not yet released: the load Pick compares.
+	// It is counted from the pick, not from the stream's opening, so that a burst of requests spreads
+	// over the agents even before their streams exist.
+	inflight atomic.Int64
+}
+
+// ID names the agent in the access log.
+func (a *Agent) ID() string { return a.AgentID }
+
+// InFlight is the number of requests picked for the agent and not released yet.
+func (a *Agent) InFlight() int64 { return a.inflight.Load() }
+
+// OpenStream opens a request's stream on the agent's tunnel.
+func (a *Agent) OpenStream(ctx context.Context, head *tunnelv1.RequestHead) (*tunnel.Stream, error) {
+	return a.Session.OpenStream(ctx, head)
+}
+
+// Hub is the server's table of live tunnels by domain. Several agents may serve one domain; new
+// streams go to the least-loaded one that is not draining.
+type Hub struct {
+	mu     sync.RWMutex
+	agents map[string][]*Agent
+	total  int
+	// onChange, if set, is told the number of live tunnels after each change (metrics).
+	onChange func(total int)
+}
+
+// NewHub returns an empty table. onChange may be nil.
+func NewHub(onChange func(total int)) *Hub {
+	return &Hub{agents: make(map[string][]*Agent), onChange: onChange}
+}
+
+// ErrTooManyAgents is returned by Add when the domain already has its maximum of agents.
+var ErrTooManyAgents = errors.New("domain has its maximum number of agents")
+
+// Add registers a live agent. An agent that reconnects with the same non-empty id replaces its old
+// session in the same step (returned as replaced, for the caller to close), so a flapping agent never
+// counts twice. With limit > 0, a domain holding limit other agents refuses the new one.
+func (h *Hub) Add(a *Agent, limit int) (replaced *Agent, err error) {
+	h.mu.Lock()
+	list := h.agents[a.Domain]
+	if a.AgentID != "" {
+		for i, x := range list {
+			if x.AgentID == a.AgentID {
+				replaced = x
+				list = append(list[:i:i], list[i+1:]...)
+				h.total--
+				break
+			}
+		}
+	}
+	if limit > 0 && len(list) >= limit {
+		if replaced != nil {
+			// Put it back: the replacement did not happen.
+			list = append(list, replaced)
+			h.total++
+		}
+		h.agents[a.Domain] = list
+		h.mu.Unlock()
+		return nil, ErrTooManyAgents
+	}
+	h.agents[a.Domain] = append(list, a)
+	h.total++
+	total := h.total
+	h.mu.Unlock()
+	h.changed(total)
+	return replaced, nil
+}
+
+// Remove forgets an agent; it is a no-op for one already removed.
+func (h *Hub) Remove(a *Agent) {
+	h.mu.Lock()
+	list := h.agents[a.Domain]
+	found := false
+	for i, x := range list {
+		if x == a {
+			list = append(list[:i:i], list[i+1:]...)
+			found = true
+			break
+		}
+	}
+	if found {
+		h.total--
+		if len(list) == 0 {
+			delete(h.agents, a.Domain)
+		} else {
+			h.agents[a.Domain] = list
+		}
+	}
+	total := h.total
+	h.mu.Unlock()
+	if found {
+		h.changed(total)
+	}
+}
+
+func (h *Hub) changed(total int) {
+	if h.onChange != nil {
+		h.onChange(total)
+	}
+}
+
+// Pick returns the live, non-draining agent of domain with the fewest requests in flight, and counts
+// one more against it until Release; nil when no such agent is connected.
+func (h *Hub) Pick(domain string) *Agent { return h.pick(domain, nil) }
+
+// Repick releases failed and picks another agent of domain, as Pick does: for a request that failed
+// refused before the agent did anything with it (it had begun draining). Nil when there is none.
+func (h *Hub) Repick(domain string, failed *Agent) *Agent {
+	h.Release(failed)
+	return h.pick(domain, failed)
+}
+
+// Release ends the request Pick or Repick counted against a.
+func (h *Hub) Release(a *Agent) { a.inflight.Add(-1) }
+
+func (h *Hub) pick(domain string, not *Agent) *Agent {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	var best *Agent
+	var bestLoad int64
+	for _, a := range h.agents[domain] {
+		if a == not || a.Session.Err() != nil || a.Session.Draining() {
+			continue
+		}
+		if load := a.inflight.Load(); best == nil || load < bestLoad {
+			best, bestLoad = a, load
+		}
+	}
+	if best != nil {
+		best.inflight.Add(1)
+	}
+	return best
+}
+
+// AgentCount is the number of agents connected for domain.
+func (h *Hub) AgentCount(domain string) int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.agents[domain])
+}
+
+// Total is the number of live tunnels.
+func (h *Hub) Total() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.total
+}
+
+// CloseDomain ends every tunnel of domain (unregistered, or its key rotated).
+func (h *Hub) CloseDomain(domain string) {
+	h.mu.RLock()
+	list := append([]*Agent(nil), h.agents[domain]...)
+	h.mu.RUnlock()
+	for _, a := range list {
+		a.Session.Close(ErrDomainClosed)
+	}
+}
+
+// All returns a snapshot of every live agent.
+func (h *Hub) All() []*Agent {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	var out []*Agent
+	for _, list := range h.agents {
+		out = append(out, list...)
+	}
+	return out
+}

@@ -1,0 +1,63 @@
+// Package httpwire maps HTTP header maps to the tunnel's wire headers and back, the same way on the
+// gateway (a visitor's request, the target's response) and on the agent.
+package httpwire
+
+import (
+	"net/http"
+
+	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+)
+
+// ToWire keeps every value of every field, in order (Set-Cookie stays as many fields as it came).
+func ToWire(h http.Header) []*tunnelv1.Header {
+	if len(h) == 0 {
+		return nil
+	}
+	out := make([]*tunnelv1.Header, 0, len(h))
+	for name, values := range h {
+		out = append(out, &tunnelv1.Header{Name: name, Values: values})
+	}
+	return out
+}
+
+// FromWire rebuilds a header map; names are canonicalised because HTTP/2 peers send them lowercase.
+func FromWire(hs []*tunnelv1.Header) http.Header {
+	h := make(http.Header, len(hs))
+	for _, f := range hs {
+		name := http.CanonicalHeaderKey(f.Name)
+		h[name] = append(h[name], f.Values...)
+	}
+	return h
+}
+
+// Fill copies wire fields into an existing map: trailers must land in the map the HTTP stack holds.
+func Fill(dst http.Header, hs []*tunnelv1.Header) {
+	for _, f := range hs {
+		name := http.CanonicalHeaderKey(f.Name)
+		dst[name] = append(dst[name][:0], f.Values...)
+	}
+}
+
+// TrailerNames lists the trailer names a message announces before its body.
+func TrailerNames(t http.Header) []string {
+	if len(t) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(t))
+	for k := range t {
+		names = append(names, k)
+	}
+	return names
+}
+
+// Announced is the trailer map of announced names, values to come after the body.
+func Announced(names []string) http.Header {
+	if len(names) == 0 {
+		return nil
+	}
+	t := make(http.Header, len(names))
+	for _, n := range names {
+		t[http.CanonicalHeaderKey(n)] = nil
+	}
+	return t
+}
