@@ -23,6 +23,8 @@ import (
 
 	"github.com/hopgate/hopgate/internal/agent"
 	"github.com/hopgate/hopgate/internal/config"
+
+	"github.com/hopgate/hopgate/internal/testutil/poll"
 )
 
 // The gateway and an agent run in this process, assembled as the binaries assemble them (gateway.New,
@@ -109,17 +111,6 @@ func adminCall(t *testing.T, c *http.Client, method, path string, body any) map[
 	return out
 }
 
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestServeAndShutdown runs the whole gateway: an agent's tunnel, a proxied request, metrics, and a
 // shutdown that lets a request in flight finish, ends every part and leaves no goroutine behind.
 func TestServeAndShutdown(t *testing.T) {
@@ -174,7 +165,7 @@ func TestServeAndShutdown(t *testing.T) {
 	defer stopAgent()
 	agentDone := make(chan error, 1)
 	go func() { agentDone <- a.Run(agentCtx) }()
-	waitUntil(t, 10*time.Second, "the agent's tunnel", func() bool {
+	poll.Until(t, 10*time.Second, "the agent's tunnel", func() bool {
 		st := adminCall(t, c, http.MethodGet, "domains/status?domain=app.test", nil)
 		n, _ := st["agents"].(float64)
 		return n == 1
@@ -214,7 +205,7 @@ func TestServeAndShutdown(t *testing.T) {
 		res.Body.Close()
 		slow <- string(b)
 	}()
-	waitUntil(t, 5*time.Second, "the slow request at the target", func() bool {
+	poll.Until(t, 5*time.Second, "the slow request at the target", func() bool {
 		return strings.Contains(logs.String(), `"msg":"tunnel up"`) && g.tunnels != nil && inFlight(g) == 1
 	})
 	shutdownDone := make(chan error, 1)
@@ -223,7 +214,7 @@ func TestServeAndShutdown(t *testing.T) {
 		defer cancel()
 		shutdownDone <- g.Shutdown(ctx)
 	}()
-	waitUntil(t, 5*time.Second, "the listener to close", func() bool {
+	poll.Until(t, 5*time.Second, "the listener to close", func() bool {
 		conn, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			conn.Close()

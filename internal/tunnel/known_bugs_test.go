@@ -9,6 +9,8 @@ import (
 	"time"
 
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+
+	"github.com/hopgate/hopgate/internal/testutil/poll"
 )
 
 // The tests in this file pin down bugs found in the package. Those fixed keep them fixed; those still
@@ -102,7 +104,7 @@ func TestSessionEndIsNotEOF(t *testing.T) {
 	if _, err := p.server.OpenStream(testCtx(t, time.Second), &tunnelv1.RequestHead{Method: "POST", Path: "/"}); err != nil {
 		t.Fatalf("OpenStream: %v", err)
 	}
-	eventually(t, time.Second, "the agent to accept", func() bool { return p.agent.ActiveStreams() == 1 })
+	poll.Until(t, time.Second, "the agent to accept", func() bool { return p.agent.ActiveStreams() == 1 })
 	p.server.Close(nil)
 	select {
 	case err := <-readErr:

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+
+	"github.com/hopgate/hopgate/internal/testutil/poll"
 )
 
 // TestSessionDeath checks that when the tunnel dies, however it dies, every open stream fails on both
@@ -61,7 +63,7 @@ func TestSessionDeath(t *testing.T) {
 			if got := p.server.ActiveStreams(); got != streams {
 				t.Fatalf("server ActiveStreams = %d, want %d", got, streams)
 			}
-			eventually(t, time.Second, "agent to count its streams", func() bool { return p.agent.ActiveStreams() == streams })
+			poll.Until(t, time.Second, "agent to count its streams", func() bool { return p.agent.ActiveStreams() == streams })
 
 			tc.kill(h, p)
 

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+
+	"github.com/hopgate/hopgate/internal/testutil/poll"
 )
 
 // auditedPair is a tunnel whose both ends check the peer's flow control on the wire.
@@ -110,7 +112,7 @@ func TestRoundTrip(t *testing.T) {
 			case <-time.After(time.Second):
 				t.Errorf("stream context still live after both directions ended")
 			}
-			eventually(t, 2*time.Second, "streams to be forgotten on both ends", func() bool {
+			poll.Until(t, 2*time.Second, "streams to be forgotten on both ends", func() bool {
 				return p.server.ActiveStreams() == 0 && p.agent.ActiveStreams() == 0
 			})
 		})
@@ -204,7 +206,7 @@ func TestFlowControlHeadOfLine(t *testing.T) {
 				go func() { serverWrote <- writeCounted(stalled, stalledBody, &written) }()
 			}
 			agentSide := <-agentStalled
-			eventually(t, 5*time.Second, "the stalled writer to use up its window", func() bool {
+			poll.Until(t, 5*time.Second, "the stalled writer to use up its window", func() bool {
 				return written.Load() >= DefaultInitialWindow
 			})
 
@@ -260,7 +262,7 @@ func TestFlowControlHeadOfLine(t *testing.T) {
 			if got := written.Load(); got != stalledSize {
 				t.Errorf("stalled writer finished at %d bytes, want %d", got, stalledSize)
 			}
-			eventually(t, 2*time.Second, "streams to end", func() bool {
+			poll.Until(t, 2*time.Second, "streams to end", func() bool {
 				return p.server.ActiveStreams() == 0 && p.agent.ActiveStreams() == 0
 			})
 		})
@@ -510,7 +512,7 @@ func TestReset(t *testing.T) {
 		<-agentClosed
 		// The agent's reset follows its End: once the server forgot the stream, it has seen both, and
 		// everything is still there to read.
-		eventually(t, 2*time.Second, "the agent's reset to arrive", func() bool { return p.server.ActiveStreams() == 0 })
+		poll.Until(t, 2*time.Second, "the agent's reset to arrive", func() bool { return p.server.ActiveStreams() == 0 })
 		if _, err := st.AwaitResponse(testCtx(t, time.Second)); err != nil {
 			t.Fatalf("AwaitResponse: %v", err)
 		}
@@ -537,7 +539,7 @@ func TestReset(t *testing.T) {
 		wantReset(t, "Read", err, tunnelv1.ResetReason_RESET_REASON_TARGET_UNREACHABLE, true)
 	})
 
-	eventually(t, 2*time.Second, "all streams to be gone", func() bool {
+	poll.Until(t, 2*time.Second, "all streams to be gone", func() bool {
 		return p.server.ActiveStreams() == 0 && p.agent.ActiveStreams() == 0
 	})
 }
@@ -660,7 +662,7 @@ func TestConcurrentStreams(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	eventually(t, 2*time.Second, "all streams to end", func() bool {
+	poll.Until(t, 2*time.Second, "all streams to end", func() bool {
 		return p.server.ActiveStreams() == 0 && p.agent.ActiveStreams() == 0
 	})
 }

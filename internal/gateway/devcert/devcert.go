@@ -65,11 +65,7 @@ type CA struct {
 // NewCA makes a self-signed CA certificate for dnsNames and the loopback addresses, valid for
 // lifetime (from an hour ago, against clock skew).
 func NewCA(commonName string, dnsNames []string, lifetime time.Duration) (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+	key, serial, err := newKey()
 	if err != nil {
 		return nil, err
 	}
@@ -196,11 +192,7 @@ func (d *Issuer) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 }
 
 func (d *Issuer) issue(name string) (*tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+	key, serial, err := newKey()
 	if err != nil {
 		return nil, err
 	}
@@ -219,4 +211,17 @@ func (d *Issuer) issue(name string) (*tls.Certificate, error) {
 		return nil, fmt.Errorf("issue debug certificate for %s: %w", name, err)
 	}
 	return &tls.Certificate{Certificate: [][]byte{der, d.ca.Certificate[0]}, PrivateKey: key}, nil
+}
+
+// newKey makes a P-256 key and a random 126-bit serial number for a new certificate.
+func newKey() (*ecdsa.PrivateKey, *big.Int, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, serial, nil
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/hopgate/hopgate/internal/gateway/edge"
 	"github.com/hopgate/hopgate/internal/tunnel"
+
+	"github.com/hopgate/hopgate/internal/testutil/poll"
 )
 
 // TestALPNDispatch checks that each connection goes where its negotiated protocol belongs: the tunnel
@@ -263,7 +265,7 @@ func TestMaxConns(t *testing.T) {
 			var held []net.Conn
 			for i, l := range tc.hold {
 				held = append(held, dial(l))
-				eventually(t, 5*time.Second, "the connection to be admitted", func() bool { return ev.opened.Load() == int64(i+1) })
+				poll.Until(t, 5*time.Second, "the connection to be admitted", func() bool { return ev.opened.Load() == int64(i+1) })
 			}
 
 			c := dial(tc.over)
@@ -287,13 +289,13 @@ func TestMaxConns(t *testing.T) {
 
 			// The cap is on open connections, not on connections ever made.
 			held[0].Close()
-			eventually(t, 5*time.Second, "the closed connection to be counted out", func() bool { return ev.closed.Load() == 1 })
+			poll.Until(t, 5*time.Second, "the closed connection to be counted out", func() bool { return ev.closed.Load() == 1 })
 			if tc.over == "https" {
 				c := f.dialTLS(t, tenantName, nil)
 				checkHTTP(t, f, c, "h1", "")
 			} else {
 				dial(tc.over)
-				eventually(t, 5*time.Second, "a new connection to be admitted", func() bool {
+				poll.Until(t, 5*time.Second, "a new connection to be admitted", func() bool {
 					return ev.opened.Load() == int64(len(tc.hold)+1)
 				})
 			}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hopgate/hopgate/internal/gateway/edge"
+
+	"github.com/hopgate/hopgate/internal/testutil/poll"
 )
 
 // plainClient talks plain HTTP/1.1 and never follows redirects, so the test sees the 308 itself.
@@ -204,7 +206,7 @@ func TestShutdown(t *testing.T) {
 				shutdown <- f.srv.Shutdown(ctx)
 			}()
 			for _, a := range []net.Addr{f.srv.HTTPSAddr(), f.srv.HTTPAddr()} {
-				eventually(t, 2*time.Second, "the listener on "+a.String()+" to close", func() bool {
+				poll.Until(t, 2*time.Second, "the listener on "+a.String()+" to close", func() bool {
 					c, err := net.DialTimeout("tcp", a.String(), time.Second)
 					if err == nil {
 						c.Close()

@@ -17,6 +17,8 @@ import (
 
 	"github.com/hopgate/hopgate/internal/tunnel"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
+
+	"github.com/hopgate/hopgate/internal/testutil/poll"
 )
 
 // fakeAuth accepts "good-key" for example.test (answering with the canonical name) and fails
@@ -126,7 +128,7 @@ func TestServiceRefusals(t *testing.T) {
 			if hub.Total() != 0 {
 				t.Errorf("a refused tunnel is in the hub")
 			}
-			eventually(t, time.Second, "OnConnect", func() bool { return len(results.list()) == 1 })
+			poll.Until(t, time.Second, "OnConnect", func() bool { return len(results.list()) == 1 })
 			if got := results.list()[0]; got != tc.wantResult {
 				t.Errorf("OnConnect(%q), want %q", got, tc.wantResult)
 			}
@@ -182,13 +184,13 @@ func TestServiceAccepts(t *testing.T) {
 		}
 	})
 
-	eventually(t, time.Second, "the agent in the hub", func() bool { return hub.AgentCount("example.test") == 1 })
+	poll.Until(t, time.Second, "the agent in the hub", func() bool { return hub.AgentCount("example.test") == 1 })
 	a := hub.Pick("example.test")
 	if a == nil || a.AgentID != "agent-1" || a.Domain != "example.test" {
 		t.Fatalf("Pick = %+v", a)
 	}
 	// OnConnect runs after the agent joins the hub and Accepted is sent.
-	eventually(t, time.Second, `OnConnect("ok")`, func() bool {
+	poll.Until(t, time.Second, `OnConnect("ok")`, func() bool {
 		got := results.list()
 		return len(got) == 1 && got[0] == "ok"
 	})
@@ -262,7 +264,7 @@ func TestServiceAccepts(t *testing.T) {
 		t.Errorf("agent never heard GoAway")
 	}
 	t.Logf("agent session ended: %v", err)
-	eventually(t, 2*time.Second, "the hub to forget the agent", func() bool { return hub.Total() == 0 })
+	poll.Until(t, 2*time.Second, "the hub to forget the agent", func() bool { return hub.Total() == 0 })
 }
 
 func TestServiceCloseDomain(t *testing.T) {
@@ -275,7 +277,7 @@ func TestServiceCloseDomain(t *testing.T) {
 	if f, err := stream.Recv(); err != nil || f.GetAccepted() == nil {
 		t.Fatalf("Recv = %v, %v; want Accepted", f, err)
 	}
-	eventually(t, time.Second, "the agent in the hub", func() bool { return hub.AgentCount("example.test") == 1 })
+	poll.Until(t, time.Second, "the agent in the hub", func() bool { return hub.AgentCount("example.test") == 1 })
 	hub.CloseDomain("example.test")
 	for {
 		_, err := stream.Recv()
@@ -287,5 +289,5 @@ func TestServiceCloseDomain(t *testing.T) {
 		}
 		break
 	}
-	eventually(t, 2*time.Second, "the hub to forget the agent", func() bool { return hub.Total() == 0 })
+	poll.Until(t, 2*time.Second, "the hub to forget the agent", func() bool { return hub.Total() == 0 })
 }
