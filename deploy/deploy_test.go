@@ -406,12 +406,17 @@ func TestComposeFile(t *testing.T) {
 
 func TestDockerfilesStampTheVersion(t *testing.T) {
 	// -X silently does nothing when the variable does not exist: name it here so that renaming
-	// version.Version breaks this test instead of the images' --version.
+	// version.Version breaks this test instead of the images' --version. The images take the
+	// binaries `make images` builds with the Makefile's LDFLAGS.
 	_ = version.Version
-	const ldflag = "-X github.com/hopgate/hopgate/internal/version.Version=${VERSION}"
 	for file, want := range map[string][]string{
-		"../Dockerfile.server": {ldflag, "ARG VERSION", "CGO_ENABLED=0", "-trimpath", `VOLUME ["/data"]`, "EXPOSE 80 443 9180", "HEALTHCHECK --", "USER 65532:65532", "./cmd/hopgate-server"},
-		"../Dockerfile.client": {ldflag, "ARG VERSION", "CGO_ENABLED=0", "-trimpath", "HEALTHCHECK NONE", "USER 65532:65532", "distroless/static", "./cmd/hopgate-client"},
+		"../Makefile": {"-X github.com/hopgate/hopgate/internal/version.Version=$(VERSION)", "export CGO_ENABLED ?= 0",
+			"-trimpath -ldflags '$(LDFLAGS)' -o $(IMAGE_CONTEXT)/linux-$(GOARCH)/", "--build-arg VERSION=$(VERSION)"},
+		"../Dockerfile.server": {"FROM scratch", "ARG VERSION", `org.opencontainers.image.version="${VERSION}"`, `VOLUME ["/data"]`,
+			"EXPOSE 80 443 9180", `CMD ["/usr/local/bin/hopgate-server", "health"]`, "USER 65532:65532", "linux-${TARGETARCH}/hopgate-server"},
+		"../Dockerfile.client": {"FROM scratch", "ARG VERSION", `org.opencontainers.image.version="${VERSION}"`, "HEALTHCHECK NONE",
+			"USER 65532:65532", "linux-${TARGETARCH}/hopgate-client"},
+		"../Dockerfile.demo-target": {"FROM scratch", "USER 65532:65532", "linux-${TARGETARCH}/hopgate-demo-target"},
 	} {
 		raw, err := os.ReadFile(file)
 		if err != nil {
@@ -446,6 +451,78 @@ func TestSystemdUnits(t *testing.T) {
 			if !slices.Contains(lines, w) {
 				t.Errorf("%s: no line %q", file, w)
 			}
+		}
+	}
+}
+
+// TestComposeLocalFile checks what compose.local.yaml promises without an engine (make container-test
+// runs it): development mode, ports on loopback only, a key handed over in a file, and no health
+// check that needs a shell, which the scratch images do not have.
+func TestComposeLocalFile(t *testing.T) {
+	type service struct {
+		Image       string            `yaml:"image"`
+		Command     []string          `yaml:"command"`
+		Ports       []string          `yaml:"ports"`
+		Environment map[string]string `yaml:"environment"`
+		Healthcheck map[string]any    `yaml:"healthcheck"`
+		DependsOn   map[string]struct {
+			Condition string `yaml:"condition"`
+		} `yaml:"depends_on"`
+	}
+	var c struct {
+		Services map[string]service `yaml:"services"`
+	}
+	raw, err := os.ReadFile("compose.local.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &c); err != nil {
+		t.Fatalf("compose.local.yaml: %v", err)
+	}
+	srv := c.Services["hopgate-server"]
+	if srv.Environment["HOP_SERVER_DEBUG"] != "true" {
+		t.Errorf("hopgate-server: HOP_SERVER_DEBUG = %q, want true (no DNS, no public CA)", srv.Environment["HOP_SERVER_DEBUG"])
+	}
+	if len(srv.Ports) == 0 {
+		t.Error("hopgate-server publishes no port")
+	}
+	for _, p := range srv.Ports {
+		if !strings.HasPrefix(p, "127.0.0.1:") {
+			t.Errorf("hopgate-server publishes %q: want it on 127.0.0.1 only", p)
+		}
+	}
+	reg := strings.Join(c.Services["register"].Command, " ")
+	for _, w := range []string{"domains add app.localhost", "--key-file /data/app.localhost.key", "--wait"} {
+		if !strings.Contains(reg, w) {
+			t.Errorf("register: command %q lacks %q", reg, w)
+		}
+	}
+	cli := c.Services["hopgate-client"]
+	if cli.Environment["HOP_CLIENT_API_KEY_FILE"] != "/gateway/app.localhost.key" || cli.Environment["HOP_CLIENT_DOMAIN"] != "app.localhost" {
+		t.Errorf("hopgate-client: env %v, want the key file register writes", cli.Environment)
+	}
+	if got := cli.DependsOn["register"].Condition; got != "service_completed_successfully" {
+		t.Errorf("hopgate-client waits for register with %q", got)
+	}
+	for _, file := range []string{"compose.yaml", "compose.local.yaml"} {
+		var f struct {
+			Services map[string]struct {
+				Healthcheck struct {
+					Test any `yaml:"test"`
+				} `yaml:"healthcheck"`
+			} `yaml:"services"`
+		}
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal(raw, &f); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		// No test of its own: the image's `hopgate-server health` (podman-compose 1.0 would turn a
+		// CMD list into CMD-SHELL, and the image has no shell).
+		if test := f.Services["hopgate-server"].Healthcheck.Test; test != nil {
+			t.Errorf("%s: hopgate-server health check test %v; leave it to the image", file, test)
 		}
 	}
 }

@@ -46,6 +46,7 @@ func main() {
 		os.Exit(exitBadConfig)
 	}
 	log := config.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
+	config.WarnDeprecated(log, cfg.Deprecated)
 	a, err := agent.New(cfg, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "hopgate-client: bad configuration:\n%v\n", err)
@@ -69,7 +70,7 @@ func main() {
 	}
 	err = a.Run(ctx)
 	if errors.Is(err, agent.ErrRefused) {
-		log.Error("the gateway refused this agent; check --domain and --api-key", "err", err)
+		log.Error("the gateway refused this agent; check --domain and --api-key or --api-key-file", "err", err)
 		os.Exit(exitRefused)
 	}
 	if err != nil {

@@ -14,18 +14,28 @@ import (
 	"github.com/hopgate/hopgate/internal/config"
 	"github.com/hopgate/hopgate/internal/gateway"
 	"github.com/hopgate/hopgate/internal/gateway/cli"
+	"github.com/hopgate/hopgate/internal/gateway/healthcheck"
 	"github.com/hopgate/hopgate/internal/logbuf"
 	"github.com/hopgate/hopgate/internal/version"
 )
 
 func main() {
-	// `domains …` is the admin command line, a client of a running gateway's admin API: it needs
-	// none of the server's settings.
-	if len(os.Args) > 1 && os.Args[1] == "domains" {
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-		code := cli.Domains(ctx, os.Args[2:], cli.Env{Lookup: os.LookupEnv, DotenvPath: ".env"}, cli.IO{Stdout: os.Stdout, Stderr: os.Stderr})
-		stop()
-		os.Exit(code)
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "domains":
+			// The admin command line, a client of a running gateway's admin API: it needs none of the
+			// server's settings.
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			code := cli.Domains(ctx, os.Args[2:], cli.Env{Lookup: os.LookupEnv, DotenvPath: ".env"}, cli.IO{Stdout: os.Stdout, Stderr: os.Stderr})
+			stop()
+			os.Exit(code)
+		case "health":
+			// The container health check: the server's own settings say where to knock.
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			code := healthcheck.Run(ctx, os.Args[2:], healthcheck.Env{Lookup: os.LookupEnv, DotenvPath: ".env"}, os.Stdout, os.Stderr)
+			stop()
+			os.Exit(code)
+		}
 	}
 	for _, a := range os.Args[1:] {
 		if a == "--version" || a == "-version" {
@@ -46,6 +56,7 @@ func main() {
 	logOut := logbuf.New(os.Stderr)
 	log := config.NewLogger(logOut, cfg.LogLevel, cfg.LogFormat)
 	log.Info("starting hopgate-server", "version", version.Version, "config", cfg)
+	config.WarnDeprecated(log, cfg.Deprecated)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err = run(ctx, cfg, log)

@@ -11,9 +11,10 @@ import (
 // Client holds the settings of hopgate-client. LoadClient fills and validates
 // it; afterwards it is read-only.
 type Client struct {
-	ServerAddr string // host:port of the gateway's HTTPS listener
+	ServerAddr string // host:port of the gateway's HTTPS listener; port 443 when the setting has none
 	Domain     string // the domain this agent serves, lowercase without trailing dot
-	APIKey     string // secret: the domain's client API key
+	APIKey     string // secret: the domain's client API key, from the setting or read from APIKeyFile
+	APIKeyFile string // where APIKey was read from; empty when given directly
 
 	// LocalTarget is where requests go: scheme http or https and a host; a
 	// plain host:port setting becomes http://host:port.
@@ -39,6 +40,10 @@ type Client struct {
 
 	LogLevel  slog.Level
 	LogFormat string // "json" or "text"
+
+	// Deprecated lists the original HopGate's settings that are set but ignored, for main to log
+	// with WarnDeprecated once the logger exists.
+	Deprecated []Notice
 }
 
 // SkipVerify tells whether the agent must skip verification of the server
@@ -49,14 +54,17 @@ func (c *Client) SkipVerify() bool { return c.Debug && c.CAFile == "" }
 func clientSettings(c *Client) []setting {
 	return []setting{
 		{env: "HOP_CLIENT_SERVER_ADDR", flag: "server-addr", required: true,
-			usage: "the gateway's HTTPS address, e.g. gateway.example.com:443",
-			bind:  bind(&c.ServerAddr, "host:port", parseDialAddr)},
+			usage: "the gateway's HTTPS address: host[:port], port 443 by default, e.g. gateway.example.com or [2001:db8::1]:8443",
+			bind:  bind(&c.ServerAddr, "host[:port]", parseServerAddr)},
 		{env: "HOP_CLIENT_DOMAIN", flag: "domain", required: true,
 			usage: "the registered domain this agent serves",
 			bind:  bind(&c.Domain, "name", parseDomain)},
-		{env: "HOP_CLIENT_API_KEY", flag: "api-key", required: true, secret: true,
-			usage: "client API key of the domain, as shown once by the admin API",
+		{env: "HOP_CLIENT_API_KEY", flag: "api-key", secret: true, shownDefault: "(required unless --api-key-file)",
+			usage: "client API key of the domain, as shown once by the admin API; give it or --api-key-file",
 			bind:  bind(&c.APIKey, "key", parseString)},
+		{env: "HOP_CLIENT_API_KEY_FILE", flag: "api-key-file",
+			usage: "file holding the client API key (Docker and Kubernetes secrets), trailing whitespace trimmed; instead of --api-key",
+			bind:  bind(&c.APIKeyFile, "file", parseString)},
 		{env: "HOP_CLIENT_LOCAL_TARGET", flag: "local-target", required: true,
 			usage: "the private service: host:port (plain HTTP), an http:// or https:// URL (its path prefixes every request path) or unix:///path.sock",
 			bind:  bind(&c.LocalTarget, "target", parseLocalTarget)},
@@ -100,9 +108,22 @@ func clientSettings(c *Client) []setting {
 func LoadClient(args []string, lookupEnv func(string) (string, bool), dotenvPath string) (*Client, error) {
 	c := &Client{}
 	settings := clientSettings(c)
-	_, errs, err := load("hopgate-client", settings, args, lookupEnv, dotenvPath)
+	got, errs, err := load("hopgate-client", client, settings, args, lookupEnv, dotenvPath)
 	if err != nil {
 		return nil, err
+	}
+	keySetting := find(settings, "HOP_CLIENT_API_KEY")
+	switch fileSetting := find(settings, "HOP_CLIENT_API_KEY_FILE"); {
+	case c.APIKey != "" && c.APIKeyFile != "":
+		errs = append(errs, keySetting.errorf("set together with HOP_CLIENT_API_KEY_FILE (--api-key-file): give one of them, not both"))
+	case c.APIKey == "" && c.APIKeyFile == "":
+		errs = append(errs, keySetting.errorf("required: give the domain's client API key, or the file holding it in HOP_CLIENT_API_KEY_FILE (--api-key-file)"))
+	case c.APIKeyFile != "":
+		key, err := readKeyFile(c.APIKeyFile)
+		if err != nil {
+			errs = append(errs, fileSetting.wrap(err))
+		}
+		c.APIKey = key
 	}
 	if c.Pprof && c.MetricsListen == "" {
 		errs = append(errs, find(settings, "HOP_CLIENT_PPROF").errorf("needs HOP_CLIENT_METRICS_LISTEN (--metrics-listen): profiles are served on that listener only"))
@@ -110,6 +131,7 @@ func LoadClient(args []string, lookupEnv func(string) (string, bool), dotenvPath
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	c.Deprecated = got.deprecated
 	return c, nil
 }
 
@@ -117,7 +139,9 @@ func LoadClient(args []string, lookupEnv func(string) (string, bool), dotenvPath
 // default and meaning.
 func ClientUsage(w io.Writer) {
 	usage(w, "hopgate-client",
-		"Private end of HopGate: keeps a tunnel to the gateway open and passes the requests for\n--domain to --local-target. Exit codes: 0 after a signal, 2 bad configuration,\n3 the server refused the domain or key.\n\n"+
+		"Private end of HopGate: keeps a tunnel to the gateway open and passes the requests for\n--domain to --local-target.\n"+
+			"Exit codes: 0 stopped by a signal (SIGTERM, SIGINT), or after --help/--version; 1 failed for\n"+
+			"another reason; 2 bad configuration; 3 the server refused the domain or key.\n\n"+
 			"  --check   verify the configuration and exit: the server resolves and its certificate is\n"+
 			"            trusted, the gateway accepts --domain and --api-key, the local target answers.\n"+
 			"            Exit 0 when all pass, 3 when the gateway refuses the domain or key, 1 otherwise.\n"+

@@ -69,8 +69,10 @@ func TestLoadClientEveryFlag(t *testing.T) {
 		"--log-level", "debug",
 		"--log-format", "json",
 	}
-	if n := len(clientSettings(&Client{})); n != (len(args)+3)/2 { // --debug, --local-insecure-skip-verify and --pprof have no value
-		t.Fatalf("test covers %d flags, the table has %d", (len(args)+3)/2, n)
+	// --debug, --local-insecure-skip-verify and --pprof have no value; --api-key-file excludes
+	// --api-key and has a test of its own (TestLoadClientAPIKeyFile).
+	if n := len(clientSettings(&Client{})); n != (len(args)+3)/2+1 {
+		t.Fatalf("test covers %d flags, the table has %d", (len(args)+3)/2+1, n)
 	}
 	got, err := LoadClient(args, clientEnv().lookup, noDotenv(t))
 	if err != nil {
@@ -167,13 +169,23 @@ func TestLoadClientErrors(t *testing.T) {
 			want: []string{
 				"HOP_CLIENT_SERVER_ADDR (--server-addr): required",
 				"HOP_CLIENT_DOMAIN (--domain): required",
-				"HOP_CLIENT_API_KEY (--api-key): required",
+				"HOP_CLIENT_API_KEY (--api-key): required: give the domain's client API key, or the file holding it in HOP_CLIENT_API_KEY_FILE (--api-key-file)",
 				"HOP_CLIENT_LOCAL_TARGET (--local-target): required",
 			},
 		},
-		{name: "blank api key", set: env{"HOP_CLIENT_API_KEY": "  "}, want: []string{"HOP_CLIENT_API_KEY (--api-key): required"}},
-		{name: "server without port", set: env{"HOP_CLIENT_SERVER_ADDR": "gate.example.com"},
-			want: []string{`HOP_CLIENT_SERVER_ADDR (--server-addr): "gate.example.com" is not an address host:port`}},
+		{name: "blank api key", set: env{"HOP_CLIENT_API_KEY": "  "}, want: []string{"HOP_CLIENT_API_KEY (--api-key): required", "HOP_CLIENT_API_KEY_FILE (--api-key-file)"}},
+		{name: "api key and key file", set: env{"HOP_CLIENT_API_KEY_FILE": "/run/secrets/hopgate"},
+			want: []string{"HOP_CLIENT_API_KEY (--api-key): set together with HOP_CLIENT_API_KEY_FILE (--api-key-file): give one of them, not both"}},
+		{name: "missing key file", unset: []string{"HOP_CLIENT_API_KEY"}, set: env{"HOP_CLIENT_API_KEY_FILE": "/nonexistent/key"},
+			want: []string{`HOP_CLIENT_API_KEY_FILE (--api-key-file): "/nonexistent/key" is not a readable file`}},
+		{name: "server with empty host", set: env{"HOP_CLIENT_SERVER_ADDR": ":443"},
+			want: []string{`HOP_CLIENT_SERVER_ADDR (--server-addr): ":443" is not an address host[:port]`}},
+		{name: "server port out of range", set: env{"HOP_CLIENT_SERVER_ADDR": "gate.example.com:99999"},
+			want: []string{`HOP_CLIENT_SERVER_ADDR (--server-addr): "gate.example.com:99999" is not an address host[:port]`}},
+		{name: "server port zero", args: []string{"--server-addr", "gate.example.com:0"},
+			want: []string{`HOP_CLIENT_SERVER_ADDR (--server-addr): "gate.example.com:0" is not an address host[:port]`}},
+		{name: "server port not a number", set: env{"HOP_CLIENT_SERVER_ADDR": "gate.example.com:abc"},
+			want: []string{`HOP_CLIENT_SERVER_ADDR (--server-addr): "gate.example.com:abc"`}},
 		{name: "bad domain", set: env{"HOP_CLIENT_DOMAIN": "app example"},
 			want: []string{`HOP_CLIENT_DOMAIN (--domain): "app example" is not a domain name`}},
 		{name: "bad local target", set: env{"HOP_CLIENT_LOCAL_TARGET": "ftp://nas:21"},
@@ -241,14 +253,130 @@ func TestClientUsage(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"env HOP_CLIENT_API_KEY, default (required, secret)",
-		"env HOP_CLIENT_SERVER_ADDR, default (required)",
+		"env HOP_CLIENT_API_KEY, default (required unless --api-key-file)\n" +
+			"      client API key of the domain, as shown once by the admin API; give it or --api-key-file\n" +
+			"      secret: never printed or logged\n",
+		"  --api-key-file file\n      env HOP_CLIENT_API_KEY_FILE, default (empty)\n",
+		"  --server-addr host[:port]\n      env HOP_CLIENT_SERVER_ADDR, default (required)\n",
+		"port 443 by default",
 		`env HOP_CLIENT_PING_INTERVAL, default "15s"`,
 		"the CA file wins",
+		"--version print the version and exit",
+		"--check ",
+		"Exit codes: 0 stopped by a signal",
+		"1 failed for\nanother reason; 2 bad configuration; 3 the server refused the domain or key",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("usage lacks %q:\n%s", want, out)
 		}
+	}
+	// Only secrets carry the note, and no default suggests a built-in secret.
+	if n := strings.Count(out, "secret: never printed or logged"); n != 1 {
+		t.Errorf("usage marks %d settings as secret, want 1 (HOP_CLIENT_API_KEY):\n%s", n, out)
+	}
+	if strings.Contains(out, "(secret)") || strings.Contains(out, ", secret)") {
+		t.Errorf("usage shows a default that reads like a built-in secret:\n%s", out)
+	}
+}
+
+func TestLoadClientServerAddrDefaultPort(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"gateway.example.com", "gateway.example.com:443"},
+		{"gateway.example.com:8443", "gateway.example.com:8443"},
+		{"[::1]", "[::1]:443"},
+		{"::1", "[::1]:443"},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			t.Parallel()
+			e := clientEnv()
+			e["HOP_CLIENT_SERVER_ADDR"] = tc.in
+			c, err := LoadClient(nil, e.lookup, noDotenv(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.ServerAddr != tc.want {
+				t.Fatalf("ServerAddr = %q, want %q", c.ServerAddr, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadClientAPIKeyFile(t *testing.T) {
+	const key = "hopgate_f1le-k3y-value"
+	dir := t.TempDir()
+	file := filepath.Join(dir, "hopgate_client_api_key")
+	if err := os.WriteFile(file, []byte(key+"\n"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	noKey := clientEnv()
+	delete(noKey, "HOP_CLIENT_API_KEY")
+
+	t.Run("env", func(t *testing.T) {
+		e := clientEnv()
+		delete(e, "HOP_CLIENT_API_KEY")
+		e["HOP_CLIENT_API_KEY_FILE"] = file
+		c, err := LoadClient(nil, e.lookup, noDotenv(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.APIKey != key || c.APIKeyFile != file {
+			t.Fatalf("APIKey=%q APIKeyFile=%q, want the file's key without its newline", c.APIKey, c.APIKeyFile)
+		}
+		var jsonLog bytes.Buffer
+		NewLogger(&jsonLog, slog.LevelInfo, "json").Info("start", "config", c)
+		for name, out := range map[string]string{"%v": fmt.Sprintf("%v", c), "%#v": fmt.Sprintf("%#v", c), "json log": jsonLog.String()} {
+			if strings.Contains(out, key) {
+				t.Errorf("%s shows the key: %s", name, out)
+			}
+		}
+		if !strings.Contains(jsonLog.String(), `"api_key":"[redacted]"`) || !strings.Contains(jsonLog.String(), `"api_key_file":"`+file+`"`) {
+			t.Errorf("json log: %s", jsonLog.String())
+		}
+	})
+	t.Run("flag over the environment's key file, and from .env", func(t *testing.T) {
+		e := clientEnv()
+		delete(e, "HOP_CLIENT_API_KEY")
+		e["HOP_CLIENT_API_KEY_FILE"] = empty
+		c, err := LoadClient([]string{"--api-key-file", file}, e.lookup, writeDotenv(t, "HOP_CLIENT_API_KEY_FILE="+empty+"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.APIKey != key {
+			t.Fatalf("APIKey = %q", c.APIKey)
+		}
+		c, err = LoadClient(nil, noKey.lookup, writeDotenv(t, "HOP_CLIENT_API_KEY_FILE="+file+"\n"))
+		if err != nil || c.APIKey != key {
+			t.Fatalf("from .env: %v, %v", c, err)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  env
+		want string
+	}{
+		{name: "empty file", args: []string{"--api-key-file", empty}, env: noKey,
+			want: `HOP_CLIENT_API_KEY_FILE (--api-key-file): "` + empty + `" is empty`},
+		{name: "missing file", args: []string{"--api-key-file", filepath.Join(dir, "missing")}, env: noKey,
+			want: "HOP_CLIENT_API_KEY_FILE (--api-key-file): "},
+		{name: "both", args: []string{"--api-key-file", file}, env: clientEnv(),
+			want: "HOP_CLIENT_API_KEY (--api-key): set together with HOP_CLIENT_API_KEY_FILE (--api-key-file)"},
+		{name: "neither", env: noKey,
+			want: "HOP_CLIENT_API_KEY (--api-key): required: give the domain's client API key, or the file holding it in HOP_CLIENT_API_KEY_FILE (--api-key-file)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := LoadClient(tc.args, tc.env.lookup, noDotenv(t))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one containing %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), key) || strings.Contains(err.Error(), "client-key") {
+				t.Errorf("error shows a key: %v", err)
+			}
+		})
 	}
 }
 

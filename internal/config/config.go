@@ -38,7 +38,7 @@ type setting struct {
 	// shownDefault replaces def in the usage text when the default is not a
 	// constant (derived from another setting, or required).
 	shownDefault string
-	secret       bool // never printed: usage says "(secret)", logs say redacted
+	secret       bool // never printed: usage says so, logs say redacted
 	required     bool // an empty value is an error
 	keepEmpty    bool // an explicitly empty value wins over later sources
 	bind         binding
@@ -92,17 +92,22 @@ func (f *flagValue) Set(s string) error {
 
 func (f *flagValue) IsBoolFlag() bool { return f.isBool }
 
-// loaded tells which settings got a non-empty value from flag, env or .env,
-// for defaults that depend on whether the operator chose a value.
-type loaded map[string]bool
+// loaded is what load found besides the values: which settings got a non-empty
+// value from flag, env or .env (for defaults that depend on whether the operator
+// chose a value), and the retired settings that are set.
+type loaded struct {
+	set        map[string]bool
+	deprecated []Notice
+}
 
-func (l loaded) explicit(env string) bool { return l[env] }
+func (l loaded) explicit(env string) bool { return l.set[env] }
 
 // load fills the fields bound in settings from args, lookupEnv and the .env
 // file at dotenvPath ("" = no file; a missing file is fine). It returns every
 // bad value in errs. Unknown flags, stray arguments and an unreadable .env file
-// are fatal instead: nothing else could be trusted.
-func load(name string, settings []setting, args []string, lookupEnv func(string) (string, bool), dotenvPath string) (got loaded, errs []error, fatal error) {
+// are fatal instead: nothing else could be trusted. bin selects the rows of the
+// retired settings that apply.
+func load(name string, bin binary, settings []setting, args []string, lookupEnv func(string) (string, bool), dotenvPath string) (got loaded, errs []error, fatal error) {
 	fset := flag.NewFlagSet(name, flag.ContinueOnError)
 	fset.SetOutput(io.Discard)
 	flags := make(map[string]*flagValue, len(settings))
@@ -113,17 +118,17 @@ func load(name string, settings []setting, args []string, lookupEnv func(string)
 	}
 	if err := fset.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, nil, ErrHelp
+			return got, nil, ErrHelp
 		}
-		return nil, nil, fmt.Errorf("command line: %w (see --help)", err)
+		return got, nil, fmt.Errorf("command line: %w (see --help)", err)
 	}
 	if fset.NArg() > 0 {
-		return nil, nil, fmt.Errorf("command line: unexpected argument %q: every setting is a --flag (see --help)", fset.Arg(0))
+		return got, nil, fmt.Errorf("command line: unexpected argument %q: every setting is a --flag (see --help)", fset.Arg(0))
 	}
 
 	dotenv, err := readDotenv(dotenvPath)
 	if err != nil {
-		return nil, nil, err
+		return got, nil, err
 	}
 	if lookupEnv == nil {
 		lookupEnv = func(string) (string, bool) { return "", false }
@@ -135,7 +140,8 @@ func load(name string, settings []setting, args []string, lookupEnv func(string)
 		func(s setting) (string, bool) { v, ok := dotenv[s.env]; return v, ok },
 	}
 
-	got = make(loaded, len(settings))
+	got.set = make(map[string]bool, len(settings))
+	got.deprecated = retiredNotices(bin, lookupEnv, dotenv)
 	for _, s := range settings {
 		raw, explicit := s.def, false
 		for _, src := range sources {
@@ -150,7 +156,7 @@ func load(name string, settings []setting, args []string, lookupEnv func(string)
 			raw, explicit = v, true
 			break
 		}
-		got[s.env] = explicit && raw != ""
+		got.set[s.env] = explicit && raw != ""
 		if raw == "" {
 			if s.required {
 				errs = append(errs, s.errorf("required: %s", s.usage))
@@ -215,28 +221,28 @@ func usage(w io.Writer, name, intro string, settings []setting) {
 		fmt.Fprintf(w, "  --%s%s\n", s.flag, placeholder)
 		fmt.Fprintf(w, "      env %s, default %s\n", s.env, s.defaultText())
 		fmt.Fprintf(w, "      %s\n", s.usage)
+		if s.secret {
+			fmt.Fprintf(w, "      %s\n", secretNote)
+		}
 	}
 }
 
+// secretNote marks a secret in the help. The default column of a secret reads
+// like any other's ("(empty)", "(required)"): a word like "(secret)" there read
+// as if a built-in secret existed.
+const secretNote = "secret: never printed or logged"
+
 func (s setting) defaultText() string {
-	var d string
 	switch {
 	case s.shownDefault != "":
-		d = s.shownDefault
+		return s.shownDefault
 	case s.required:
-		d = "(required)"
+		return "(required)"
 	case s.def == "":
-		d = "(empty)"
+		return "(empty)"
 	default:
-		d = fmt.Sprintf("%q", s.def)
+		return fmt.Sprintf("%q", s.def)
 	}
-	if s.secret {
-		if s.required {
-			return "(required, secret)"
-		}
-		return "(secret)"
-	}
-	return d
 }
 
 // redacted is what logs show instead of a secret that is set.

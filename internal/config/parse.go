@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"math"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // Parsers turn the text of one setting into its typed value. They are only
@@ -146,6 +148,30 @@ func parseDialAddr(s string) (string, error) {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil || host == "" || !validPort(port, 1) || strings.ContainsAny(host, " /") {
 		return "", fmt.Errorf("%q is not an address host:port like gateway.example.com:443", s)
+	}
+	return s, nil
+}
+
+// defaultServerPort is the port of a server address that names none: the gateway's HTTPS port, as
+// for any HTTPS client.
+const defaultServerPort = "443"
+
+// parseServerAddr reads the gateway's address: host, [IPv6] or a bare IPv6 literal get port 443;
+// host:port is checked. It returns host:port, which the agent dials and takes the TLS name from.
+func parseServerAddr(s string) (string, error) {
+	bad := fmt.Errorf("%q is not an address host[:port] like gateway.example.com or gateway.example.com:8443 (port 1-65535)", s)
+	if ip, err := netip.ParseAddr(s); err == nil && ip.Is6() {
+		// "::1" cannot be split: every colon would be a port separator. An IPv6 address with a port
+		// needs brackets, [::1]:8443, as in a URL.
+		return net.JoinHostPort(s, defaultServerPort), nil
+	}
+	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
+		s += ":" + defaultServerPort
+	} else if !strings.Contains(s, ":") {
+		s = net.JoinHostPort(s, defaultServerPort)
+	}
+	if _, err := parseDialAddr(s); err != nil {
+		return "", bad
 	}
 	return s, nil
 }
@@ -332,6 +358,35 @@ func parseReadableFile(s string) (string, error) {
 		return "", fmt.Errorf("%q is a directory, not a readable file", s)
 	}
 	return s, nil
+}
+
+// maxKeyFile bounds what readKeyFile reads: a key is under a hundred bytes, and a wrong path (a
+// device, a log file) must fail rather than fill memory.
+const maxKeyFile = 64 << 10
+
+// readKeyFile reads a secret from a file as Docker and Kubernetes mount them: the key with maybe a
+// trailing newline. Errors name the file but never show its content.
+func readKeyFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("%q is not a readable file: %w", path, pathReason(err))
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	if err != nil {
+		return "", fmt.Errorf("%q is not a readable file: %w", path, pathReason(err))
+	}
+	if len(b) > maxKeyFile {
+		return "", fmt.Errorf("%q is larger than %d KiB: not a key file", path, maxKeyFile>>10)
+	}
+	key := strings.TrimRightFunc(string(b), unicode.IsSpace)
+	switch {
+	case key == "":
+		return "", fmt.Errorf("%q is empty: want the client API key", path)
+	case strings.ContainsAny(key, "\r\n"):
+		return "", fmt.Errorf("%q holds more than one line: want only the client API key", path)
+	}
+	return key, nil
 }
 
 // parseDataDir reads the data directory; it may not exist yet. '?' and '#' are refused because the

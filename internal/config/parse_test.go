@@ -181,6 +181,69 @@ func TestParseDialAddr(t *testing.T) {
 	})
 }
 
+func TestParseServerAddr(t *testing.T) {
+	const bad = "is not an address host[:port]"
+	runParse(t, parseServerAddr, []parseCase[string]{
+		{in: "gateway.example.com", want: "gateway.example.com:443"},
+		{in: "gateway.example.com:443", want: "gateway.example.com:443"},
+		{in: "gateway.example.com:8443", want: "gateway.example.com:8443"},
+		{in: "127.0.0.1", want: "127.0.0.1:443"},
+		{in: "127.0.0.1:8443", want: "127.0.0.1:8443"},
+		{in: "[::1]", want: "[::1]:443"},
+		{in: "::1", want: "[::1]:443"},
+		{in: "2001:db8::1", want: "[2001:db8::1]:443"},
+		{in: "[2001:db8::1]:8443", want: "[2001:db8::1]:8443"},
+		{in: "::ffff:192.0.2.1", want: "[::ffff:192.0.2.1]:443"},
+		{in: ":443", wantErr: bad},
+		{in: "[]", wantErr: bad},
+		{in: "[]:443", wantErr: bad},
+		{in: "gateway.example.com:", wantErr: bad},
+		{in: "gateway.example.com:0", wantErr: bad},
+		{in: "gateway.example.com:99999", wantErr: bad},
+		{in: "gateway.example.com:abc", wantErr: bad},
+		{in: "gateway.example.com:https", wantErr: bad},
+		{in: "https://gateway.example.com", wantErr: bad},
+		{in: "gateway.example.com/", wantErr: bad},
+		{in: "gate way.example.com", wantErr: bad},
+		{in: "[::1", wantErr: bad},
+		{in: "1:2:3", wantErr: bad},
+	})
+}
+
+func TestReadKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	cases := []parseCase[string]{
+		{in: write("plain", "hopgate_k3y"), want: "hopgate_k3y"},
+		{in: write("newline", "hopgate_k3y\n"), want: "hopgate_k3y"},
+		{in: write("crlf and blanks", "hopgate_k3y \t\r\n\n"), want: "hopgate_k3y"},
+		{in: write("empty", ""), wantErr: "is empty: want the client API key"},
+		{in: write("blank", " \n\n"), wantErr: "is empty"},
+		{in: write("two lines", "hopgate_k3y\nhopgate_other\n"), wantErr: "holds more than one line"},
+		{in: write("huge", strings.Repeat("k", maxKeyFile+1)), wantErr: "is larger than 64 KiB"},
+		{in: filepath.Join(dir, "missing"), wantErr: "is not a readable file: no such file or directory"},
+		{in: dir, wantErr: "is not a readable file: is a directory"},
+	}
+	if os.Geteuid() != 0 { // root reads anything
+		cases = append(cases, parseCase[string]{in: write("unreadable", "hopgate_k3y"), wantErr: "permission denied"})
+		if err := os.Chmod(filepath.Join(dir, "unreadable"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runParse(t, readKeyFile, cases)
+	for _, tc := range cases {
+		if _, err := readKeyFile(tc.in); err != nil && strings.Contains(err.Error(), "hopgate_") {
+			t.Errorf("readKeyFile(%q) error shows the file's content: %v", tc.in, err)
+		}
+	}
+}
+
 func TestParseHTTPURL(t *testing.T) {
 	const bad = "is not an http:// or https:// URL"
 	runParse(t, parseHTTPURL, []parseCase[string]{

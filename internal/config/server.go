@@ -71,6 +71,10 @@ type Server struct {
 
 	LogLevel  slog.Level
 	LogFormat string // "json" or "text"; text in debug unless set
+
+	// Deprecated lists the original HopGate's settings that are set but ignored, for main to log
+	// with WarnDeprecated once the logger exists.
+	Deprecated []Notice
 }
 
 // TunnelMissedPongs is how many pings in a row may go unanswered before the
@@ -190,10 +194,11 @@ func serverSettings(s *Server) []setting {
 // program name), lookupEnv (os.LookupEnv in main) and the .env file at
 // dotenvPath ("" for none; a missing file is fine). The error joins every
 // problem found, each naming its variable and flag; it is ErrHelp for -h/--help.
+// Retired settings of the original HopGate that are set land in Deprecated.
 func LoadServer(args []string, lookupEnv func(string) (string, bool), dotenvPath string) (*Server, error) {
 	s := &Server{}
 	settings := serverSettings(s)
-	got, errs, err := load("hopgate-server", settings, args, lookupEnv, dotenvPath)
+	got, errs, err := load("hopgate-server", server, settings, args, lookupEnv, dotenvPath)
 	if err != nil {
 		return nil, err
 	}
@@ -225,6 +230,7 @@ func LoadServer(args []string, lookupEnv func(string) (string, bool), dotenvPath
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	s.Deprecated = got.deprecated
 	return s, nil
 }
 
@@ -232,7 +238,14 @@ func LoadServer(args []string, lookupEnv func(string) (string, bool), dotenvPath
 // default and meaning.
 func ServerUsage(w io.Writer) {
 	usage(w, "hopgate-server",
-		"Public end of HopGate: serves HTTPS for the gateway's domain and proxies every registered\ndomain to the agent connected for it.\nManage domains from the command line with: hopgate-server domains --help",
+		"Public end of HopGate: serves HTTPS for the gateway's domain and proxies every registered\n"+
+			"domain to the agent connected for it.\n\n"+
+			"  hopgate-server domains ...  manage domains through the admin API (hopgate-server domains --help)\n"+
+			"  hopgate-server health       check that the gateway on this host answers, for container health\n"+
+			"                              checks: exit 0 healthy, 1 not (hopgate-server health --help)\n"+
+			"  --version                   print the version and exit.\n\n"+
+			"Exit codes: 0 stopped by a signal (SIGTERM, SIGINT) after draining, or after --help/--version;\n"+
+			"1 failed while starting or serving (a listener, the store, certificates); 2 bad configuration.",
 		serverSettings(&Server{}))
 }
 

@@ -552,14 +552,26 @@ func TestServerUsage(t *testing.T) {
 	for _, want := range []string{
 		`env HOP_SERVER_HTTP_LISTEN, default ":80"`,
 		`env HOP_SERVER_SHUTDOWN_TIMEOUT, default "30s"`,
-		"env HOP_ADMIN_API_KEY, default (secret)",
-		"env HOP_DB_DSN, default (secret)",
+		"env HOP_ADMIN_API_KEY, default (empty)\n      Bearer key of the admin API; empty disables the admin API\n      secret: never printed or logged\n",
+		"env HOP_DB_DSN, default (empty)\n      postgres:// or postgresql:// URL selects Postgres; empty selects embedded SQLite in --data-dir\n      secret: never printed or logged\n",
 		"env HOP_ACME_CACHE_DIR, default $HOP_DATA_DIR/acme",
 		"flag > environment > .env file",
+		"hopgate-server domains ...",
+		"hopgate-server health ",
+		"--version                   print the version and exit",
+		"Exit codes: 0 stopped by a signal",
+		"1 failed while starting or serving",
+		"2 bad configuration",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("usage lacks %q:\n%s", want, out)
 		}
+	}
+	if n := strings.Count(out, "secret: never printed or logged"); n != 2 {
+		t.Errorf("usage marks %d settings as secret, want 2 (HOP_ADMIN_API_KEY, HOP_DB_DSN):\n%s", n, out)
+	}
+	if strings.Contains(out, "(secret)") || strings.Contains(out, ", secret)") {
+		t.Errorf("usage shows a default that reads like a built-in secret:\n%s", out)
 	}
 }
 

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 	binDir = dir
 	code := func() int {
 		defer os.RemoveAll(dir)
-		cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/hopgate-server", "../../cmd/hopgate-client")
+		cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/hopgate-server", "../../cmd/hopgate-client", "../../cmd/hopgate-demo-target")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {

@@ -82,7 +82,7 @@ func Run(ctx context.Context, o Options, w io.Writer) Result {
 		switch {
 		case errors.Is(err, supervisor.ErrRefused):
 			res.Refused = true
-			fail("tunnel for %s: the gateway refused: %s (check --domain and --api-key; a rotated key must be updated here)",
+			fail("tunnel for %s: the gateway refused: %s (check --domain and --api-key or --api-key-file; a rotated key must be updated here)",
 				o.Agent.Domain, refusal(err))
 		case err != nil:
 			fail("tunnel for %s: %s", o.Agent.Domain, explainTunnel(err, o.Timeout))

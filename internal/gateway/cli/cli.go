@@ -15,13 +15,16 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
 	"github.com/joho/godotenv"
+	"github.com/jpillora/backoff"
 )
 
 // Exit codes.
@@ -31,8 +34,15 @@ const (
 	exitUsage = 2 // bad command line or settings
 )
 
-// Timeout bounds one call to the admin API.
+// Timeout bounds one call to the admin API; --wait adds its own duration to it.
 const Timeout = 30 * time.Second
+
+// Delays between tries while --wait lasts: short, because the gateway a script has just started is
+// usually up within a second or two.
+const (
+	minRetryDelay = 100 * time.Millisecond
+	maxRetryDelay = time.Second
+)
 
 // Env is where settings come from when no flag gives them.
 type Env struct {
@@ -61,18 +71,32 @@ const usageText = `Usage: hopgate-server domains <command> [arguments] [flags]
 Manage the gateway's domains through its admin API.
 
 Commands:
-  add <domain> [--memo M]   register a domain; prints its client API key (shown only once)
-  remove <domain>           unregister a domain; its live tunnels are closed
-  list                      list the registered domains and their connected agents
-  status <domain>           show one domain (exit 1 if it is not registered)
-  rotate-key <domain>       give a domain a new client API key; agents on the old key are disconnected
+  add <domain> [--memo M] [--key-file FILE]
+                 register a domain; prints its client API key (shown only once), or writes it to
+                 FILE. With --key-file, a domain already registered while FILE already holds a key
+                 is no error: nothing changes (exit 0), so a setup script can run again
+  remove <domain>
+                 unregister a domain; its live tunnels are closed
+  list           list the registered domains and their connected agents
+  status <domain>
+                 show one domain (exit 1 if it is not registered)
+  rotate-key <domain> [--key-file FILE]
+                 give a domain a new client API key (printed, or written to FILE); agents on the
+                 old key are disconnected
 
-Flags (each also an environment variable; flag > environment > .env file):
+Flags (the first four also environment variables; flag > environment > .env file):
   --admin-url URL        HOP_ADMIN_URL: the gateway's own address, e.g. https://gateway.example.com
                          (default https://$HOP_SERVER_DOMAIN, with the port of HOP_SERVER_HTTPS_LISTEN)
   --admin-api-key KEY    HOP_ADMIN_API_KEY: the admin API's Bearer key (prefer the variable: flags
                          show in the process list)
   --ca-file FILE         HOP_ADMIN_CA_FILE: PEM roots to trust for the gateway instead of the system's
+  --wait DURATION        HOP_ADMIN_WAIT: keep trying for up to DURATION (e.g. 15s) while the gateway
+                         cannot be reached (not listening, TLS not up, --ca-file not written yet) or
+                         answers 503, as right after starting it; default 0: try once. Refusals
+                         (400, 401, 403, 404, 409) are never retried
+  --key-file FILE        add and rotate-key: write the client API key to FILE (created with mode
+                         0600, replaced atomically) instead of printing it; stdout says where it went.
+                         Not with --json
   --insecure             do not verify the gateway's certificate (testing only)
   --json                 print the API's JSON answer as it is
 
@@ -101,23 +125,26 @@ func Domains(ctx context.Context, args []string, env Env, out IO) int {
 // settings are the flags shared by every command.
 type settings struct {
 	adminURL, apiKey, caFile string
+	wait                     string // parsed in newClient, which also reads HOP_ADMIN_WAIT
 	insecure, json           bool
 	memo                     string
+	keyFile                  string
 }
 
 // command is one subcommand: how many positional arguments it takes and what it does.
 type command struct {
-	args int // 0 or 1 (the domain)
-	memo bool
-	run  func(ctx context.Context, c *client, domain string, s *settings, out IO) error
+	args    int // 0 or 1 (the domain)
+	memo    bool
+	keyFile bool // issues a key, which --key-file can take
+	run     func(ctx context.Context, c *client, domain string, s *settings, out IO) error
 }
 
 var commands = map[string]command{
-	"add":        {args: 1, memo: true, run: add},
+	"add":        {args: 1, memo: true, keyFile: true, run: add},
 	"remove":     {args: 1, run: remove},
 	"list":       {args: 0, run: list},
 	"status":     {args: 1, run: status},
-	"rotate-key": {args: 1, run: rotateKey},
+	"rotate-key": {args: 1, keyFile: true, run: rotateKey},
 }
 
 func run(ctx context.Context, args []string, env Env, out IO) error {
@@ -138,10 +165,14 @@ func run(ctx context.Context, args []string, env Env, out IO) error {
 	fset.StringVar(&s.adminURL, "admin-url", "", "")
 	fset.StringVar(&s.apiKey, "admin-api-key", "", "")
 	fset.StringVar(&s.caFile, "ca-file", "", "")
+	fset.StringVar(&s.wait, "wait", "", "")
 	fset.BoolVar(&s.insecure, "insecure", false, "")
 	fset.BoolVar(&s.json, "json", false, "")
 	if cmd.memo {
 		fset.StringVar(&s.memo, "memo", "", "")
+	}
+	if cmd.keyFile {
+		fset.StringVar(&s.keyFile, "key-file", "", "")
 	}
 	positional, err := parseInterspersed(fset, args[1:])
 	if err != nil {
@@ -160,12 +191,15 @@ func run(ctx context.Context, args []string, env Env, out IO) error {
 	if cmd.args == 1 {
 		domain = positional[0]
 	}
+	if s.keyFile != "" && s.json {
+		return usagef("--key-file and --json: choose one (the JSON answer holds the key)")
+	}
 	c, err := newClient(s, env)
 	if err != nil {
 		return err
 	}
-	defer c.http.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(ctx, Timeout)
+	defer c.close()
+	ctx, cancel := context.WithTimeout(ctx, c.wait+Timeout)
 	defer cancel()
 	return cmd.run(ctx, c, domain, s, out)
 }
@@ -191,9 +225,20 @@ func parseInterspersed(fset *flag.FlagSet, args []string) ([]string, error) {
 
 // client calls the admin API.
 type client struct {
-	base   *url.URL
-	apiKey string
-	http   *http.Client
+	base     *url.URL
+	apiKey   string
+	caFile   string
+	insecure bool
+	wait     time.Duration // how long to keep trying while the gateway is not up yet
+	// http is made on the first try, not before: the gateway writes its development CA file
+	// (--ca-file) when it starts, which may be after this command started waiting.
+	http *http.Client
+}
+
+func (c *client) close() {
+	if c.http != nil {
+		c.http.CloseIdleConnections()
+	}
 }
 
 func newClient(s *settings, env Env) (*client, error) {
@@ -211,6 +256,13 @@ func newClient(s *settings, env Env) (*client, error) {
 	s.adminURL = pick(s.adminURL, "HOP_ADMIN_URL")
 	s.apiKey = pick(s.apiKey, "HOP_ADMIN_API_KEY")
 	s.caFile = pick(s.caFile, "HOP_ADMIN_CA_FILE")
+	s.wait = pick(s.wait, "HOP_ADMIN_WAIT")
+	var wait time.Duration
+	if s.wait != "" {
+		if wait, err = time.ParseDuration(s.wait); err != nil || wait < 0 {
+			return nil, usagef("HOP_ADMIN_WAIT (--wait): %q is not a duration like 15s (0: do not wait)", s.wait)
+		}
+	}
 
 	if s.adminURL == "" {
 		domain := pick("", "HOP_SERVER_DOMAIN")
@@ -233,29 +285,45 @@ func newClient(s *settings, env Env) (*client, error) {
 	if s.apiKey == "" {
 		return nil, usagef("no admin API key: set HOP_ADMIN_API_KEY (or --admin-api-key)")
 	}
-	conf := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: s.insecure}
-	if s.caFile != "" {
-		pem, err := os.ReadFile(s.caFile)
+	c := &client{base: base, apiKey: s.apiKey, caFile: s.caFile, insecure: s.insecure, wait: wait}
+	if wait == 0 {
+		// Without waiting, a bad CA file is reported before anything else, as a usage error.
+		if _, _, err := c.httpClient(); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// httpClient returns the client for the API, made on first use. An error is a usage error about
+// the CA file; notYet tells whether it may be the gateway not having written the file yet (missing,
+// or no certificate in it so far) rather than a wrong path.
+func (c *client) httpClient() (hc *http.Client, notYet bool, err error) {
+	if c.http != nil {
+		return c.http, false, nil
+	}
+	conf := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.insecure}
+	if c.caFile != "" {
+		pem, err := os.ReadFile(c.caFile)
 		if err != nil {
-			return nil, usagef("HOP_ADMIN_CA_FILE (--ca-file): %v", err)
+			return nil, errors.Is(err, fs.ErrNotExist), usagef("HOP_ADMIN_CA_FILE (--ca-file): %v", err)
 		}
 		conf.RootCAs = x509.NewCertPool()
 		if !conf.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, usagef("HOP_ADMIN_CA_FILE (--ca-file): %s holds no PEM certificate", s.caFile)
+			return nil, true, usagef("HOP_ADMIN_CA_FILE (--ca-file): %s holds no PEM certificate", c.caFile)
 		}
 	}
 	tr := &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
+		Proxy: http.ProxyFromEnvironment,
+		// A try that hangs on an address that drops packets must not use up the whole --wait.
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
 		TLSClientConfig:     conf,
 		ForceAttemptHTTP2:   true,
 		TLSHandshakeTimeout: 10 * time.Second,
 	}
-	return &client{
-		base:   base,
-		apiKey: s.apiKey,
-		// The API never redirects; following one could send the key elsewhere.
-		http: &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-	}, nil
+	// The API never redirects; following one could send the key elsewhere.
+	c.http = &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	return c.http, false, nil
 }
 
 // lookupWithDotenv reads the environment, then the .env file.
@@ -301,9 +369,48 @@ type domainInfo struct {
 	Agents    int    `json:"agents"`
 }
 
-// call sends one request and decodes the answer. raw is the body as received, for --json. An error
-// carries the API's own message.
+// call sends a request and decodes the answer. raw is the body as received, for --json. An error
+// carries the API's own message. While --wait lasts, call tries again when the gateway is not up
+// yet: it cannot be reached, its CA file is not there yet, or it answers 503.
 func (c *client) call(ctx context.Context, method, path string, query url.Values, body any) (a answer, raw []byte, err error) {
+	giveUp := time.Now().Add(c.wait)
+	delay := &backoff.Backoff{Min: minRetryDelay, Max: maxRetryDelay, Factor: 2}
+	for {
+		var again bool
+		a, raw, again, err = c.try(ctx, method, path, query, body)
+		left := time.Until(giveUp)
+		if !again || left <= 0 || ctx.Err() != nil {
+			if again && left <= 0 && c.wait > 0 {
+				err = stillFailing(err, c.wait)
+			}
+			return a, raw, err
+		}
+		t := time.NewTimer(min(delay.Duration(), left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return a, raw, err
+		case <-t.C:
+		}
+	}
+}
+
+// stillFailing says that err held for the whole wait, keeping its kind (a usage error stays one).
+func stillFailing(err error, wait time.Duration) error {
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return usagef("%s (still so after waiting %s)", ue.msg, wait)
+	}
+	return fmt.Errorf("%w (still so after waiting %s)", err, wait)
+}
+
+// try sends the request once. again tells whether trying later may go better: the gateway was not
+// up (yet), and the request cannot have taken effect.
+func (c *client) try(ctx context.Context, method, path string, query url.Values, body any) (a answer, raw []byte, again bool, err error) {
+	hc, notYet, err := c.httpClient()
+	if err != nil {
+		return a, nil, notYet, err
+	}
 	u := *c.base
 	u.Path += path
 	u.RawQuery = query.Encode()
@@ -311,36 +418,68 @@ func (c *client) call(ctx context.Context, method, path string, query url.Values
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return a, nil, err
+			return a, nil, false, err
 		}
 		rd = bytes.NewReader(b)
 	}
+	// Once the request is written, a POST may have taken effect (a domain registered, a key
+	// rotated) even if no answer comes: sending it again would not be the same request.
+	var wrote atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { wrote.Store(true) }})
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
 	if err != nil {
-		return a, nil, err
+		return a, nil, false, err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.apiKey)
 	req.Header.Set("Accept", "application/json")
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	res, err := c.http.Do(req)
+	res, err := hc.Do(req)
 	if err != nil {
-		return a, nil, fmt.Errorf("cannot reach the admin API at %s: %s", c.base.Redacted(), explain(err))
+		again = notUpYet(err) && (method == http.MethodGet || !wrote.Load())
+		return a, nil, again, fmt.Errorf("cannot reach the admin API at %s: %s", c.base.Redacted(), c.explain(err))
 	}
 	defer res.Body.Close()
+	// 503 is the gateway up without its store, or a balancer in front without the gateway yet.
+	again = res.StatusCode == http.StatusServiceUnavailable
 	raw, err = io.ReadAll(io.LimitReader(res.Body, 16<<20))
 	if err != nil {
-		return a, nil, fmt.Errorf("read the answer of %s: %w", u.Redacted(), err)
+		return a, nil, again, fmt.Errorf("read the answer of %s: %w", u.Redacted(), err)
 	}
 	if json.Unmarshal(raw, &a) != nil || a.Success == nil {
-		return a, raw, fmt.Errorf("%s answered %s, not the admin API's JSON: is --admin-url the gateway's own name (HOP_SERVER_DOMAIN)?", c.base.Redacted(), res.Status)
+		return a, raw, again, fmt.Errorf("%s answered %s, not the admin API's JSON: is --admin-url the gateway's own name (HOP_SERVER_DOMAIN)?", c.base.Redacted(), res.Status)
 	}
 	if !*a.Success || res.StatusCode >= 300 {
-		return a, raw, apiError(res, a.Error)
+		return a, raw, again, apiError(res, a.Error)
 	}
-	return a, raw, nil
+	return a, raw, false, nil
 }
+
+// notUpYet tells whether a failed request is worth trying again while waiting: anything but a
+// certificate that does not verify (a wrong --ca-file or name stays wrong) and the end of the time.
+func notUpYet(err error) bool {
+	var (
+		verify   *tls.CertificateVerificationError
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+	)
+	switch {
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &verify), errors.As(err, &unknown), errors.As(err, &hostname), errors.As(err, &invalid):
+		return false
+	}
+	return true
+}
+
+// statusError is a refusal of the API, with its status for the callers that branch on it.
+type statusError struct {
+	code int
+	msg  string
+}
+
+func (e *statusError) Error() string { return e.msg }
 
 // apiError words a refusal, with a hint for the answers that usually mean a setting is wrong.
 func apiError(res *http.Response, msg string) error {
@@ -352,10 +491,10 @@ func apiError(res *http.Response, msg string) error {
 		// The whole API answers 404 when it is disabled or the Host is not the gateway's own name.
 		hint = " (is the admin API enabled with HOP_ADMIN_API_KEY on the server, and --admin-url the gateway's own name?)"
 	}
-	return fmt.Errorf("the admin API answered %s: %s%s", res.Status, msg, hint)
+	return &statusError{code: res.StatusCode, msg: fmt.Sprintf("the admin API answered %s: %s%s", res.Status, msg, hint)}
 }
 
-func explain(err error) string {
+func (c *client) explain(err error) string {
 	var (
 		unknown  x509.UnknownAuthorityError
 		hostname x509.HostnameError
@@ -366,7 +505,7 @@ func explain(err error) string {
 	case errors.As(err, &hostname):
 		return "certificate not valid for this name: " + hostname.Error()
 	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Sprintf("no answer within %s", Timeout)
+		return fmt.Sprintf("no answer within %s", c.wait+Timeout)
 	}
 	return err.Error()
 }
@@ -377,10 +516,28 @@ func printJSON(w io.Writer, raw []byte) {
 }
 
 func add(ctx context.Context, c *client, domain string, s *settings, out IO) error {
+	var kf *keyFile
+	if s.keyFile != "" {
+		var err error
+		if kf, err = prepareKeyFile(s.keyFile); err != nil {
+			return err
+		}
+		defer kf.discard()
+	}
 	a, raw, err := c.call(ctx, http.MethodPost, "/api/v1/admin/domains/register", nil,
 		map[string]string{"domain": domain, "memo": s.memo})
 	if s.json && raw != nil {
 		printJSON(out.Stdout, raw)
+	}
+	var se *statusError
+	if kf != nil && errors.As(err, &se) && se.code == http.StatusConflict {
+		// Registered by an earlier run whose key is in the file: running a setup again is no error.
+		if holdsKey(kf.path) {
+			fmt.Fprintf(out.Stdout, "%s is already registered and %s already holds a key: nothing changed.\n", domain, kf.path)
+			return nil
+		}
+		return fmt.Errorf("%w; %s holds no key (the one issued when the domain was added went elsewhere): to give the domain a new key, run: hopgate-server domains rotate-key %s --key-file %s",
+			err, kf.path, domain, kf.path)
 	}
 	if err != nil || s.json {
 		return err
@@ -388,6 +545,15 @@ func add(ctx context.Context, c *client, domain string, s *settings, out IO) err
 	fmt.Fprintf(out.Stdout, "Registered %s", a.Domain)
 	if a.Memo != "" {
 		fmt.Fprintf(out.Stdout, " (memo %q)", a.Memo)
+	}
+	if kf != nil {
+		if err := writeKey(kf, a.ClientAPIKey, a.Domain); err != nil {
+			return err
+		}
+		fmt.Fprintf(out.Stdout, ".\n\nIts client API key is in %s (mode 0600); the gateway keeps only a hash of it.\n", kf.path)
+		fmt.Fprintf(out.Stdout, "Start an agent with:\n  hopgate-client --server-addr %s --domain %s --api-key-file %s --local-target <host:port>\n",
+			serverAddr(c.base), a.Domain, kf.path)
+		return nil
 	}
 	fmt.Fprintf(out.Stdout, ".\n\nClient API key: %s\n\n", a.ClientAPIKey)
 	fmt.Fprintln(out.Stdout, "Store this key now: it is shown only once (the gateway keeps only a hash of it).")
@@ -452,6 +618,14 @@ func status(ctx context.Context, c *client, domain string, s *settings, out IO) 
 }
 
 func rotateKey(ctx context.Context, c *client, domain string, s *settings, out IO) error {
+	var kf *keyFile
+	if s.keyFile != "" {
+		var err error
+		if kf, err = prepareKeyFile(s.keyFile); err != nil {
+			return err
+		}
+		defer kf.discard()
+	}
 	a, raw, err := c.call(ctx, http.MethodPost, "/api/v1/admin/domains/rotate-key", nil, map[string]string{"domain": domain})
 	if s.json && raw != nil {
 		printJSON(out.Stdout, raw)
@@ -462,6 +636,14 @@ func rotateKey(ctx context.Context, c *client, domain string, s *settings, out I
 	name := a.Domain
 	if name == "" {
 		name = domain
+	}
+	if kf != nil {
+		if err := writeKey(kf, a.ClientAPIKey, name); err != nil {
+			return err
+		}
+		fmt.Fprintf(out.Stdout, "New client API key for %s written to %s (mode 0600).\n", name, kf.path)
+		fmt.Fprintf(out.Stdout, "Agents on the old key were disconnected: restart them with the new key (--api-key-file %s).\n", kf.path)
+		return nil
 	}
 	fmt.Fprintf(out.Stdout, "New client API key for %s: %s\n\n", name, a.ClientAPIKey)
 	fmt.Fprintln(out.Stdout, "Store this key now: it is shown only once (the gateway keeps only a hash of it).")

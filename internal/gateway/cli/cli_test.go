@@ -3,11 +3,14 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"encoding/pem"
 	"io"
 	"log"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -19,6 +22,7 @@ import (
 
 	"github.com/hopgate/hopgate/internal/gateway/admin"
 	"github.com/hopgate/hopgate/internal/gateway/cli"
+	"github.com/hopgate/hopgate/internal/gateway/devcert"
 	"github.com/hopgate/hopgate/internal/gateway/registry"
 )
 
@@ -37,16 +41,43 @@ type gateway struct {
 
 func newGateway(t *testing.T) *gateway {
 	t.Helper()
+	return startGateway(t, gatewayOptions{})
+}
+
+// gatewayOptions place a gateway for the tests that need it somewhere or in front of something.
+type gatewayOptions struct {
+	listener net.Listener                    // nil: a new one on 127.0.0.1
+	caFile   string                          // where to write the CA; "": a new temporary file
+	wrap     func(http.Handler) http.Handler // what answers before the admin API; nil: nothing
+	cert     *devcert.CA                     // the certificate; nil: httptest's own
+}
+
+func startGateway(t *testing.T, o gatewayOptions) *gateway {
+	t.Helper()
 	store, err := registry.Open(context.Background(), registry.Options{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	srv := httptest.NewUnstartedServer(admin.New(store, nil, adminKey, slog.New(slog.DiscardHandler)))
+	var h http.Handler = admin.New(store, nil, adminKey, slog.New(slog.DiscardHandler))
+	if o.wrap != nil {
+		h = o.wrap(h)
+	}
+	srv := httptest.NewUnstartedServer(h)
+	if o.listener != nil {
+		srv.Listener.Close()
+		srv.Listener = o.listener
+	}
+	if o.cert != nil {
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{o.cert.Cert}}
+	}
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are part of the tests
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	ca := filepath.Join(t.TempDir(), "ca.pem")
+	ca := o.caFile
+	if ca == "" {
+		ca = filepath.Join(t.TempDir(), "ca.pem")
+	}
 	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +148,8 @@ func TestDomains(t *testing.T) {
 			stderr: []string{"404 Not Found: domain not found"}},
 		{name: "no command", args: nil, code: 2, stderr: []string{"missing command"}},
 		{name: "unknown command", args: []string{"delete", "x.example.com"}, code: 2, stderr: []string{`unknown command "delete"`}},
-		{name: "help", args: []string{"--help"}, code: 0, stdout: []string{"Usage: hopgate-server domains", "rotate-key <domain>"}},
+		{name: "help", args: []string{"--help"}, code: 0, stdout: []string{"Usage: hopgate-server domains", "rotate-key <domain> [--key-file FILE]",
+			"add <domain> [--memo M] [--key-file FILE]", "--wait DURATION        HOP_ADMIN_WAIT:", "never retried", "--key-file FILE ", "replaced atomically"}},
 		{name: "help of a command", args: []string{"add", "-h"}, code: 0, stdout: []string{"Usage: hopgate-server domains"}},
 		{name: "wrong admin key", env: map[string]string{"HOP_ADMIN_URL": g.url, "HOP_ADMIN_API_KEY": "wrong", "HOP_ADMIN_CA_FILE": g.caFile},
 			args: []string{"list"}, code: 1, stderr: []string{"401 Unauthorized: unauthorized", "check HOP_ADMIN_API_KEY"}},
