@@ -23,6 +23,8 @@ type target struct {
 	dial  string      // the address actually dialled
 	tls   *tls.Config // nil for plain HTTP
 	proto string      // "h1", "h2" (TLS) or "h2c" (prior knowledge)
+	// header is sent with every request (a policy's credentials).
+	header http.Header
 }
 
 // client returns a client for this target that keeps up to conns connections. Every request it sends
@@ -69,6 +71,9 @@ func (t target) request(ctx context.Context, method, path string, body io.Reader
 	}
 	if t.host != "" {
 		req.Host = t.host
+	}
+	for k, v := range t.header {
+		req.Header[k] = v
 	}
 	return req, nil
 }

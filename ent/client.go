@@ -15,6 +15,7 @@ import (
 	"entgo.io/ent/dialect"
 	"entgo.io/ent/dialect/sql"
 	"github.com/hopgate/hopgate/ent/domain"
+	"github.com/hopgate/hopgate/ent/gatewaysecret"
 )
 
 // Client is the client that holds all ent builders.
@@ -24,6 +25,8 @@ type Client struct {
 	Schema *migrate.Schema
 	// Domain is the client for interacting with the Domain builders.
 	Domain *DomainClient
+	// GatewaySecret is the client for interacting with the GatewaySecret builders.
+	GatewaySecret *GatewaySecretClient
 }
 
 // NewClient creates a new client configured with the given options.
@@ -36,6 +39,7 @@ func NewClient(opts ...Option) *Client {
 func (c *Client) init() {
 	c.Schema = migrate.NewSchema(c.driver)
 	c.Domain = NewDomainClient(c.config)
+	c.GatewaySecret = NewGatewaySecretClient(c.config)
 }
 
 type (
@@ -126,9 +130,10 @@ func (c *Client) Tx(ctx context.Context) (*Tx, error) {
 	cfg := c.config
 	cfg.driver = tx
 	return &Tx{
-		ctx:    ctx,
-		config: cfg,
-		Domain: NewDomainClient(cfg),
+		ctx:           ctx,
+		config:        cfg,
+		Domain:        NewDomainClient(cfg),
+		GatewaySecret: NewGatewaySecretClient(cfg),
 	}, nil
 }
 
@@ -146,9 +151,10 @@ func (c *Client) BeginTx(ctx context.Context, opts *sql.TxOptions) (*Tx, error) 
 	cfg := c.config
 	cfg.driver = &txDriver{tx: tx, drv: c.driver}
 	return &Tx{
-		ctx:    ctx,
-		config: cfg,
-		Domain: NewDomainClient(cfg),
+		ctx:           ctx,
+		config:        cfg,
+		Domain:        NewDomainClient(cfg),
+		GatewaySecret: NewGatewaySecretClient(cfg),
 	}, nil
 }
 
@@ -178,12 +184,14 @@ func (c *Client) Close() error {
 // In order to add hooks to a specific client, call: `client.Node.Use(...)`.
 func (c *Client) Use(hooks ...Hook) {
 	c.Domain.Use(hooks...)
+	c.GatewaySecret.Use(hooks...)
 }
 
 // Intercept adds the query interceptors to all the entity clients.
 // In order to add interceptors to a specific client, call: `client.Node.Intercept(...)`.
 func (c *Client) Intercept(interceptors ...Interceptor) {
 	c.Domain.Intercept(interceptors...)
+	c.GatewaySecret.Intercept(interceptors...)
 }
 
 // Mutate implements the ent.Mutator interface.
@@ -191,6 +199,8 @@ func (c *Client) Mutate(ctx context.Context, m Mutation) (Value, error) {
 	switch m := m.(type) {
 	case *DomainMutation:
 		return c.Domain.mutate(ctx, m)
+	case *GatewaySecretMutation:
+		return c.GatewaySecret.mutate(ctx, m)
 	default:
 		return nil, fmt.Errorf("ent: unknown mutation type %T", m)
 	}
@@ -329,12 +339,145 @@ func (c *DomainClient) mutate(ctx context.Context, m *DomainMutation) (Value, er
 	}
 }
 
+// GatewaySecretClient is a client for the GatewaySecret schema.
+type GatewaySecretClient struct {
+	config
+}
+
+// NewGatewaySecretClient returns a client for the GatewaySecret from the given config.
+func NewGatewaySecretClient(c config) *GatewaySecretClient {
+	return &GatewaySecretClient{config: c}
+}
+
+// Use adds a list of mutation hooks to the hooks stack.
+// A call to `Use(f, g, h)` equals to `gatewaysecret.Hooks(f(g(h())))`.
+func (c *GatewaySecretClient) Use(hooks ...Hook) {
+	c.hooks.GatewaySecret = append(c.hooks.GatewaySecret, hooks...)
+}
+
+// Intercept adds a list of query interceptors to the interceptors stack.
+// A call to `Intercept(f, g, h)` equals to `gatewaysecret.Intercept(f(g(h())))`.
+func (c *GatewaySecretClient) Intercept(interceptors ...Interceptor) {
+	c.inters.GatewaySecret = append(c.inters.GatewaySecret, interceptors...)
+}
+
+// Create returns a builder for creating a GatewaySecret entity.
+func (c *GatewaySecretClient) Create() *GatewaySecretCreate {
+	mutation := newGatewaySecretMutation(c.config, OpCreate)
+	return &GatewaySecretCreate{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// CreateBulk returns a builder for creating a bulk of GatewaySecret entities.
+func (c *GatewaySecretClient) CreateBulk(builders ...*GatewaySecretCreate) *GatewaySecretCreateBulk {
+	return &GatewaySecretCreateBulk{config: c.config, builders: builders}
+}
+
+// MapCreateBulk creates a bulk creation builder from the given slice. For each item in the slice, the function creates
+// a builder and applies setFunc on it.
+func (c *GatewaySecretClient) MapCreateBulk(slice any, setFunc func(*GatewaySecretCreate, int)) *GatewaySecretCreateBulk {
+	rv := reflect.ValueOf(slice)
+	if rv.Kind() != reflect.Slice {
+		return &GatewaySecretCreateBulk{err: fmt.Errorf("calling to GatewaySecretClient.MapCreateBulk with wrong type %T, need slice", slice)}
+	}
+	builders := make([]*GatewaySecretCreate, rv.Len())
+	for i := 0; i < rv.Len(); i++ {
+		builders[i] = c.Create()
+		setFunc(builders[i], i)
+	}
+	return &GatewaySecretCreateBulk{config: c.config, builders: builders}
+}
+
+// Update returns an update builder for GatewaySecret.
+func (c *GatewaySecretClient) Update() *GatewaySecretUpdate {
+	mutation := newGatewaySecretMutation(c.config, OpUpdate)
+	return &GatewaySecretUpdate{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// UpdateOne returns an update builder for the given entity.
+func (c *GatewaySecretClient) UpdateOne(_m *GatewaySecret) *GatewaySecretUpdateOne {
+	mutation := newGatewaySecretMutation(c.config, OpUpdateOne, withGatewaySecret(_m))
+	return &GatewaySecretUpdateOne{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// UpdateOneID returns an update builder for the given id.
+func (c *GatewaySecretClient) UpdateOneID(id string) *GatewaySecretUpdateOne {
+	mutation := newGatewaySecretMutation(c.config, OpUpdateOne, withGatewaySecretID(id))
+	return &GatewaySecretUpdateOne{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// Delete returns a delete builder for GatewaySecret.
+func (c *GatewaySecretClient) Delete() *GatewaySecretDelete {
+	mutation := newGatewaySecretMutation(c.config, OpDelete)
+	return &GatewaySecretDelete{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// DeleteOne returns a builder for deleting the given entity.
+func (c *GatewaySecretClient) DeleteOne(_m *GatewaySecret) *GatewaySecretDeleteOne {
+	return c.DeleteOneID(_m.ID)
+}
+
+// DeleteOneID returns a builder for deleting the given entity by its id.
+func (c *GatewaySecretClient) DeleteOneID(id string) *GatewaySecretDeleteOne {
+	builder := c.Delete().Where(gatewaysecret.ID(id))
+	builder.mutation.id = &id
+	builder.mutation.op = OpDeleteOne
+	return &GatewaySecretDeleteOne{builder}
+}
+
+// Query returns a query builder for GatewaySecret.
+func (c *GatewaySecretClient) Query() *GatewaySecretQuery {
+	return &GatewaySecretQuery{
+		config: c.config,
+		ctx:    &QueryContext{Type: TypeGatewaySecret},
+		inters: c.Interceptors(),
+	}
+}
+
+// Get returns a GatewaySecret entity by its id.
+func (c *GatewaySecretClient) Get(ctx context.Context, id string) (*GatewaySecret, error) {
+	return c.Query().Where(gatewaysecret.ID(id)).Only(ctx)
+}
+
+// GetX is like Get, but panics if an error occurs.
+func (c *GatewaySecretClient) GetX(ctx context.Context, id string) *GatewaySecret {
+	obj, err := c.Get(ctx, id)
+	if err != nil {
+		panic(err)
+	}
+	return obj
+}
+
+// Hooks returns the client hooks.
+func (c *GatewaySecretClient) Hooks() []Hook {
+	return c.hooks.GatewaySecret
+}
+
+// Interceptors returns the client interceptors.
+func (c *GatewaySecretClient) Interceptors() []Interceptor {
+	return c.inters.GatewaySecret
+}
+
+func (c *GatewaySecretClient) mutate(ctx context.Context, m *GatewaySecretMutation) (Value, error) {
+	switch m.Op() {
+	case OpCreate:
+		return (&GatewaySecretCreate{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpUpdate:
+		return (&GatewaySecretUpdate{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpUpdateOne:
+		return (&GatewaySecretUpdateOne{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpDelete, OpDeleteOne:
+		return (&GatewaySecretDelete{config: c.config, hooks: c.Hooks(), mutation: m}).Exec(ctx)
+	default:
+		return nil, fmt.Errorf("ent: unknown GatewaySecret mutation op: %q", m.Op())
+	}
+}
+
 // hooks and interceptors per client, for fast access.
 type (
 	hooks struct {
-		Domain []ent.Hook
+		Domain, GatewaySecret []ent.Hook
 	}
 	inters struct {
-		Domain []ent.Interceptor
+		Domain, GatewaySecret []ent.Interceptor
 	}
 )

@@ -26,7 +26,9 @@ type Domain struct {
 	// CreatedAt holds the value of the "created_at" field.
 	CreatedAt time.Time `json:"created_at,omitempty"`
 	// UpdatedAt holds the value of the "updated_at" field.
-	UpdatedAt    time.Time `json:"updated_at,omitempty"`
+	UpdatedAt time.Time `json:"updated_at,omitempty"`
+	// Policy holds the value of the "policy" field.
+	Policy       string `json:"-"`
 	selectValues sql.SelectValues
 }
 
@@ -37,7 +39,7 @@ func (*Domain) scanValues(columns []string) ([]any, error) {
 		switch columns[i] {
 		case domain.FieldID:
 			values[i] = new(sql.NullInt64)
-		case domain.FieldName, domain.FieldKeyHash, domain.FieldMemo:
+		case domain.FieldName, domain.FieldKeyHash, domain.FieldMemo, domain.FieldPolicy:
 			values[i] = new(sql.NullString)
 		case domain.FieldCreatedAt, domain.FieldUpdatedAt:
 			values[i] = new(sql.NullTime)
@@ -92,6 +94,12 @@ func (_m *Domain) assignValues(columns []string, values []any) error {
 			} else if value.Valid {
 				_m.UpdatedAt = value.Time
 			}
+		case domain.FieldPolicy:
+			if value, ok := values[i].(*sql.NullString); !ok {
+				return fmt.Errorf("unexpected type %T for field policy", values[i])
+			} else if value.Valid {
+				_m.Policy = value.String
+			}
 		default:
 			_m.selectValues.Set(columns[i], values[i])
 		}
@@ -141,6 +149,8 @@ func (_m *Domain) String() string {
 	builder.WriteString(", ")
 	builder.WriteString("updated_at=")
 	builder.WriteString(_m.UpdatedAt.Format(time.ANSIC))
+	builder.WriteString(", ")
+	builder.WriteString("policy=<sensitive>")
 	builder.WriteByte(')')
 	return builder.String()
 }

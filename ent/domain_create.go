@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"entgo.io/ent/schema/field"
 	"github.com/hopgate/hopgate/ent/domain"
@@ -18,6 +19,7 @@ type DomainCreate struct {
 	config
 	mutation *DomainMutation
 	hooks    []Hook
+	conflict []sql.ConflictOption
 }
 
 // SetName sets the "name" field.
@@ -74,6 +76,20 @@ func (_c *DomainCreate) SetNillableUpdatedAt(v *time.Time) *DomainCreate {
 	return _c
 }
 
+// SetPolicy sets the "policy" field.
+func (_c *DomainCreate) SetPolicy(v string) *DomainCreate {
+	_c.mutation.SetPolicy(v)
+	return _c
+}
+
+// SetNillablePolicy sets the "policy" field if the given value is not nil.
+func (_c *DomainCreate) SetNillablePolicy(v *string) *DomainCreate {
+	if v != nil {
+		_c.SetPolicy(*v)
+	}
+	return _c
+}
+
 // Mutation returns the DomainMutation object of the builder.
 func (_c *DomainCreate) Mutation() *DomainMutation {
 	return _c.mutation
@@ -121,6 +137,10 @@ func (_c *DomainCreate) defaults() {
 		v := domain.DefaultUpdatedAt()
 		_c.mutation.SetUpdatedAt(v)
 	}
+	if _, ok := _c.mutation.Policy(); !ok {
+		v := domain.DefaultPolicy
+		_c.mutation.SetPolicy(v)
+	}
 }
 
 // check runs all checks and user-defined validators on the builder.
@@ -144,6 +164,9 @@ func (_c *DomainCreate) check() error {
 	}
 	if _, ok := _c.mutation.UpdatedAt(); !ok {
 		return &ValidationError{Name: "updated_at", err: errors.New(`ent: missing required field "Domain.updated_at"`)}
+	}
+	if _, ok := _c.mutation.Policy(); !ok {
+		return &ValidationError{Name: "policy", err: errors.New(`ent: missing required field "Domain.policy"`)}
 	}
 	return nil
 }
@@ -171,6 +194,7 @@ func (_c *DomainCreate) createSpec() (*Domain, *sqlgraph.CreateSpec) {
 		_node = &Domain{config: _c.config}
 		_spec = sqlgraph.NewCreateSpec(domain.Table, sqlgraph.NewFieldSpec(domain.FieldID, field.TypeInt))
 	)
+	_spec.OnConflict = _c.conflict
 	if value, ok := _c.mutation.Name(); ok {
 		_spec.SetField(domain.FieldName, field.TypeString, value)
 		_node.Name = value
@@ -191,7 +215,268 @@ func (_c *DomainCreate) createSpec() (*Domain, *sqlgraph.CreateSpec) {
 		_spec.SetField(domain.FieldUpdatedAt, field.TypeTime, value)
 		_node.UpdatedAt = value
 	}
+	if value, ok := _c.mutation.Policy(); ok {
+		_spec.SetField(domain.FieldPolicy, field.TypeString, value)
+		_node.Policy = value
+	}
 	return _node, _spec
+}
+
+// OnConflict allows configuring the `ON CONFLICT` / `ON DUPLICATE KEY` clause
+// of the `INSERT` statement. For example:
+//
+//	client.Domain.Create().
+//		SetName(v).
+//		OnConflict(
+//			// Update the row with the new values
+//			// the was proposed for insertion.
+//			sql.ResolveWithNewValues(),
+//		).
+//		// Override some of the fields with custom
+//		// update values.
+//		Update(func(u *ent.DomainUpsert) {
+//			SetName(v+v).
+//		}).
+//		Exec(ctx)
+func (_c *DomainCreate) OnConflict(opts ...sql.ConflictOption) *DomainUpsertOne {
+	_c.conflict = opts
+	return &DomainUpsertOne{
+		create: _c,
+	}
+}
+
+// OnConflictColumns calls `OnConflict` and configures the columns
+// as conflict target. Using this option is equivalent to using:
+//
+//	client.Domain.Create().
+//		OnConflict(sql.ConflictColumns(columns...)).
+//		Exec(ctx)
+func (_c *DomainCreate) OnConflictColumns(columns ...string) *DomainUpsertOne {
+	_c.conflict = append(_c.conflict, sql.ConflictColumns(columns...))
+	return &DomainUpsertOne{
+		create: _c,
+	}
+}
+
+type (
+	// DomainUpsertOne is the builder for "upsert"-ing
+	//  one Domain node.
+	DomainUpsertOne struct {
+		create *DomainCreate
+	}
+
+	// DomainUpsert is the "OnConflict" setter.
+	DomainUpsert struct {
+		*sql.UpdateSet
+	}
+)
+
+// SetName sets the "name" field.
+func (u *DomainUpsert) SetName(v string) *DomainUpsert {
+	u.Set(domain.FieldName, v)
+	return u
+}
+
+// UpdateName sets the "name" field to the value that was provided on create.
+func (u *DomainUpsert) UpdateName() *DomainUpsert {
+	u.SetExcluded(domain.FieldName)
+	return u
+}
+
+// SetKeyHash sets the "key_hash" field.
+func (u *DomainUpsert) SetKeyHash(v string) *DomainUpsert {
+	u.Set(domain.FieldKeyHash, v)
+	return u
+}
+
+// UpdateKeyHash sets the "key_hash" field to the value that was provided on create.
+func (u *DomainUpsert) UpdateKeyHash() *DomainUpsert {
+	u.SetExcluded(domain.FieldKeyHash)
+	return u
+}
+
+// SetMemo sets the "memo" field.
+func (u *DomainUpsert) SetMemo(v string) *DomainUpsert {
+	u.Set(domain.FieldMemo, v)
+	return u
+}
+
+// UpdateMemo sets the "memo" field to the value that was provided on create.
+func (u *DomainUpsert) UpdateMemo() *DomainUpsert {
+	u.SetExcluded(domain.FieldMemo)
+	return u
+}
+
+// SetUpdatedAt sets the "updated_at" field.
+func (u *DomainUpsert) SetUpdatedAt(v time.Time) *DomainUpsert {
+	u.Set(domain.FieldUpdatedAt, v)
+	return u
+}
+
+// UpdateUpdatedAt sets the "updated_at" field to the value that was provided on create.
+func (u *DomainUpsert) UpdateUpdatedAt() *DomainUpsert {
+	u.SetExcluded(domain.FieldUpdatedAt)
+	return u
+}
+
+// SetPolicy sets the "policy" field.
+func (u *DomainUpsert) SetPolicy(v string) *DomainUpsert {
+	u.Set(domain.FieldPolicy, v)
+	return u
+}
+
+// UpdatePolicy sets the "policy" field to the value that was provided on create.
+func (u *DomainUpsert) UpdatePolicy() *DomainUpsert {
+	u.SetExcluded(domain.FieldPolicy)
+	return u
+}
+
+// UpdateNewValues updates the mutable fields using the new values that were set on create.
+// Using this option is equivalent to using:
+//
+//	client.Domain.Create().
+//		OnConflict(
+//			sql.ResolveWithNewValues(),
+//		).
+//		Exec(ctx)
+func (u *DomainUpsertOne) UpdateNewValues() *DomainUpsertOne {
+	u.create.conflict = append(u.create.conflict, sql.ResolveWithNewValues())
+	u.create.conflict = append(u.create.conflict, sql.ResolveWith(func(s *sql.UpdateSet) {
+		if _, exists := u.create.mutation.CreatedAt(); exists {
+			s.SetIgnore(domain.FieldCreatedAt)
+		}
+	}))
+	return u
+}
+
+// Ignore sets each column to itself in case of conflict.
+// Using this option is equivalent to using:
+//
+//	client.Domain.Create().
+//	    OnConflict(sql.ResolveWithIgnore()).
+//	    Exec(ctx)
+func (u *DomainUpsertOne) Ignore() *DomainUpsertOne {
+	u.create.conflict = append(u.create.conflict, sql.ResolveWithIgnore())
+	return u
+}
+
+// DoNothing configures the conflict_action to `DO NOTHING`.
+// Supported only by SQLite and PostgreSQL.
+func (u *DomainUpsertOne) DoNothing() *DomainUpsertOne {
+	u.create.conflict = append(u.create.conflict, sql.DoNothing())
+	return u
+}
+
+// Update allows overriding fields `UPDATE` values. See the DomainCreate.OnConflict
+// documentation for more info.
+func (u *DomainUpsertOne) Update(set func(*DomainUpsert)) *DomainUpsertOne {
+	u.create.conflict = append(u.create.conflict, sql.ResolveWith(func(update *sql.UpdateSet) {
+		set(&DomainUpsert{UpdateSet: update})
+	}))
+	return u
+}
+
+// SetName sets the "name" field.
+func (u *DomainUpsertOne) SetName(v string) *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetName(v)
+	})
+}
+
+// UpdateName sets the "name" field to the value that was provided on create.
+func (u *DomainUpsertOne) UpdateName() *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateName()
+	})
+}
+
+// SetKeyHash sets the "key_hash" field.
+func (u *DomainUpsertOne) SetKeyHash(v string) *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetKeyHash(v)
+	})
+}
+
+// UpdateKeyHash sets the "key_hash" field to the value that was provided on create.
+func (u *DomainUpsertOne) UpdateKeyHash() *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateKeyHash()
+	})
+}
+
+// SetMemo sets the "memo" field.
+func (u *DomainUpsertOne) SetMemo(v string) *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetMemo(v)
+	})
+}
+
+// UpdateMemo sets the "memo" field to the value that was provided on create.
+func (u *DomainUpsertOne) UpdateMemo() *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateMemo()
+	})
+}
+
+// SetUpdatedAt sets the "updated_at" field.
+func (u *DomainUpsertOne) SetUpdatedAt(v time.Time) *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetUpdatedAt(v)
+	})
+}
+
+// UpdateUpdatedAt sets the "updated_at" field to the value that was provided on create.
+func (u *DomainUpsertOne) UpdateUpdatedAt() *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateUpdatedAt()
+	})
+}
+
+// SetPolicy sets the "policy" field.
+func (u *DomainUpsertOne) SetPolicy(v string) *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetPolicy(v)
+	})
+}
+
+// UpdatePolicy sets the "policy" field to the value that was provided on create.
+func (u *DomainUpsertOne) UpdatePolicy() *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdatePolicy()
+	})
+}
+
+// Exec executes the query.
+func (u *DomainUpsertOne) Exec(ctx context.Context) error {
+	if len(u.create.conflict) == 0 {
+		return errors.New("ent: missing options for DomainCreate.OnConflict")
+	}
+	return u.create.Exec(ctx)
+}
+
+// ExecX is like Exec, but panics if an error occurs.
+func (u *DomainUpsertOne) ExecX(ctx context.Context) {
+	if err := u.create.Exec(ctx); err != nil {
+		panic(err)
+	}
+}
+
+// Exec executes the UPSERT query and returns the inserted/updated ID.
+func (u *DomainUpsertOne) ID(ctx context.Context) (id int, err error) {
+	node, err := u.create.Save(ctx)
+	if err != nil {
+		return id, err
+	}
+	return node.ID, nil
+}
+
+// IDX is like ID, but panics if an error occurs.
+func (u *DomainUpsertOne) IDX(ctx context.Context) int {
+	id, err := u.ID(ctx)
+	if err != nil {
+		panic(err)
+	}
+	return id
 }
 
 // DomainCreateBulk is the builder for creating many Domain entities in bulk.
@@ -199,6 +484,7 @@ type DomainCreateBulk struct {
 	config
 	err      error
 	builders []*DomainCreate
+	conflict []sql.ConflictOption
 }
 
 // Save creates the Domain entities in the database.
@@ -228,6 +514,7 @@ func (_c *DomainCreateBulk) Save(ctx context.Context) ([]*Domain, error) {
 					_, err = mutators[i+1].Mutate(root, _c.builders[i+1].mutation)
 				} else {
 					spec := &sqlgraph.BatchCreateSpec{Nodes: specs}
+					spec.OnConflict = _c.conflict
 					// Invoke the actual operation on the latest mutation in the chain.
 					if err = sqlgraph.BatchCreate(ctx, _c.driver, spec); err != nil {
 						if sqlgraph.IsConstraintError(err) {
@@ -278,6 +565,187 @@ func (_c *DomainCreateBulk) Exec(ctx context.Context) error {
 // ExecX is like Exec, but panics if an error occurs.
 func (_c *DomainCreateBulk) ExecX(ctx context.Context) {
 	if err := _c.Exec(ctx); err != nil {
+		panic(err)
+	}
+}
+
+// OnConflict allows configuring the `ON CONFLICT` / `ON DUPLICATE KEY` clause
+// of the `INSERT` statement. For example:
+//
+//	client.Domain.CreateBulk(builders...).
+//		OnConflict(
+//			// Update the row with the new values
+//			// the was proposed for insertion.
+//			sql.ResolveWithNewValues(),
+//		).
+//		// Override some of the fields with custom
+//		// update values.
+//		Update(func(u *ent.DomainUpsert) {
+//			SetName(v+v).
+//		}).
+//		Exec(ctx)
+func (_c *DomainCreateBulk) OnConflict(opts ...sql.ConflictOption) *DomainUpsertBulk {
+	_c.conflict = opts
+	return &DomainUpsertBulk{
+		create: _c,
+	}
+}
+
+// OnConflictColumns calls `OnConflict` and configures the columns
+// as conflict target. Using this option is equivalent to using:
+//
+//	client.Domain.Create().
+//		OnConflict(sql.ConflictColumns(columns...)).
+//		Exec(ctx)
+func (_c *DomainCreateBulk) OnConflictColumns(columns ...string) *DomainUpsertBulk {
+	_c.conflict = append(_c.conflict, sql.ConflictColumns(columns...))
+	return &DomainUpsertBulk{
+		create: _c,
+	}
+}
+
+// DomainUpsertBulk is the builder for "upsert"-ing
+// a bulk of Domain nodes.
+type DomainUpsertBulk struct {
+	create *DomainCreateBulk
+}
+
+// UpdateNewValues updates the mutable fields using the new values that
+// were set on create. Using this option is equivalent to using:
+//
+//	client.Domain.Create().
+//		OnConflict(
+//			sql.ResolveWithNewValues(),
+//		).
+//		Exec(ctx)
+func (u *DomainUpsertBulk) UpdateNewValues() *DomainUpsertBulk {
+	u.create.conflict = append(u.create.conflict, sql.ResolveWithNewValues())
+	u.create.conflict = append(u.create.conflict, sql.ResolveWith(func(s *sql.UpdateSet) {
+		for _, b := range u.create.builders {
+			if _, exists := b.mutation.CreatedAt(); exists {
+				s.SetIgnore(domain.FieldCreatedAt)
+			}
+		}
+	}))
+	return u
+}
+
+// Ignore sets each column to itself in case of conflict.
+// Using this option is equivalent to using:
+//
+//	client.Domain.Create().
+//		OnConflict(sql.ResolveWithIgnore()).
+//		Exec(ctx)
+func (u *DomainUpsertBulk) Ignore() *DomainUpsertBulk {
+	u.create.conflict = append(u.create.conflict, sql.ResolveWithIgnore())
+	return u
+}
+
+// DoNothing configures the conflict_action to `DO NOTHING`.
+// Supported only by SQLite and PostgreSQL.
+func (u *DomainUpsertBulk) DoNothing() *DomainUpsertBulk {
+	u.create.conflict = append(u.create.conflict, sql.DoNothing())
+	return u
+}
+
+// Update allows overriding fields `UPDATE` values. See the DomainCreateBulk.OnConflict
+// documentation for more info.
+func (u *DomainUpsertBulk) Update(set func(*DomainUpsert)) *DomainUpsertBulk {
+	u.create.conflict = append(u.create.conflict, sql.ResolveWith(func(update *sql.UpdateSet) {
+		set(&DomainUpsert{UpdateSet: update})
+	}))
+	return u
+}
+
+// SetName sets the "name" field.
+func (u *DomainUpsertBulk) SetName(v string) *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetName(v)
+	})
+}
+
+// UpdateName sets the "name" field to the value that was provided on create.
+func (u *DomainUpsertBulk) UpdateName() *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateName()
+	})
+}
+
+// SetKeyHash sets the "key_hash" field.
+func (u *DomainUpsertBulk) SetKeyHash(v string) *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetKeyHash(v)
+	})
+}
+
+// UpdateKeyHash sets the "key_hash" field to the value that was provided on create.
+func (u *DomainUpsertBulk) UpdateKeyHash() *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateKeyHash()
+	})
+}
+
+// SetMemo sets the "memo" field.
+func (u *DomainUpsertBulk) SetMemo(v string) *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetMemo(v)
+	})
+}
+
+// UpdateMemo sets the "memo" field to the value that was provided on create.
+func (u *DomainUpsertBulk) UpdateMemo() *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateMemo()
+	})
+}
+
+// SetUpdatedAt sets the "updated_at" field.
+func (u *DomainUpsertBulk) SetUpdatedAt(v time.Time) *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetUpdatedAt(v)
+	})
+}
+
+// UpdateUpdatedAt sets the "updated_at" field to the value that was provided on create.
+func (u *DomainUpsertBulk) UpdateUpdatedAt() *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateUpdatedAt()
+	})
+}
+
+// SetPolicy sets the "policy" field.
+func (u *DomainUpsertBulk) SetPolicy(v string) *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetPolicy(v)
+	})
+}
+
+// UpdatePolicy sets the "policy" field to the value that was provided on create.
+func (u *DomainUpsertBulk) UpdatePolicy() *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdatePolicy()
+	})
+}
+
+// Exec executes the query.
+func (u *DomainUpsertBulk) Exec(ctx context.Context) error {
+	if u.create.err != nil {
+		return u.create.err
+	}
+	for i, b := range u.create.builders {
+		if len(b.conflict) != 0 {
+			return fmt.Errorf("ent: OnConflict was set for builder %d. Set it on the DomainCreateBulk instead", i)
+		}
+	}
+	if len(u.create.conflict) == 0 {
+		return errors.New("ent: missing options for DomainCreateBulk.OnConflict")
+	}
+	return u.create.Exec(ctx)
+}
+
+// ExecX is like Exec, but panics if an error occurs.
+func (u *DomainUpsertBulk) ExecX(ctx context.Context) {
+	if err := u.create.Exec(ctx); err != nil {
 		panic(err)
 	}
 }

@@ -76,6 +76,20 @@ func (_u *DomainUpdate) SetUpdatedAt(v time.Time) *DomainUpdate {
 	return _u
 }
 
+// SetPolicy sets the "policy" field.
+func (_u *DomainUpdate) SetPolicy(v string) *DomainUpdate {
+	_u.mutation.SetPolicy(v)
+	return _u
+}
+
+// SetNillablePolicy sets the "policy" field if the given value is not nil.
+func (_u *DomainUpdate) SetNillablePolicy(v *string) *DomainUpdate {
+	if v != nil {
+		_u.SetPolicy(*v)
+	}
+	return _u
+}
+
 // Mutation returns the DomainMutation object of the builder.
 func (_u *DomainUpdate) Mutation() *DomainMutation {
 	return _u.mutation
@@ -151,6 +165,9 @@ func (_u *DomainUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 	if value, ok := _u.mutation.UpdatedAt(); ok {
 		_spec.SetField(domain.FieldUpdatedAt, field.TypeTime, value)
 	}
+	if value, ok := _u.mutation.Policy(); ok {
+		_spec.SetField(domain.FieldPolicy, field.TypeString, value)
+	}
 	if _node, err = sqlgraph.UpdateNodes(ctx, _u.driver, _spec); err != nil {
 		if _, ok := err.(*sqlgraph.NotFoundError); ok {
 			err = &NotFoundError{domain.Label}
@@ -216,6 +233,20 @@ func (_u *DomainUpdateOne) SetNillableMemo(v *string) *DomainUpdateOne {
 // SetUpdatedAt sets the "updated_at" field.
 func (_u *DomainUpdateOne) SetUpdatedAt(v time.Time) *DomainUpdateOne {
 	_u.mutation.SetUpdatedAt(v)
+	return _u
+}
+
+// SetPolicy sets the "policy" field.
+func (_u *DomainUpdateOne) SetPolicy(v string) *DomainUpdateOne {
+	_u.mutation.SetPolicy(v)
+	return _u
+}
+
+// SetNillablePolicy sets the "policy" field if the given value is not nil.
+func (_u *DomainUpdateOne) SetNillablePolicy(v *string) *DomainUpdateOne {
+	if v != nil {
+		_u.SetPolicy(*v)
+	}
 	return _u
 }
 
@@ -323,6 +354,9 @@ func (_u *DomainUpdateOne) sqlSave(ctx context.Context) (_node *Domain, err erro
 	}
 	if value, ok := _u.mutation.UpdatedAt(); ok {
 		_spec.SetField(domain.FieldUpdatedAt, field.TypeTime, value)
+	}
+	if value, ok := _u.mutation.Policy(); ok {
+		_spec.SetField(domain.FieldPolicy, field.TypeString, value)
 	}
 	_node = &Domain{config: _u.config}
 	_spec.Assign = _node.assignValues

@@ -13,6 +13,7 @@ import (
 	"entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"github.com/hopgate/hopgate/ent/domain"
+	"github.com/hopgate/hopgate/ent/gatewaysecret"
 )
 
 // ent aliases to avoid import conflicts in user's code.
@@ -73,7 +74,8 @@ var (
 func checkColumn(t, c string) error {
 	initCheck.Do(func() {
 		columnCheck = sql.NewColumnCheck(map[string]func(string) bool{
-			domain.Table: domain.ValidColumn,
+			domain.Table:        domain.ValidColumn,
+			gatewaysecret.Table: gatewaysecret.ValidColumn,
 		})
 	})
 	return columnCheck(t, c)

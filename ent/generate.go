@@ -2,4 +2,4 @@
 // Everything here except generate.go and schema/ is generated: run `go generate ./ent`.
 package ent
 
-//go:generate go tool ent generate ./schema
+//go:generate go tool ent generate --feature sql/upsert ./schema

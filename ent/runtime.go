@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hopgate/hopgate/ent/domain"
+	"github.com/hopgate/hopgate/ent/gatewaysecret"
 	"github.com/hopgate/hopgate/ent/schema"
 )
 
@@ -47,4 +48,36 @@ func init() {
 	domain.DefaultUpdatedAt = domainDescUpdatedAt.Default.(func() time.Time)
 	// domain.UpdateDefaultUpdatedAt holds the default value on update for the updated_at field.
 	domain.UpdateDefaultUpdatedAt = domainDescUpdatedAt.UpdateDefault.(func() time.Time)
+	// domainDescPolicy is the schema descriptor for policy field.
+	domainDescPolicy := domainFields[5].Descriptor()
+	// domain.DefaultPolicy holds the default value on creation for the policy field.
+	domain.DefaultPolicy = domainDescPolicy.Default.(string)
+	gatewaysecretFields := schema.GatewaySecret{}.Fields()
+	_ = gatewaysecretFields
+	// gatewaysecretDescValue is the schema descriptor for value field.
+	gatewaysecretDescValue := gatewaysecretFields[1].Descriptor()
+	// gatewaysecret.ValueValidator is a validator for the "value" field. It is called by the builders before save.
+	gatewaysecret.ValueValidator = gatewaysecretDescValue.Validators[0].(func([]byte) error)
+	// gatewaysecretDescCreatedAt is the schema descriptor for created_at field.
+	gatewaysecretDescCreatedAt := gatewaysecretFields[2].Descriptor()
+	// gatewaysecret.DefaultCreatedAt holds the default value on creation for the created_at field.
+	gatewaysecret.DefaultCreatedAt = gatewaysecretDescCreatedAt.Default.(func() time.Time)
+	// gatewaysecretDescID is the schema descriptor for id field.
+	gatewaysecretDescID := gatewaysecretFields[0].Descriptor()
+	// gatewaysecret.IDValidator is a validator for the "id" field. It is called by the builders before save.
+	gatewaysecret.IDValidator = func() func(string) error {
+		validators := gatewaysecretDescID.Validators
+		fns := [...]func(string) error{
+			validators[0].(func(string) error),
+			validators[1].(func(string) error),
+		}
+		return func(id string) error {
+			for _, fn := range fns {
+				if err := fn(id); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}()
 }

@@ -14,6 +14,8 @@ type Tx struct {
 	config
 	// Domain is the client for interacting with the Domain builders.
 	Domain *DomainClient
+	// GatewaySecret is the client for interacting with the GatewaySecret builders.
+	GatewaySecret *GatewaySecretClient
 
 	// lazily loaded.
 	client     *Client
@@ -146,6 +148,7 @@ func (tx *Tx) Client() *Client {
 
 func (tx *Tx) init() {
 	tx.Domain = NewDomainClient(tx.config)
+	tx.GatewaySecret = NewGatewaySecretClient(tx.config)
 }
 
 // txDriver wraps the given dialect.Tx with a nop dialect.Driver implementation.

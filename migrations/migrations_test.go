@@ -4,12 +4,14 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"io/fs"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"entgo.io/ent/dialect/sql/schema"
 	_ "github.com/lib/pq"
 	_ "modernc.org/sqlite"
 
@@ -91,23 +93,9 @@ func TestUp(t *testing.T) {
 				t.Fatalf("Up again = %d, %v; want a no-op at %d", v, err, latest)
 			}
 
-			// The table has exactly the columns the generated ent code reads and writes.
-			rows, err := db.QueryContext(ctx, "SELECT * FROM domains")
-			if err != nil {
-				t.Fatal(err)
-			}
-			cols, err := rows.Columns()
-			rows.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var entCols []string
-			for _, c := range entmigrate.DomainsColumns {
-				entCols = append(entCols, c.Name)
-			}
-			if !slices.Equal(cols, entCols) {
-				t.Fatalf("domains columns %v, ent expects %v", cols, entCols)
-			}
+			// The tables have exactly the columns the generated ent code reads and writes.
+			checkColumns(t, db, "domains", entmigrate.DomainsColumns)
+			checkColumns(t, db, "gateway_secrets", entmigrate.GatewaySecretsColumns)
 
 			// name is unique, memo defaults to "".
 			insert := "INSERT INTO domains (name, key_hash, created_at, updated_at) VALUES ('a.example.com', 'h', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
@@ -117,9 +105,42 @@ func TestUp(t *testing.T) {
 			if _, err := db.ExecContext(ctx, insert); err == nil {
 				t.Fatal("duplicate name accepted")
 			}
-			var memo string
-			if err := db.QueryRowContext(ctx, "SELECT memo FROM domains").Scan(&memo); err != nil || memo != "" {
-				t.Fatalf("memo default = %q, %v", memo, err)
+			var memo, policy string
+			if err := db.QueryRowContext(ctx, "SELECT memo, policy FROM domains").Scan(&memo, &policy); err != nil || memo != "" || policy != "" {
+				t.Fatalf("memo, policy defaults = %q, %q, %v; want both empty", memo, policy, err)
+			}
+
+			// A secret's name is unique and not empty.
+			secret := "INSERT INTO gateway_secrets (name, value, created_at) VALUES ('%s', 'k', CURRENT_TIMESTAMP)"
+			if _, err := db.ExecContext(ctx, fmt.Sprintf(secret, "session")); err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range []string{"session", ""} {
+				if _, err := db.ExecContext(ctx, fmt.Sprintf(secret, name)); err == nil {
+					t.Fatalf("secret named %q accepted twice or at all", name)
+				}
+			}
+
+			// Down to version 1 and up again: the domain stays, its policy starts empty, and the
+			// secrets table comes back empty.
+			fsys, _ := migrations.FS(dc.dialect)
+			exec(t, db, fsys, "000002_access_policy.down.sql")
+			checkColumns(t, db, "domains", entmigrate.DomainsColumns[:len(entmigrate.DomainsColumns)-1])
+			if _, err := db.ExecContext(ctx, "SELECT 1 FROM gateway_secrets"); err == nil {
+				t.Fatal("gateway_secrets still exists after the down migration")
+			}
+			if _, err := db.ExecContext(ctx, "UPDATE schema_migrations SET version = 1"); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := migrations.Up(ctx, db, dc.dialect); err != nil || v != latest {
+				t.Fatalf("Up from version 1 = %d, %v; want %d", v, err, latest)
+			}
+			var n int
+			if err := db.QueryRowContext(ctx, "SELECT count(*) FROM domains WHERE name = 'a.example.com' AND policy = ''").Scan(&n); err != nil || n != 1 {
+				t.Fatalf("after the upgrade %d rows of the domain with an empty policy (%v), want 1", n, err)
+			}
+			if err := db.QueryRowContext(ctx, "SELECT count(*) FROM gateway_secrets").Scan(&n); err != nil || n != 0 {
+				t.Fatalf("after the upgrade %d secrets (%v), want 0", n, err)
 			}
 
 			// A version from the future is refused, naming both versions.
@@ -139,18 +160,48 @@ func TestUp(t *testing.T) {
 				t.Fatalf("Up on a dirty schema = %v, want ErrDirty", err)
 			}
 
-			// The down migration removes what up created.
-			fsys, _ := migrations.FS(dc.dialect)
-			down, err := fs.ReadFile(fsys, "000001_create_domains.down.sql")
-			if err != nil {
+			// The down migrations, newest first, remove what the up ones created.
+			if _, err := db.ExecContext(ctx, "UPDATE schema_migrations SET version = 2, dirty = false"); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := db.ExecContext(ctx, string(down)); err != nil {
-				t.Fatal(err)
-			}
+			exec(t, db, fsys, "000002_access_policy.down.sql")
+			exec(t, db, fsys, "000001_create_domains.down.sql")
 			if _, err := db.ExecContext(ctx, "SELECT 1 FROM domains"); err == nil {
-				t.Fatal("domains still exists after the down migration")
+				t.Fatal("domains still exists after the down migrations")
 			}
 		})
+	}
+}
+
+// checkColumns compares a table's columns, in order, with what ent expects.
+func checkColumns(t *testing.T, db *sql.DB, table string, want []*schema.Column) {
+	t.Helper()
+	rows, err := db.Query("SELECT * FROM " + table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cols, err := rows.Columns()
+	rows.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range want {
+		names = append(names, c.Name)
+	}
+	if !slices.Equal(cols, names) {
+		t.Fatalf("%s columns %v, ent expects %v", table, cols, names)
+	}
+}
+
+// exec runs one migration file as it is.
+func exec(t *testing.T, db *sql.DB, fsys fs.FS, name string) {
+	t.Helper()
+	sqlText, err := fs.ReadFile(fsys, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(string(sqlText)); err != nil {
+		t.Fatalf("%s: %v", name, err)
 	}
 }

@@ -22,11 +22,15 @@ import (
 func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
-		case "domains":
+		case "domains", "sessions":
 			// The admin command line, a client of a running gateway's admin API: it needs none of the
 			// server's settings.
+			run := cli.Domains
+			if os.Args[1] == "sessions" {
+				run = cli.Sessions
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-			code := cli.Domains(ctx, os.Args[2:], cli.Env{Lookup: os.LookupEnv, DotenvPath: ".env"}, cli.IO{Stdout: os.Stdout, Stderr: os.Stderr})
+			code := run(ctx, os.Args[2:], cli.Env{Lookup: os.LookupEnv, DotenvPath: ".env"}, cli.IO{Stdout: os.Stdout, Stderr: os.Stderr, Stdin: os.Stdin})
 			stop()
 			os.Exit(code)
 		case "health":

@@ -23,6 +23,8 @@ const (
 	FieldCreatedAt = "created_at"
 	// FieldUpdatedAt holds the string denoting the updated_at field in the database.
 	FieldUpdatedAt = "updated_at"
+	// FieldPolicy holds the string denoting the policy field in the database.
+	FieldPolicy = "policy"
 	// Table holds the table name of the domain in the database.
 	Table = "domains"
 )
@@ -35,6 +37,7 @@ var Columns = []string{
 	FieldMemo,
 	FieldCreatedAt,
 	FieldUpdatedAt,
+	FieldPolicy,
 }
 
 // ValidColumn reports if the column name is valid (part of the table columns).
@@ -58,6 +61,8 @@ var (
 	DefaultUpdatedAt func() time.Time
 	// UpdateDefaultUpdatedAt holds the default value on update for the "updated_at" field.
 	UpdateDefaultUpdatedAt func() time.Time
+	// DefaultPolicy holds the default value on creation for the "policy" field.
+	DefaultPolicy string
 )
 
 // OrderOption defines the ordering options for the Domain queries.
@@ -91,4 +96,9 @@ func ByCreatedAt(opts ...sql.OrderTermOption) OrderOption {
 // ByUpdatedAt orders the results by the updated_at field.
 func ByUpdatedAt(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldUpdatedAt, opts...).ToFunc()
+}
+
+// ByPolicy orders the results by the policy field.
+func ByPolicy(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldPolicy, opts...).ToFunc()
 }

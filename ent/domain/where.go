@@ -354,6 +354,71 @@ func UpdatedAtLTE(v time.Time) predicate.Domain {
 	return predicate.Domain(sql.FieldLTE(FieldUpdatedAt, v))
 }
 
+// PolicyEQ applies the EQ predicate on the "policy" field.
+func PolicyEQ(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldEQ(FieldPolicy, v))
+}
+
+// PolicyNEQ applies the NEQ predicate on the "policy" field.
+func PolicyNEQ(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldNEQ(FieldPolicy, v))
+}
+
+// PolicyIn applies the In predicate on the "policy" field.
+func PolicyIn(vs ...string) predicate.Domain {
+	return predicate.Domain(sql.FieldIn(FieldPolicy, vs...))
+}
+
+// PolicyNotIn applies the NotIn predicate on the "policy" field.
+func PolicyNotIn(vs ...string) predicate.Domain {
+	return predicate.Domain(sql.FieldNotIn(FieldPolicy, vs...))
+}
+
+// PolicyGT applies the GT predicate on the "policy" field.
+func PolicyGT(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldGT(FieldPolicy, v))
+}
+
+// PolicyGTE applies the GTE predicate on the "policy" field.
+func PolicyGTE(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldGTE(FieldPolicy, v))
+}
+
+// PolicyLT applies the LT predicate on the "policy" field.
+func PolicyLT(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldLT(FieldPolicy, v))
+}
+
+// PolicyLTE applies the LTE predicate on the "policy" field.
+func PolicyLTE(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldLTE(FieldPolicy, v))
+}
+
+// PolicyContains applies the Contains predicate on the "policy" field.
+func PolicyContains(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldContains(FieldPolicy, v))
+}
+
+// PolicyHasPrefix applies the HasPrefix predicate on the "policy" field.
+func PolicyHasPrefix(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldHasPrefix(FieldPolicy, v))
+}
+
+// PolicyHasSuffix applies the HasSuffix predicate on the "policy" field.
+func PolicyHasSuffix(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldHasSuffix(FieldPolicy, v))
+}
+
+// PolicyEqualFold applies the EqualFold predicate on the "policy" field.
+func PolicyEqualFold(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldEqualFold(FieldPolicy, v))
+}
+
+// PolicyContainsFold applies the ContainsFold predicate on the "policy" field.
+func PolicyContainsFold(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldContainsFold(FieldPolicy, v))
+}
+
 // And groups predicates with the AND operator between them.
 func And(predicates ...predicate.Domain) predicate.Domain {
 	return predicate.Domain(sql.AndPredicates(predicates...))

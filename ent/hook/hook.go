@@ -21,6 +21,18 @@ func (f DomainFunc) Mutate(ctx context.Context, m ent.Mutation) (ent.Value, erro
 	return nil, fmt.Errorf("unexpected mutation type %T. expect *ent.DomainMutation", m)
 }
 
+// The GatewaySecretFunc type is an adapter to allow the use of ordinary
+// function as GatewaySecret mutator.
+type GatewaySecretFunc func(context.Context, *ent.GatewaySecretMutation) (ent.Value, error)
+
+// Mutate calls f(ctx, m).
+func (f GatewaySecretFunc) Mutate(ctx context.Context, m ent.Mutation) (ent.Value, error) {
+	if mv, ok := m.(*ent.GatewaySecretMutation); ok {
+		return f(ctx, mv)
+	}
+	return nil, fmt.Errorf("unexpected mutation type %T. expect *ent.GatewaySecretMutation", m)
+}
+
 // Condition is a hook condition function.
 type Condition func(context.Context, ent.Mutation) bool
 

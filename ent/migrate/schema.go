@@ -3,6 +3,7 @@
 package migrate
 
 import (
+	"entgo.io/ent/dialect/entsql"
 	"entgo.io/ent/dialect/sql/schema"
 	"entgo.io/ent/schema/field"
 )
@@ -16,6 +17,7 @@ var (
 		{Name: "memo", Type: field.TypeString, Default: ""},
 		{Name: "created_at", Type: field.TypeTime},
 		{Name: "updated_at", Type: field.TypeTime},
+		{Name: "policy", Type: field.TypeString, Size: 2147483647, Default: ""},
 	}
 	// DomainsTable holds the schema information for the "domains" table.
 	DomainsTable = &schema.Table{
@@ -23,11 +25,27 @@ var (
 		Columns:    DomainsColumns,
 		PrimaryKey: []*schema.Column{DomainsColumns[0]},
 	}
+	// GatewaySecretsColumns holds the columns for the "gateway_secrets" table.
+	GatewaySecretsColumns = []*schema.Column{
+		{Name: "name", Type: field.TypeString, Size: 64},
+		{Name: "value", Type: field.TypeBytes},
+		{Name: "created_at", Type: field.TypeTime},
+	}
+	// GatewaySecretsTable holds the schema information for the "gateway_secrets" table.
+	GatewaySecretsTable = &schema.Table{
+		Name:       "gateway_secrets",
+		Columns:    GatewaySecretsColumns,
+		PrimaryKey: []*schema.Column{GatewaySecretsColumns[0]},
+	}
 	// Tables holds all the tables in the schema.
 	Tables = []*schema.Table{
 		DomainsTable,
+		GatewaySecretsTable,
 	}
 )
 
 func init() {
+	GatewaySecretsTable.Annotation = &entsql.Annotation{
+		Table: "gateway_secrets",
+	}
 }

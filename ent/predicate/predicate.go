@@ -8,3 +8,6 @@ import (
 
 // Domain is the predicate function for domain builders.
 type Domain func(*sql.Selector)
+
+// GatewaySecret is the predicate function for gatewaysecret builders.
+type GatewaySecret func(*sql.Selector)

@@ -34,5 +34,10 @@ func (Domain) Fields() []ent.Field {
 		field.Time("updated_at").
 			Default(time.Now).
 			UpdateDefault(time.Now),
+		// The access policy as JSON (policy.Spec, passwords as bcrypt hashes); "" is none. Sensitive:
+		// it holds the hashes and the OIDC client secret, which ent's String() must not print.
+		field.Text("policy").
+			Default("").
+			Sensitive(),
 	}
 }

@@ -44,6 +44,10 @@ type Server struct {
 	MaxConnections      int // open connections over both public listeners; more are closed at accept
 	AuthFailuresPerMin  int // failed key checks (tunnel and admin API) allowed per client address
 
+	// OIDCCARoots is a PEM file of extra roots to trust for OpenID providers (single sign-on of
+	// access policies), besides the system's; checked to hold a certificate. OIDCHTTPClient uses it.
+	OIDCCARoots string
+
 	MetricsListen string // host:port of /metrics; empty = disabled
 	Pprof         bool   // serve /debug/pprof/ on the metrics listener
 
@@ -124,6 +128,9 @@ func serverSettings(s *Server) []setting {
 		{env: "HOP_SERVER_AUTH_FAILURES_PER_MINUTE", flag: "auth-failures-per-minute", def: "20",
 			usage: "failed key checks allowed per client address and minute, on tunnels and the admin API; then 429 (0: no limit)",
 			bind:  bind(&s.AuthFailuresPerMin, "count", parseNonNegativeInt)},
+		{env: "HOP_SERVER_OIDC_CA_ROOTS", flag: "oidc-ca-roots",
+			usage: "PEM file of extra roots to trust for OpenID providers (single sign-on), besides the system's; must be readable",
+			bind:  bind(&s.OIDCCARoots, "file", parsePEMFile)},
 		{env: "HOP_SERVER_TUNNEL_PING_INTERVAL", flag: "tunnel-ping-interval", def: "15s",
 			usage: fmt.Sprintf("how often the server pings agents; a tunnel is dead after %d missed pongs", TunnelMissedPongs),
 			bind:  bind(&s.TunnelPingInterval, "duration", parsePositiveDuration)},
@@ -240,7 +247,11 @@ func ServerUsage(w io.Writer) {
 	usage(w, "hopgate-server",
 		"Public end of HopGate: serves HTTPS for the gateway's domain and proxies every registered\n"+
 			"domain to the agent connected for it.\n\n"+
-			"  hopgate-server domains ...  manage domains through the admin API (hopgate-server domains --help)\n"+
+			"  hopgate-server domains ...  manage domains and their access policies through the admin API\n"+
+			"                              (hopgate-server domains --help)\n"+
+			"  hopgate-server sessions rotate-key\n"+
+			"                              end every single-sign-on session: a new session key (hopgate-server\n"+
+			"                              sessions --help)\n"+
 			"  hopgate-server health       check that the gateway on this host answers, for container health\n"+
 			"                              checks: exit 0 healthy, 1 not (hopgate-server health --help)\n"+
 			"  --version                   print the version and exit.\n\n"+

@@ -71,6 +71,7 @@ func TestLoadServerEveryVariable(t *testing.T) {
 	if err := os.WriteFile(roots, []byte("pem"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	oidcRoots := writeCertPEM(t)
 	pages, assets := filepath.Join(dir, "pages"), filepath.Join(dir, "assets")
 	for _, d := range []string{pages, assets} {
 		if err := os.Mkdir(d, 0o700); err != nil {
@@ -92,6 +93,7 @@ func TestLoadServerEveryVariable(t *testing.T) {
 		"HOP_SERVER_MAX_AGENTS_PER_DOMAIN":    "2",
 		"HOP_SERVER_MAX_CONNECTIONS":          "500",
 		"HOP_SERVER_AUTH_FAILURES_PER_MINUTE": "5",
+		"HOP_SERVER_OIDC_CA_ROOTS":            oidcRoots,
 		"HOP_SERVER_METRICS_LISTEN":           ":9100",
 		"HOP_SERVER_PPROF":                    "true",
 		"HOP_ADMIN_API_KEY":                   "admin-key",
@@ -126,6 +128,7 @@ func TestLoadServerEveryVariable(t *testing.T) {
 		MaxAgentsPerDomain:  2,
 		MaxConnections:      500,
 		AuthFailuresPerMin:  5,
+		OIDCCARoots:         oidcRoots,
 		TrustedProxies:      []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.1/32"), netip.MustParsePrefix("2001:db8::/32")},
 		MetricsListen:       ":9100",
 		Pprof:               true,
@@ -362,6 +365,10 @@ func TestLoadServerDerivedDefaults(t *testing.T) {
 }
 
 func TestLoadServerErrors(t *testing.T) {
+	notPEM := filepath.Join(t.TempDir(), "roots.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -403,6 +410,12 @@ func TestLoadServerErrors(t *testing.T) {
 			want: []string{`HOP_ACME_EMAIL (--acme-email): "ops" is not an email address`}},
 		{name: "bad CA dir", env: env{"HOP_ACME_CA_DIR": "letsencrypt"},
 			want: []string{`HOP_ACME_CA_DIR (--acme-ca-dir): "letsencrypt" is not an http:// or https:// URL`}},
+		{name: "missing OIDC roots", env: env{"HOP_SERVER_OIDC_CA_ROOTS": "/nonexistent/roots.pem"},
+			want: []string{`HOP_SERVER_OIDC_CA_ROOTS (--oidc-ca-roots): "/nonexistent/roots.pem" is not a readable file`}},
+		{name: "OIDC roots not PEM", env: env{"HOP_SERVER_OIDC_CA_ROOTS": notPEM},
+			want: []string{`HOP_SERVER_OIDC_CA_ROOTS (--oidc-ca-roots): "` + notPEM + `" holds no PEM certificate`}},
+		{name: "OIDC roots a directory", env: env{"HOP_SERVER_OIDC_CA_ROOTS": os.TempDir()},
+			want: []string{`HOP_SERVER_OIDC_CA_ROOTS (--oidc-ca-roots): "` + os.TempDir() + `" is a directory`}},
 		{name: "missing CA roots", env: env{"HOP_ACME_CA_ROOTS": "/nonexistent/roots.pem"},
 			want: []string{`HOP_ACME_CA_ROOTS (--acme-ca-roots): "/nonexistent/roots.pem" is not a readable file`}},
 		{name: "bad expect IP", env: env{"HOP_ACME_EXPECT_IPS": "203.0.113.1,gate.example.com"},
@@ -557,6 +570,7 @@ func TestServerUsage(t *testing.T) {
 		"env HOP_ACME_CACHE_DIR, default $HOP_DATA_DIR/acme",
 		"flag > environment > .env file",
 		"hopgate-server domains ...",
+		"hopgate-server sessions rotate-key",
 		"hopgate-server health ",
 		"--version                   print the version and exit",
 		"Exit codes: 0 stopped by a signal",

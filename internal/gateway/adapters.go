@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 
+	"github.com/hopgate/hopgate/internal/gateway/access"
 	"github.com/hopgate/hopgate/internal/gateway/metrics"
+	"github.com/hopgate/hopgate/internal/gateway/policy"
 	"github.com/hopgate/hopgate/internal/gateway/proxy"
 	"github.com/hopgate/hopgate/internal/gateway/registry"
 	"github.com/hopgate/hopgate/internal/gateway/tunnelsvc"
@@ -14,11 +18,21 @@ import (
 // The parts define the small interfaces they need; these adapt the registry, the hub and the metrics
 // to them.
 
-// authenticator adapts the registry to the tunnel service.
-type authenticator struct{ store *registry.Store }
+// authenticator adapts the registry to the tunnel service. On a successful login it also hands the
+// domain's policy to the access guard, so that a serving domain's policy is in memory before its
+// first visitor and survives a store outage (established tunnels never need the store).
+type authenticator struct {
+	store *registry.Store
+	guard *access.Guard
+}
 
 func (a authenticator) Authenticate(ctx context.Context, domain, key string) (string, error) {
 	d, err := a.store.Authenticate(ctx, domain, key)
+	if err == nil && a.guard != nil {
+		if spec, perr := a.store.Policy(ctx, d.Name); perr == nil {
+			a.guard.Prime(d.Name, spec)
+		}
+	}
 	switch {
 	case errors.Is(err, registry.ErrNotFound), errors.Is(err, registry.ErrInvalidInput):
 		return "", fmt.Errorf("%w: %w", tunnelsvc.ErrUnknownDomain, err)
@@ -43,6 +57,30 @@ func (d domains) Registered(ctx context.Context, name string) (bool, error) {
 	default:
 		return false, err
 	}
+}
+
+// policies adapts the registry to the access guard: an unknown domain has no policy (it is about to
+// get a 404 or was just unregistered, which closes its tunnels).
+type policies struct{ store *registry.Store }
+
+func (p policies) Policy(ctx context.Context, name string) (policy.Spec, error) {
+	s, err := p.store.Policy(ctx, name)
+	if errors.Is(err, registry.ErrNotFound) || errors.Is(err, registry.ErrInvalidInput) {
+		return policy.Spec{}, nil
+	}
+	return s, err
+}
+
+// listenPort is the port of a listen address, 0 when it has none or it is not a number: the public
+// port visitors use for the single-sign-on callback URL (behind a port mapping, the mapped port is
+// not known here; the listen port is what a direct visitor uses).
+func listenPort(addr string) int {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(p)
+	return n
 }
 
 // hubAgents adapts the tunnel service's hub to the proxy.

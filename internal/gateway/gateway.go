@@ -20,6 +20,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hopgate/hopgate/internal/config"
+	"github.com/hopgate/hopgate/internal/gateway/access"
+	"github.com/hopgate/hopgate/internal/gateway/access/sso"
 	"github.com/hopgate/hopgate/internal/gateway/acme"
 	"github.com/hopgate/hopgate/internal/gateway/admin"
 	"github.com/hopgate/hopgate/internal/gateway/authlimit"
@@ -108,7 +110,24 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		// Only a real limiter goes in: a nil *Limiter in the interface would not be nil.
 		svcOpts.AuthLimiter = authLimiter
 	}
-	g.tunnels = tunnelsvc.NewService(hub, authenticator{g.store}, svcOpts)
+	oidcClient, err := cfg.OIDCHTTPClient()
+	if err != nil {
+		return nil, err
+	}
+	var keyGeneration atomic.Uint64 // counts session-key rotations through this gateway's admin API
+	guard := access.New(access.Options{
+		Store: policies{g.store},
+		SSO: sso.New(sso.Options{
+			Key:           g.store.SessionKey,
+			KeyGeneration: keyGeneration.Load,
+			HTTPClient:    oidcClient,
+			Port:          listenPort(cfg.HTTPSListen),
+			Logger:        log,
+		}),
+		Metrics: m,
+		Logger:  log,
+	})
+	g.tunnels = tunnelsvc.NewService(hub, authenticator{g.store, guard}, svcOpts)
 
 	if g.certs, err = newCertSource(ctx, cfg, g.store, m, log); err != nil {
 		return nil, err
@@ -117,7 +136,8 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 	if cfg.AdminAPIKey == "" {
 		log.Warn("admin API disabled: HOP_ADMIN_API_KEY is empty")
 	} else {
-		opts := []admin.Option{admin.Reserved(cfg.Domain)}
+		opts := []admin.Option{admin.Reserved(cfg.Domain), admin.WithOIDCClient(oidcClient), admin.OnPolicyChange(guard.Invalidate),
+			admin.OnSessionKeyRotated(func() { keyGeneration.Add(1) })}
 		if g.certs.acme != nil {
 			opts = append(opts, admin.WithCertificates(adminCerts{g.certs.acme}))
 		}
@@ -143,6 +163,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		HeaderTimeout:  cfg.ProxyTimeout,
 		TrustedProxies: cfg.TrustedProxies,
 		Overloaded:     g.mem.Overloaded,
+		Access:         guard,
 		Errors:         pages,
 		Metrics:        m,
 		Logger:         log,

@@ -1,5 +1,6 @@
 // Package admin serves the admin REST API under /api/v1/admin/: registering, listing, inspecting and
-// unregistering domains and rotating their client API keys.
+// unregistering domains, rotating their client API keys, setting their access policies and rotating
+// the single-sign-on session key.
 package admin
 
 import (
@@ -11,11 +12,13 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/hopgate/hopgate/internal/gateway/hostname"
 	"github.com/hopgate/hopgate/internal/gateway/jsonapi"
+	"github.com/hopgate/hopgate/internal/gateway/policy"
 	"github.com/hopgate/hopgate/internal/gateway/registry"
 )
 
@@ -32,6 +35,12 @@ type Registry interface {
 	List(ctx context.Context) ([]registry.Domain, error)
 	Get(ctx context.Context, name string) (registry.Domain, error)
 	RotateKey(ctx context.Context, name string) (string, error)
+	// Policy and SetPolicy read and replace a domain's access policy (see registry.Store.SetPolicy
+	// for how secrets left out are kept).
+	Policy(ctx context.Context, name string) (policy.Spec, error)
+	SetPolicy(ctx context.Context, name string, s policy.Spec) (policy.Spec, error)
+	// RotateSessionKey replaces the key of single-sign-on session cookies.
+	RotateSessionKey(ctx context.Context) error
 }
 
 // Agents is the view of live tunnel sessions the admin API needs.
@@ -52,6 +61,10 @@ type handler struct {
 	// reserved names can never be tenants: the gateway's own name is never proxied.
 	reserved map[string]bool
 	certs    Certificates
+	// oidc fetches providers' discovery documents.
+	oidc             *http.Client
+	policyChanged    func(domain string)
+	sessionKeyRotate func()
 }
 
 // Certificates is the view of the certificate manager the admin API needs: registered names get a
@@ -79,9 +92,48 @@ func WithCertificates(c Certificates) Option {
 	return func(h *handler) { h.certs = c }
 }
 
-type route struct {
-	method string
-	serve  func(w http.ResponseWriter, r *http.Request)
+// WithOIDCClient sets the HTTP client that fetches OpenID providers' discovery documents when a
+// policy with single sign-on is set (config.Server.OIDCHTTPClient: the system's roots plus
+// HOP_SERVER_OIDC_CA_ROOTS). Without it, a client trusting the system's roots is used.
+func WithOIDCClient(c *http.Client) Option {
+	return func(h *handler) {
+		if c != nil {
+			h.oidc = c
+		}
+	}
+}
+
+// OnPolicyChange registers f to be called with the canonical name after a domain's policy changed:
+// a policy set or removed, or the domain unregistered. The gateway drops its cached copy there, so
+// the change applies to the next request instead of when the cache expires.
+func OnPolicyChange(f func(domain string)) Option {
+	return func(h *handler) {
+		if f != nil {
+			h.policyChanged = f
+		}
+	}
+}
+
+// OnSessionKeyRotated registers f to be called after the single-sign-on session key was replaced,
+// for the gateway to drop the copy it holds in memory.
+func OnSessionKeyRotated(f func()) Option {
+	return func(h *handler) {
+		if f != nil {
+			h.sessionKeyRotate = f
+		}
+	}
+}
+
+// route maps the methods of one path to their handlers.
+type route map[string]func(w http.ResponseWriter, r *http.Request)
+
+func (rt route) allowed() []string {
+	methods := make([]string, 0, len(rt))
+	for m := range rt {
+		methods = append(methods, m)
+	}
+	slices.Sort(methods)
+	return methods
 }
 
 // New returns the admin API. Requests must carry "Authorization: Bearer <apiKey>". With an empty
@@ -101,17 +153,23 @@ func New(reg Registry, agents Agents, apiKey string, logger *slog.Logger, opts .
 		enabled:  apiKey != "",
 		log:      logger.With("component", "admin"),
 		reserved: make(map[string]bool),
+		oidc:     &http.Client{Timeout: DiscoveryTimeout},
+		// Not nil, so that every call site can call them.
+		policyChanged:    func(string) {},
+		sessionKeyRotate: func() {},
 	}
 	for _, o := range opts {
 		o(h)
 	}
 	h.routes = map[string]route{
-		Prefix + "domains/register":   {http.MethodPost, h.register},
-		Prefix + "domains/unregister": {http.MethodPost, h.unregister},
-		Prefix + "domains":            {http.MethodGet, h.list},
-		Prefix + "domains/status":     {http.MethodGet, h.status},
-		Prefix + "domains/exists":     {http.MethodGet, h.exists},
-		Prefix + "domains/rotate-key": {http.MethodPost, h.rotateKey},
+		Prefix + "domains/register":    {http.MethodPost: h.register},
+		Prefix + "domains/unregister":  {http.MethodPost: h.unregister},
+		Prefix + "domains":             {http.MethodGet: h.list},
+		Prefix + "domains/status":      {http.MethodGet: h.status},
+		Prefix + "domains/exists":      {http.MethodGet: h.exists},
+		Prefix + "domains/rotate-key":  {http.MethodPost: h.rotateKey},
+		Prefix + "domains/policy":      {http.MethodGet: h.getPolicy, http.MethodPut: h.putPolicy},
+		Prefix + "sessions/rotate-key": {http.MethodPost: h.rotateSessionKey},
 	}
 	return h
 }
@@ -133,12 +191,14 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not found")
 		return
 	}
-	if r.Method != rt.method {
-		w.Header().Set("Allow", rt.method)
-		writeError(w, http.StatusMethodNotAllowed, "method not allowed; use "+rt.method)
+	serve, ok := rt[r.Method]
+	if !ok {
+		methods := rt.allowed()
+		w.Header().Set("Allow", strings.Join(methods, ", "))
+		writeError(w, http.StatusMethodNotAllowed, "method not allowed; use "+strings.Join(methods, " or "))
 		return
 	}
-	rt.serve(w, r)
+	serve(w, r)
 }
 
 // authorized compares SHA-256 digests in constant time: hashing first makes the comparison
@@ -219,6 +279,8 @@ func (h *handler) unregister(w http.ResponseWriter, r *http.Request) {
 	if h.certs != nil {
 		h.certs.Unmanage(name)
 	}
+	// The policy went with the row.
+	h.policyChanged(name)
 	h.log.InfoContext(r.Context(), "domain unregistered", "domain", name)
 	jsonapi.Write(w, http.StatusOK, struct {
 		Success bool   `json:"success"`
@@ -347,7 +409,7 @@ func (h *handler) rotateKey(w http.ResponseWriter, r *http.Request) {
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, registry.ErrInvalidInput):
-		writeError(w, http.StatusBadRequest, err.Error())
+		writeInvalid(w, err)
 	case errors.Is(err, registry.ErrNotFound):
 		writeError(w, http.StatusNotFound, "domain not found")
 	case errors.Is(err, registry.ErrExists):
@@ -416,6 +478,21 @@ func canonical(w http.ResponseWriter, name string) (string, bool) {
 
 func timestamp(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
+}
+
+// writeInvalid answers 400 for a refused input. A refused policy also names its field in "field",
+// for scripts; the message names it too.
+func writeInvalid(w http.ResponseWriter, err error) {
+	var fe *policy.FieldError
+	if !errors.As(err, &fe) {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	jsonapi.Write(w, http.StatusBadRequest, struct {
+		Success bool   `json:"success"`
+		Error   string `json:"error"`
+		Field   string `json:"field"`
+	}{false, err.Error(), fe.Field})
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {

@@ -62,7 +62,7 @@ var backends = []backend{
 	}},
 }
 
-func newEnv(t *testing.T, b backend, key string) *env {
+func newEnv(t *testing.T, b backend, key string, opts ...admin.Option) *env {
 	t.Helper()
 	o, raw, stop := b.setup(t)
 	store, err := registry.Open(context.Background(), o)
@@ -72,7 +72,7 @@ func newEnv(t *testing.T, b backend, key string) *env {
 	t.Cleanup(func() { store.Close() })
 	e := &env{t: t, store: store, raw: raw, agents: newFakeAgents(), logs: &syncBuffer{}, stop: stop}
 	logger := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e.srv = httptest.NewTLSServer(admin.New(store, e.agents, key, logger))
+	e.srv = httptest.NewTLSServer(admin.New(store, e.agents, key, logger, opts...))
 	t.Cleanup(e.srv.Close)
 	t.Cleanup(func() {
 		if strings.Contains(e.logs.String(), adminKey) || strings.Contains(e.logs.String(), apikey.Prefix) {
@@ -96,6 +96,7 @@ type response struct {
 	code   int
 	header http.Header
 	body   map[string]any
+	raw    string
 }
 
 // do sends one request with the admin key (auth "" means the right one, "-" means none) and checks
@@ -142,7 +143,7 @@ func (e *env) do(method, path, auth string, body io.Reader) response {
 	} else if m["success"] != true {
 		e.t.Errorf("%s %s: body %s lacks success:true", method, path, raw)
 	}
-	return response{res.StatusCode, res.Header, m}
+	return response{res.StatusCode, res.Header, m, string(raw)}
 }
 
 func jsonBody(s string) io.Reader { return strings.NewReader(s) }
@@ -408,6 +409,11 @@ func TestStoreUnavailable(t *testing.T) {
 		{"POST", "/api/v1/admin/domains/register", `{"domain":"new.example.com"}`},
 		{"POST", "/api/v1/admin/domains/unregister", `{"domain":"a.example.com"}`},
 		{"POST", "/api/v1/admin/domains/rotate-key", `{"domain":"a.example.com"}`},
+		{"GET", "/api/v1/admin/domains/policy?domain=a.example.com", ""},
+		{"PUT", "/api/v1/admin/domains/policy?domain=a.example.com", `{"ip_deny":["192.0.2.1"]}`},
+		{"PUT", "/api/v1/admin/domains/policy?domain=a.example.com", `{}`},
+		{"PUT", "/api/v1/admin/domains/policy?domain=a.example.com", `{"oidc":{"issuer":"https://id.example.com","client_id":"c"}}`},
+		{"POST", "/api/v1/admin/sessions/rotate-key", ""},
 	}
 	check := func(e *env) {
 		for _, c := range calls {

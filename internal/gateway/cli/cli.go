@@ -1,5 +1,6 @@
 // Package cli is the operator's command line for the admin API: `hopgate-server domains add|remove|
-// list|status|rotate-key`, so that registering a domain or rotating its key needs no curl.
+// list|status|rotate-key|policy` and `hopgate-server sessions rotate-key`, so that registering a
+// domain, rotating its key or protecting it needs no curl.
 package cli
 
 import (
@@ -52,9 +53,11 @@ type Env struct {
 	DotenvPath string
 }
 
-// IO is where a command writes.
+// IO is where a command reads and writes.
 type IO struct {
 	Stdout, Stderr io.Writer
+	// Stdin is what `policy set --file -` reads; nil means os.Stdin.
+	Stdin io.Reader
 }
 
 // usageError is a mistake on the command line: exit 2.
@@ -68,7 +71,7 @@ func usagef(format string, args ...any) error {
 
 const usageText = `Usage: hopgate-server domains <command> [arguments] [flags]
 
-Manage the gateway's domains through its admin API.
+Manage the gateway's domains and their access policies through its admin API.
 
 Commands:
   add <domain> [--memo M] [--key-file FILE]
@@ -76,13 +79,28 @@ Commands:
                  FILE. With --key-file, a domain already registered while FILE already holds a key
                  is no error: nothing changes (exit 0), so a setup script can run again
   remove <domain>
-                 unregister a domain; its live tunnels are closed
+                 unregister a domain; its live tunnels are closed and its access policy removed
   list           list the registered domains and their connected agents
   status <domain>
                  show one domain (exit 1 if it is not registered)
   rotate-key <domain> [--key-file FILE]
                  give a domain a new client API key (printed, or written to FILE); agents on the
                  old key are disconnected
+  policy show <domain>
+                 print the domain's access policy as JSON ({} when it has none). Passwords and the
+                 OIDC client secret are write-only and never shown ("client_secret_set" says
+                 whether one is stored)
+  policy set <domain> --file FILE
+                 replace the domain's access policy with the JSON document in FILE (- reads
+                 stdin), e.g. {"ip_allow":["203.0.113.0/24"],"basic_auth":[{"user":"ops",
+                 "password":"..."}],"rate_limit":{"rps":20,"burst":40},"oidc":{"issuer":"https://
+                 id.example.com","client_id":"...","client_secret":"...","allowed_domains":
+                 ["example.com"]}}. Secrets left out are kept: a user without "password" keeps
+                 its stored one, an OIDC part without "client_secret" keeps the stored one if
+                 issuer and client_id are the same; so what "policy show" prints can be edited
+                 and set again. An OIDC issuer must serve its discovery document
+  policy clear <domain>
+                 remove the domain's access policy: everyone may visit again
 
 Flags (the first four also environment variables; flag > environment > .env file):
   --admin-url URL        HOP_ADMIN_URL: the gateway's own address, e.g. https://gateway.example.com
@@ -97,27 +115,83 @@ Flags (the first four also environment variables; flag > environment > .env file
   --key-file FILE        add and rotate-key: write the client API key to FILE (created with mode
                          0600, replaced atomically) instead of printing it; stdout says where it went.
                          Not with --json
+  --file FILE            policy set: the policy document (JSON, at most 64 KiB); - reads stdin
   --insecure             do not verify the gateway's certificate (testing only)
   --json                 print the API's JSON answer as it is
 
 Exit codes: 0 done, 1 the API refused or could not be reached, 2 bad usage.
 `
 
+const sessionsUsageText = `Usage: hopgate-server sessions rotate-key [flags]
+
+Single-sign-on sessions of the domains whose access policy has an "oidc" part.
+
+Commands:
+  rotate-key     replace the gateway-wide session key: every single-sign-on session ends at once
+                 and visitors sign in again (domains with basic auth or IP rules only are not
+                 affected)
+
+Flags: --admin-url, --admin-api-key, --ca-file, --wait, --insecure and --json, with their
+environment variables, as for hopgate-server domains (see hopgate-server domains --help).
+
+Exit codes: 0 done, 1 the API refused or could not be reached, 2 bad usage.
+`
+
+// program is one command line of this package: its name after hopgate-server, help and commands.
+type program struct {
+	name     string
+	usage    string
+	commands map[string]command
+	names    string // the commands, for messages
+}
+
+var domainsProgram = &program{
+	name:  "domains",
+	usage: usageText,
+	commands: map[string]command{
+		"add":          {args: 1, memo: true, keyFile: true, run: add},
+		"remove":       {args: 1, run: remove},
+		"list":         {args: 0, run: list},
+		"status":       {args: 1, run: status},
+		"rotate-key":   {args: 1, keyFile: true, run: rotateKey},
+		"policy show":  {args: 1, run: policyShow},
+		"policy set":   {args: 1, file: true, run: policySet},
+		"policy clear": {args: 1, run: policyClear},
+	},
+	names: "add, remove, list, status, rotate-key or policy",
+}
+
+var sessionsProgram = &program{
+	name:     "sessions",
+	usage:    sessionsUsageText,
+	commands: map[string]command{"rotate-key": {args: 0, run: rotateSessionKey}},
+	names:    "rotate-key",
+}
+
 // Domains runs `hopgate-server domains <args>` and returns the exit code.
 func Domains(ctx context.Context, args []string, env Env, out IO) int {
-	err := run(ctx, args, env, out)
+	return domainsProgram.main(ctx, args, env, out)
+}
+
+// Sessions runs `hopgate-server sessions <args>` and returns the exit code.
+func Sessions(ctx context.Context, args []string, env Env, out IO) int {
+	return sessionsProgram.main(ctx, args, env, out)
+}
+
+func (p *program) main(ctx context.Context, args []string, env Env, out IO) int {
+	err := p.run(ctx, args, env, out)
 	var ue *usageError
 	switch {
 	case err == nil:
 		return exitOK
 	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(out.Stdout, usageText)
+		fmt.Fprint(out.Stdout, p.usage)
 		return exitOK
 	case errors.As(err, &ue):
-		fmt.Fprintf(out.Stderr, "hopgate-server domains: %s\n(see hopgate-server domains --help)\n", ue.msg)
+		fmt.Fprintf(out.Stderr, "hopgate-server %s: %s\n(see hopgate-server %s --help)\n", p.name, ue.msg, p.name)
 		return exitUsage
 	default:
-		fmt.Fprintf(out.Stderr, "hopgate-server domains: %v\n", err)
+		fmt.Fprintf(out.Stderr, "hopgate-server %s: %v\n", p.name, err)
 		return exitError
 	}
 }
@@ -129,6 +203,7 @@ type settings struct {
 	insecure, json           bool
 	memo                     string
 	keyFile                  string
+	file                     string
 }
 
 // command is one subcommand: how many positional arguments it takes and what it does.
@@ -136,31 +211,40 @@ type command struct {
 	args    int // 0 or 1 (the domain)
 	memo    bool
 	keyFile bool // issues a key, which --key-file can take
+	file    bool // takes a document with --file
 	run     func(ctx context.Context, c *client, domain string, s *settings, out IO) error
 }
 
-var commands = map[string]command{
-	"add":        {args: 1, memo: true, keyFile: true, run: add},
-	"remove":     {args: 1, run: remove},
-	"list":       {args: 0, run: list},
-	"status":     {args: 1, run: status},
-	"rotate-key": {args: 1, keyFile: true, run: rotateKey},
-}
+func isHelp(arg string) bool { return arg == "-h" || arg == "--help" || arg == "help" }
 
-func run(ctx context.Context, args []string, env Env, out IO) error {
+func (p *program) run(ctx context.Context, args []string, env Env, out IO) error {
 	if len(args) == 0 {
-		return usagef("missing command: add, remove, list, status or rotate-key")
+		return usagef("missing command: %s", p.names)
 	}
 	name := args[0]
-	if name == "-h" || name == "--help" || name == "help" {
+	if isHelp(name) {
 		return flag.ErrHelp
 	}
-	cmd, ok := commands[name]
+	if name == "policy" && p == domainsProgram {
+		// A command of two words: the verb comes before the domain and the flags.
+		if len(args) < 2 {
+			return usagef("policy needs show, set or clear")
+		}
+		if isHelp(args[1]) {
+			return flag.ErrHelp
+		}
+		name = "policy " + args[1]
+		args = args[1:]
+		if _, ok := p.commands[name]; !ok {
+			return usagef("unknown command %q: use policy show, policy set or policy clear", name)
+		}
+	}
+	cmd, ok := p.commands[name]
 	if !ok {
-		return usagef("unknown command %q: use add, remove, list, status or rotate-key", name)
+		return usagef("unknown command %q: use %s", name, p.names)
 	}
 	s := &settings{}
-	fset := flag.NewFlagSet("domains "+name, flag.ContinueOnError)
+	fset := flag.NewFlagSet(p.name+" "+name, flag.ContinueOnError)
 	fset.SetOutput(io.Discard)
 	fset.StringVar(&s.adminURL, "admin-url", "", "")
 	fset.StringVar(&s.apiKey, "admin-api-key", "", "")
@@ -173,6 +257,9 @@ func run(ctx context.Context, args []string, env Env, out IO) error {
 	}
 	if cmd.keyFile {
 		fset.StringVar(&s.keyFile, "key-file", "", "")
+	}
+	if cmd.file {
+		fset.StringVar(&s.file, "file", "", "")
 	}
 	positional, err := parseInterspersed(fset, args[1:])
 	if err != nil {
@@ -194,11 +281,20 @@ func run(ctx context.Context, args []string, env Env, out IO) error {
 	if s.keyFile != "" && s.json {
 		return usagef("--key-file and --json: choose one (the JSON answer holds the key)")
 	}
+	var doc json.RawMessage
+	if cmd.file {
+		// Read before anything is sent, so that a wrong path fails as bad usage.
+		var err error
+		if doc, err = readDocument(s.file, out.Stdin); err != nil {
+			return err
+		}
+	}
 	c, err := newClient(s, env)
 	if err != nil {
 		return err
 	}
 	defer c.close()
+	c.doc = doc
 	ctx, cancel := context.WithTimeout(ctx, c.wait+Timeout)
 	defer cancel()
 	return cmd.run(ctx, c, domain, s, out)
@@ -233,6 +329,8 @@ type client struct {
 	// http is made on the first try, not before: the gateway writes its development CA file
 	// (--ca-file) when it starts, which may be after this command started waiting.
 	http *http.Client
+	// doc is the document of --file, read before the client was made.
+	doc json.RawMessage
 }
 
 func (c *client) close() {
@@ -353,11 +451,13 @@ func lookupWithDotenv(env Env) (func(string) (string, bool), error) {
 
 // answer is every field the admin API's answers carry.
 type answer struct {
-	Success      *bool        `json:"success"`
-	Error        string       `json:"error"`
-	Exists       bool         `json:"exists"`
-	ClientAPIKey string       `json:"client_api_key"`
-	Domains      []domainInfo `json:"domains"`
+	Success      *bool           `json:"success"`
+	Error        string          `json:"error"`
+	Exists       bool            `json:"exists"`
+	ClientAPIKey string          `json:"client_api_key"`
+	Domains      []domainInfo    `json:"domains"`
+	Policy       json.RawMessage `json:"policy"`
+	Rotated      bool            `json:"rotated"`
 	domainInfo
 }
 
@@ -437,7 +537,8 @@ func (c *client) try(ctx context.Context, method, path string, query url.Values,
 	}
 	res, err := hc.Do(req)
 	if err != nil {
-		again = notUpYet(err) && (method == http.MethodGet || !wrote.Load())
+		// GET and PUT (a policy set twice is the same policy) may be sent again in any case.
+		again = notUpYet(err) && (method == http.MethodGet || method == http.MethodPut || !wrote.Load())
 		return a, nil, again, fmt.Errorf("cannot reach the admin API at %s: %s", c.base.Redacted(), c.explain(err))
 	}
 	defer res.Body.Close()

@@ -152,6 +152,8 @@ type jsonError struct {
 	Success bool   `json:"success"`
 	Error   string `json:"error"`
 	Status  int    `json:"status"`
+	// RequestID is the access log's id of the request, for a caller to quote when they ask why.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // Write sends code with msg (the detail shown to API clients; pages show the standard wording).
@@ -166,8 +168,8 @@ func (wr *Writer) Write(w http.ResponseWriter, r *http.Request, code int, msg st
 	ctype := "text/plain; charset=utf-8"
 	switch negotiate(strings.Join(r.Header.Values("Accept"), ",")) {
 	case kindJSON:
-		b, err := json.Marshal(jsonError{Success: false, Error: msg, Status: code})
-		if err != nil { // a struct of a bool, a string and an int always marshals
+		b, err := json.Marshal(jsonError{Success: false, Error: msg, Status: code, RequestID: requestID(w, r)})
+		if err != nil { // a struct of a bool, strings and an int always marshals
 			panic(err)
 		}
 		body, ctype = append(b, '\n'), "application/json"

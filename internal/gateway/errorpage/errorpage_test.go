@@ -288,6 +288,26 @@ func TestRequestID(t *testing.T) {
 	}
 }
 
+// API callers get the request id too, and only when there is one.
+func TestRequestIDInJSON(t *testing.T) {
+	wr := newWriter(t, "", "")
+	for id, want := range map[string]string{
+		"req-7": `{"success":false,"error":"Your address may not visit.","status":403,"request_id":"req-7"}`,
+		"":      `{"success":false,"error":"Your address may not visit.","status":403}`,
+	} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.Header.Set("Accept", "application/json")
+		if id != "" {
+			req.Header.Set("X-Request-Id", id)
+		}
+		wr.Write(rec, req, http.StatusForbidden, "Your address may not visit.")
+		if got := strings.TrimSpace(rec.Body.String()); got != want {
+			t.Errorf("request id %q: %s, want %s", id, got, want)
+		}
+	}
+}
+
 // A proxy that fails after copying upstream headers must not leave them on the error body.
 func TestWriteDropsUpstreamBodyHeaders(t *testing.T) {
 	wr := newWriter(t, "", "")

@@ -28,7 +28,16 @@ type Metrics struct {
 	ConnectionsOpen    prometheus.Gauge
 	ConnectionsDropped *prometheus.CounterVec
 	Overloaded         prometheus.Gauge
+
+	// AccessDenied counts requests refused by a domain's access policy, by reason (one of
+	// AccessDeniedReasons). The proxy counts each denial once, where it renders the refusal; the
+	// access guard that decides does not, so that a denial is never counted twice.
+	AccessDenied *prometheus.CounterVec
 }
+
+// AccessDeniedReasons is the fixed set of reason values of hopgate_access_denied_total: ip (403 by an
+// IP rule), auth (401 from basic auth), rate (429), sso (single sign-on refused or required).
+var AccessDeniedReasons = []string{"ip", "auth", "rate", "sso"}
 
 // New registers the series on a fresh registry, with the Go and process collectors.
 func New() *Metrics {
@@ -69,9 +78,17 @@ func New() *Metrics {
 		Overloaded: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hopgate_overloaded", Help: "1 while memory is near GOMEMLIMIT and new requests are shed with 503.",
 		}),
+		AccessDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopgate_access_denied_total", Help: "Requests refused by a domain's access policy, by reason (ip, auth, rate, sso).",
+		}, []string{"reason"}),
+	}
+	// Every reason's series exists from the first scrape, so that rate() and alerts see a 0 rather
+	// than nothing before the first denial.
+	for _, r := range AccessDeniedReasons {
+		m.AccessDenied.WithLabelValues(r)
 	}
 	reg.MustRegister(m.Requests, m.Duration, m.TunnelsActive, m.TunnelConnects, m.TunnelBytes, m.ProxyErrors, m.CertExpiry, m.CertOrders,
-		m.ConnectionsOpen, m.ConnectionsDropped, m.Overloaded,
+		m.ConnectionsOpen, m.ConnectionsDropped, m.Overloaded, m.AccessDenied,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

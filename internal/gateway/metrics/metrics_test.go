@@ -273,3 +273,42 @@ func TestObserveRequest(t *testing.T) {
 		}
 	}
 }
+
+// TestAccessDenied checks hopgate_access_denied_total: its four reasons are there, at 0, from the first
+// scrape, and a denial counts under its own reason only.
+func TestAccessDenied(t *testing.T) {
+	m := metrics.New()
+	fresh := scrape(t, m)
+	if got := fresh.types["hopgate_access_denied_total"]; got != "counter" {
+		t.Fatalf("TYPE = %q, want counter", got)
+	}
+	var reasons []string
+	for _, s := range fresh.find("hopgate_access_denied_total") {
+		if got := labelNames(s); !slices.Equal(got, []string{"reason"}) {
+			t.Errorf("labels = %q, want [reason]", got)
+		}
+		if s.value != 0 {
+			t.Errorf("reason %q = %v before any denial", s.labels["reason"], s.value)
+		}
+		reasons = append(reasons, s.labels["reason"])
+	}
+	slices.Sort(reasons)
+	if want := []string{"auth", "ip", "rate", "sso"}; !slices.Equal(reasons, want) {
+		t.Fatalf("reasons = %q, want %q", reasons, want)
+	}
+	if !slices.Equal(metrics.AccessDeniedReasons, []string{"ip", "auth", "rate", "sso"}) {
+		t.Errorf("AccessDeniedReasons = %q", metrics.AccessDeniedReasons)
+	}
+
+	m.AccessDenied.WithLabelValues("rate").Inc()
+	m.AccessDenied.WithLabelValues("rate").Inc()
+	m.AccessDenied.WithLabelValues("ip").Inc()
+	for reason, want := range map[string]float64{"ip": 1, "auth": 0, "rate": 2, "sso": 0} {
+		if got := testutil.ToFloat64(m.AccessDenied.WithLabelValues(reason)); got != want {
+			t.Errorf("hopgate_access_denied_total{reason=%q} = %v, want %v", reason, got, want)
+		}
+	}
+	if n := testutil.CollectAndCount(m.AccessDenied); n != 4 {
+		t.Errorf("%d series, want 4", n)
+	}
+}

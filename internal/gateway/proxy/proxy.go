@@ -12,9 +12,11 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/hopgate/hopgate/internal/gateway/access"
 	"github.com/hopgate/hopgate/internal/gateway/errorpage"
 	"github.com/hopgate/hopgate/internal/gateway/hostname"
 	"github.com/hopgate/hopgate/internal/gateway/metrics"
@@ -47,6 +49,12 @@ type Domains interface {
 	Registered(ctx context.Context, domain string) (bool, error)
 }
 
+// Access decides who may visit a domain (package access): nil lets the request through, access.ErrHandled
+// means it answered itself (a sign-in redirect, the SSO callback), an *access.Denial is rendered here.
+type Access interface {
+	Admit(w http.ResponseWriter, r *http.Request, domain string, visitor netip.Addr) error
+}
+
 // storeLookupTimeout bounds the registry lookup of a request whose domain has no agent: a slow store
 // must not hold requests (and their goroutines) without bound.
 const storeLookupTimeout = 2 * time.Second
@@ -60,6 +68,9 @@ type Options struct {
 	// TrustedProxies are peers whose X-Forwarded-* and X-Real-IP are kept and extended; from anyone
 	// else those headers are replaced by the gateway's own.
 	TrustedProxies []netip.Prefix
+	// Access, if set, checks every request that has an agent against its domain's policy before
+	// anything reaches the agent.
+	Access Access
 	// Overloaded, if set, is asked before each request; true sheds it with 503 and Retry-After
 	// (memory near GOMEMLIMIT: see package overload).
 	Overloaded func() bool
@@ -102,9 +113,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = &x.body
 	}
 	defer x.finish(r)
+	// The identity headers are the gateway's word (set by Access); a visitor's own copies never pass.
+	r.Header.Del(access.HeaderUser)
+	r.Header.Del(access.HeaderEmail)
 	if err := x.pick(r.Context()); err != nil {
 		h.fail(x, r, err)
 		return
+	}
+	// Policy is checked only once an agent is there: a flood of random or agentless names never
+	// reaches the policy store, and a domain nobody serves has nothing to protect.
+	if h.o.Access != nil {
+		if err := h.o.Access.Admit(x, r, x.domain, h.visitor(r)); err != nil {
+			h.o.Agents.Release(x.agent)
+			x.agent = nil
+			if !errors.Is(err, access.ErrHandled) {
+				h.fail(x, r, err)
+			}
+			return
+		}
 	}
 	x.rp = h.rp
 	x.rp.Transport = x
@@ -155,6 +181,14 @@ func (h *Handler) fail(x *exchange, r *http.Request, err error) {
 		// The visitor is gone; nobody reads an error page.
 		return
 	}
+	var denied *access.Denial
+	if errors.As(err, &denied) {
+		h.deny(x, r, denied)
+		return
+	}
+	if errors.Is(err, access.ErrStoreUnavailable) {
+		err = errors.Join(ErrStoreUnavailable, err)
+	}
 	o := outcomeOf(err)
 	x.reason = o.reason
 	if m := h.o.Metrics; m != nil {
@@ -165,6 +199,19 @@ func (h *Handler) fail(x *exchange, r *http.Request, err error) {
 	}
 	h.o.Logger.Debug("proxy error", "domain", x.domain, "status", o.status, "reason", o.reason, "err", err)
 	h.o.Errors.Write(x, r, o.status, o.message)
+}
+
+// deny renders a request the domain's policy refused. Denials are the policy working, not the proxy
+// failing: they count in hopgate_access_denied_total, not in hopgate_proxy_errors_total.
+func (h *Handler) deny(x *exchange, r *http.Request, d *access.Denial) {
+	x.reason = "denied_" + d.Reason
+	if m := h.o.Metrics; m != nil {
+		m.AccessDenied.WithLabelValues(d.Reason).Inc()
+	}
+	for k, v := range d.Header {
+		x.Header()[k] = v
+	}
+	h.o.Errors.Write(x, r, d.Status, d.Message)
 }
 
 // finish releases the agent and writes the request's metrics and access-log line.
@@ -260,13 +307,54 @@ func (h *Handler) trusted(remoteAddr string) bool {
 	if err != nil {
 		return false
 	}
-	addr = addr.Unmap()
+	return h.trustedAddr(addr.Unmap())
+}
+
+func (h *Handler) trustedAddr(addr netip.Addr) bool {
 	for _, p := range h.o.TrustedProxies {
 		if p.Contains(addr) {
 			return true
 		}
 	}
 	return false
+}
+
+// visitor is the visitor's real address: the peer's, or, when the peer is a trusted proxy, the
+// nearest address in X-Forwarded-For that is not itself a trusted proxy (the rightmost untrusted one:
+// everything left of it was written by the visitor and proves nothing). Invalid when the peer's
+// address cannot be read, which no policy list contains.
+func (h *Handler) visitor(r *http.Request) netip.Addr {
+	peer, err := netip.ParseAddr(clientIP(r.RemoteAddr))
+	if err != nil {
+		return netip.Addr{}
+	}
+	peer = peer.Unmap()
+	if !h.trustedAddr(peer) {
+		return peer
+	}
+	hops := r.Header.Values("X-Forwarded-For")
+	nearest := peer
+	for i := len(hops) - 1; i >= 0; i-- {
+		parts := strings.Split(hops[i], ",")
+		for j := len(parts) - 1; j >= 0; j-- {
+			a, err := netip.ParseAddr(strings.TrimSpace(parts[j]))
+			if err != nil {
+				// A hop a trusted proxy would not write: stop at the last address vouched for.
+				return nearest
+			}
+			a = a.Unmap()
+			if !h.trustedAddr(a) {
+				return a
+			}
+			nearest = a
+		}
+	}
+	if len(hops) == 0 {
+		if a, err := netip.ParseAddr(strings.TrimSpace(r.Header.Get("X-Real-Ip"))); err == nil {
+			return a.Unmap()
+		}
+	}
+	return nearest
 }
 
 func clientIP(remoteAddr string) string {

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -19,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/hopgate/hopgate/internal/agent/local"
+	"github.com/hopgate/hopgate/internal/gateway/access"
 	"github.com/hopgate/hopgate/internal/gateway/errorpage"
 	"github.com/hopgate/hopgate/internal/gateway/metrics"
 	"github.com/hopgate/hopgate/internal/tunnel"
@@ -113,6 +116,7 @@ type fixtureOptions struct {
 	domains       testDomains
 	overloaded    bool
 	headerTimeout time.Duration
+	access        Access
 }
 
 // lockedWriter keeps the access log readable while handlers write it.
@@ -148,6 +152,7 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 		Domains:       o.domains,
 		HeaderTimeout: o.headerTimeout,
 		Overloaded:    func() bool { return o.overloaded },
+		Access:        o.access,
 		Errors:        pages,
 		Metrics:       f.metrics,
 		Logger:        slog.New(slog.NewJSONHandler(lockedWriter{f.logMu, f.logs}, nil)),
@@ -345,5 +350,138 @@ func TestStreamsBothWays(t *testing.T) {
 	}
 	if !strings.Contains(f.log(), `"bytes_in":1048576`) || !strings.Contains(f.log(), `"bytes_out":1048576`) {
 		t.Errorf("access log byte counts:\n%s", f.log())
+	}
+}
+
+// TestVisitorAddress: the address a policy sees is the peer's, unless the peer is a trusted proxy;
+// then the rightmost address of X-Forwarded-For that is not itself trusted.
+func TestVisitorAddress(t *testing.T) {
+	h := New(Options{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")}})
+	for _, c := range []struct {
+		remote string
+		xff    []string
+		realIP string
+		want   string
+	}{
+		{"192.0.2.1:5000", nil, "", "192.0.2.1"},
+		{"192.0.2.1:5000", []string{"198.51.100.7"}, "", "192.0.2.1"}, // untrusted peer: its header is ignored
+		{"[::ffff:192.0.2.1]:5000", nil, "", "192.0.2.1"},             // mapped addresses unmapped
+		{"10.1.1.1:5000", []string{"198.51.100.7"}, "", "198.51.100.7"},
+		{"10.1.1.1:5000", []string{"198.51.100.7, 203.0.113.9"}, "", "203.0.113.9"}, // forged left part
+		{"10.1.1.1:5000", []string{"198.51.100.7", "10.2.2.2"}, "", "198.51.100.7"}, // two trusted hops
+		{"10.1.1.1:5000", []string{"2001:db8::1, fd00::5"}, "", "2001:db8::1"},
+		{"10.1.1.1:5000", []string{"garbage, 10.2.2.2"}, "", "10.2.2.2"}, // stops at the last vouched-for hop
+		{"10.1.1.1:5000", []string{"10.3.3.3"}, "", "10.3.3.3"},          // all trusted: the farthest
+		{"10.1.1.1:5000", nil, "198.51.100.8", "198.51.100.8"},
+		{"10.1.1.1:5000", nil, "", "10.1.1.1"},
+		{"not-an-address", nil, "", "invalid IP"},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "https://x.test/", nil)
+		r.RemoteAddr = c.remote
+		for _, v := range c.xff {
+			r.Header.Add("X-Forwarded-For", v)
+		}
+		if c.realIP != "" {
+			r.Header.Set("X-Real-Ip", c.realIP)
+		}
+		if got := h.visitor(r).String(); got != c.want {
+			t.Errorf("remote %s, X-Forwarded-For %q, X-Real-Ip %q: %s, want %s", c.remote, c.xff, c.realIP, got, c.want)
+		}
+	}
+}
+
+// accessFunc is an Access made of a function.
+type accessFunc func(w http.ResponseWriter, r *http.Request, domain string, visitor netip.Addr) error
+
+func (f accessFunc) Admit(w http.ResponseWriter, r *http.Request, domain string, visitor netip.Addr) error {
+	return f(w, r, domain, visitor)
+}
+
+// TestAccessDecisions: what Access says becomes the answer: a denial its page, headers, metric and
+// log reason, without reaching the agent; a handled request its own answer; a policy store that
+// cannot answer a 503 (closed, never open); a pass the target's answer with the identity Access set,
+// and never a visitor's own identity headers.
+func TestAccessDecisions(t *testing.T) {
+	leakCheck(t)
+	var seen http.Header
+	var mu sync.Mutex
+	target := targetAgent(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = r.Header.Clone()
+		mu.Unlock()
+		_, _ = io.WriteString(w, "ok")
+	})
+	var decision error
+	var gotVisitor netip.Addr
+	// One agent per request: the test agents are picked in order.
+	f := newFixture(t, fixtureOptions{accepts: []func(*tunnel.Stream){target, target, target, target}, access: accessFunc(
+		func(w http.ResponseWriter, r *http.Request, _ string, visitor netip.Addr) error {
+			gotVisitor = visitor
+			if r.Header.Get(access.HeaderEmail) != "" || r.Header.Get(access.HeaderUser) != "" {
+				return errors.New("the visitor's identity headers reached Access")
+			}
+			if errors.Is(decision, access.ErrHandled) {
+				http.Redirect(w, r, "https://id.example/", http.StatusFound)
+			}
+			if decision == nil {
+				r.Header.Set(access.HeaderUser, "ops")
+			}
+			return decision
+		})})
+
+	send := func() (*http.Response, string) {
+		req, _ := http.NewRequest(http.MethodGet, f.url+"/", nil)
+		req.Host = "app.test"
+		req.Header.Set("Accept", "application/json")
+		req.Header.Set("X-HopGate-User", "forged")
+		req.Header.Set("X-HopGate-Email", "forged@example.com")
+		c := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		defer c.CloseIdleConnections()
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res, string(b)
+	}
+
+	decision = &access.Denial{Reason: access.ReasonRate, Status: http.StatusTooManyRequests,
+		Header: http.Header{"Retry-After": {"3"}}, Message: "slow down"}
+	res, body := send()
+	if res.StatusCode != http.StatusTooManyRequests || res.Header.Get("Retry-After") != "3" || !strings.Contains(body, "slow down") {
+		t.Errorf("denial: %d, Retry-After %q: %s", res.StatusCode, res.Header.Get("Retry-After"), body)
+	}
+	if n := testutil.ToFloat64(f.metrics.AccessDenied.WithLabelValues("rate")); n != 1 {
+		t.Errorf(`hopgate_access_denied_total{reason="rate"} = %v, want 1`, n)
+	}
+	if n := testutil.ToFloat64(f.metrics.ProxyErrors.WithLabelValues("store_unavailable")); n != 0 {
+		t.Errorf("a denial counted as a proxy error")
+	}
+	if !gotVisitor.IsLoopback() {
+		t.Errorf("Access saw visitor %v, want the loopback peer", gotVisitor)
+	}
+	if !strings.Contains(f.log(), `"error":"denied_rate"`) || f.agents.inFlight() != 0 {
+		t.Errorf("access log %s, agents in flight %d", f.log(), f.agents.inFlight())
+	}
+
+	decision = access.ErrHandled
+	if res, _ := send(); res.StatusCode != http.StatusFound || res.Header.Get("Location") != "https://id.example/" {
+		t.Errorf("handled: %d %q, want Access's own redirect", res.StatusCode, res.Header.Get("Location"))
+	}
+
+	decision = fmt.Errorf("load: %w", access.ErrStoreUnavailable)
+	if res, _ := send(); res.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("policy store down: %d, want 503", res.StatusCode)
+	}
+
+	decision = nil
+	if res, body := send(); res.StatusCode != http.StatusOK || body != "ok" {
+		t.Fatalf("admitted: %d %s", res.StatusCode, body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if seen.Get(access.HeaderUser) != "ops" || len(seen.Values(access.HeaderUser)) != 1 || seen.Get(access.HeaderEmail) != "" {
+		t.Errorf("the target saw %q / %q, want only what Access set", seen.Values(access.HeaderUser), seen.Values(access.HeaderEmail))
 	}
 }

@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/hopgate/hopgate/internal/gateway/apikey"
 	"github.com/hopgate/hopgate/internal/gateway/hostname"
+	"github.com/hopgate/hopgate/internal/gateway/policy"
 	"github.com/hopgate/hopgate/internal/testutil/pgtest"
 	"github.com/hopgate/hopgate/migrations"
 )
@@ -97,7 +99,7 @@ func TestMigrations(t *testing.T) {
 		if !errors.Is(err, ErrSchemaTooNew) {
 			t.Fatalf("Open on version 999: %v, want ErrSchemaTooNew", err)
 		}
-		if msg := err.Error(); !strings.Contains(msg, "999") || !strings.Contains(msg, "up to 1") {
+		if msg := err.Error(); !strings.Contains(msg, "999") || !strings.Contains(msg, fmt.Sprintf("up to %d", latest)) {
 			t.Fatalf("error %q should name both versions", msg)
 		}
 
@@ -311,6 +313,8 @@ func TestInvalidInput(t *testing.T) {
 		"Unregister":   func() error { return s.Unregister(ctx, "bad_name", "") },
 		"RotateKey":    func() error { _, err := s.RotateKey(ctx, "bad_name"); return err },
 		"Authenticate": func() error { _, err := s.Authenticate(ctx, "bad_name", "k"); return err },
+		"Policy":       func() error { _, err := s.Policy(ctx, "bad_name"); return err },
+		"SetPolicy":    func() error { _, err := s.SetPolicy(ctx, "bad_name", policy.Spec{}); return err },
 	} {
 		if err := call(); !errors.Is(err, ErrInvalidDomain) {
 			t.Errorf("%s(bad_name) = %v, want ErrInvalidDomain", name, err)
@@ -392,6 +396,13 @@ func TestUnavailable(t *testing.T) {
 			"RotateKey":    func() error { _, err := s.RotateKey(ctx, "a.example.com"); return err },
 			"Authenticate": func() error { _, err := s.Authenticate(ctx, "a.example.com", "k"); return err },
 			"Ping":         func() error { return s.Ping(ctx) },
+			"Policy":       func() error { _, err := s.Policy(ctx, "a.example.com"); return err },
+			"SetPolicy": func() error {
+				_, err := s.SetPolicy(ctx, "a.example.com", policy.Spec{IPDeny: []string{"192.0.2.1"}})
+				return err
+			},
+			"SessionKey":       func() error { _, err := s.SessionKey(ctx); return err },
+			"RotateSessionKey": func() error { return s.RotateSessionKey(ctx) },
 		}
 	}
 
