@@ -98,3 +98,5 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzAdminBodies$$' -fuzztime=$(FUZZTIME) ./internal/gateway/admin
 	$(GO) test -run='^$$' -fuzz='^FuzzParser$$' -fuzztime=$(FUZZTIME) ./internal/gateway/h1guard
 	$(GO) test -run='^$$' -fuzz='^FuzzParser$$' -fuzztime=$(FUZZTIME) ./internal/gateway/h2guard
+	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./internal/gateway/policy
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeCookie$$' -fuzztime=$(FUZZTIME) ./internal/gateway/access/sso

@@ -198,6 +198,15 @@ func TestPolicyBasicAuth(t *testing.T) {
 					t.Errorf("credentials %q: %d, WWW-Authenticate %q; want 401 with a Basic challenge", cr, code, h.Get("WWW-Authenticate"))
 				}
 			}
+			// An upgrade and an event stream are checked before they start, like any request.
+			for _, h := range []map[string]string{
+				{"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+				{"Accept": "text/event-stream"},
+			} {
+				if code, _ := get("", "", h); code != http.StatusUnauthorized {
+					t.Errorf("%v without credentials: %d, want 401", h, code)
+				}
+			}
 			if target.count() != 0 {
 				t.Fatalf("refused requests reached the target")
 			}
