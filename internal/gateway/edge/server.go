@@ -227,7 +227,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	var errs []error
 	for range n {
-		if err := <-done; err != nil {
+		// http.Server.Shutdown closes its listeners again and reports that the plain one, closed by
+		// StopAccepting a moment before, is already closed: that is the state asked for, not a failure.
+		if err := <-done; err != nil && !errors.Is(err, net.ErrClosed) {
 			errs = append(errs, err)
 		}
 	}
