@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: build, start hopgate-server (debug, embedded store), a demo target and hopgate-client on
-# loopback, register a domain through the admin API, send requests through the tunnel, stop everything.
+# loopback, register two domains through the admin API, run ONE agent from a config file that
+# publishes three services (two hostnames, one path rule), send requests through it, stop everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ HTTP_PORT=${DEMO_HTTP_PORT:-18081}
 TARGET_PORT=${DEMO_TARGET_PORT:-18080}
 ADMIN_KEY=demo-admin-key-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 DOMAIN=demo.localhost.test
+DOCS=docs.localhost.test
 WORK=.demo
 PIDS=()
 
@@ -49,15 +51,38 @@ REG=$(api -X POST -d "{\"domain\":\"$DOMAIN\",\"memo\":\"make demo\"}" "https://
 echo "  $REG" | sed -E 's/"client_api_key":"[^"]+"/"client_api_key":"(shown once, hidden here)"/'
 KEY=$(printf '%s' "$REG" | sed -E 's/.*"client_api_key":"([^"]+)".*/\1/')
 
-echo "demo: starting hopgate-client for $DOMAIN -> 127.0.0.1:$TARGET_PORT"
-HOP_CLIENT_API_KEY="$KEY" bin/hopgate-client --server-addr "localhost:$HTTPS_PORT" --domain "$DOMAIN" \
-  --ca-file "$WORK/data/selfsigned/cert.pem" --local-target "127.0.0.1:$TARGET_PORT" >"$WORK/client.log" 2>&1 &
+DOCS_KEY=$(api -X POST -d "{\"domain\":\"$DOCS\"}" "https://localhost:$HTTPS_PORT/api/v1/admin/domains/register" | sed -E 's/.*"client_api_key":"([^"]+)".*/\1/')
+
+# The targets' base paths (/api-backend, /docs-site) show in the answers which service a request took.
+cat >"$WORK/hopgate.yaml" <<YAML
+server_addr: localhost:$HTTPS_PORT
+ca_file: data/selfsigned/cert.pem     # relative to this file
+services:
+  - hostname: $DOMAIN
+    api_key: \${DEMO_KEY}
+    target: 127.0.0.1:$TARGET_PORT
+  - hostname: $DOMAIN
+    path: /api/
+    target: http://127.0.0.1:$TARGET_PORT/api-backend
+  - hostname: $DOCS
+    api_key: \${DOCS_KEY}
+    target: http://127.0.0.1:$TARGET_PORT/docs-site
+YAML
+echo "demo: starting ONE hopgate-client with $WORK/hopgate.yaml: $DOMAIN (/ and /api/) and $DOCS"
+DEMO_KEY="$KEY" DOCS_KEY="$DOCS_KEY" bin/hopgate-client --config "$WORK/hopgate.yaml" >"$WORK/client.log" 2>&1 &
 PIDS+=($!)
+agents() { api "https://localhost:$HTTPS_PORT/api/v1/admin/domains/status?domain=$1" | sed -E 's/.*"agents":([0-9]+).*/\1/'; }
 for _ in $(seq 1 100); do
-  [ "$(api "https://localhost:$HTTPS_PORT/api/v1/admin/domains/status?domain=$DOMAIN" | sed -E 's/.*"agents":([0-9]+).*/\1/')" != "0" ] && break
+  [ "$(agents "$DOMAIN")" != "0" ] && [ "$(agents "$DOCS")" != "0" ] && break
   sleep 0.1
 done
-grep -m1 'tunnel up' "$WORK/client.log" | sed 's/^/  client: /'
+echo "  agents: $DOMAIN $(agents "$DOMAIN"), $DOCS $(agents "$DOCS") (one agent, one connection)"
+grep 'tunnel up' "$WORK/client.log" | sed 's/^/  client: /'
+path_of() { curl -sS --cacert "$WORK/data/selfsigned/cert.pem" --resolve "$1:$HTTPS_PORT:127.0.0.1" "https://$1:$HTTPS_PORT$2" | sed -E 's/.*"path":"([^"]*)".*/\1/'; }
+echo; echo "demo: three services, one agent (the path the target saw):"
+echo "  https://$DOMAIN/hello      -> $(path_of "$DOMAIN" /hello)"
+echo "  https://$DOMAIN/api/users  -> $(path_of "$DOMAIN" /api/users)"
+echo "  https://$DOCS/intro       -> $(path_of "$DOCS" /intro)"
 
 PUB=(--cacert "$WORK/data/selfsigned/cert.pem" --resolve "$DOMAIN:$HTTPS_PORT:127.0.0.1")
 echo; echo "demo: GET https://$DOMAIN:$HTTPS_PORT/hello?from=demo  (through the tunnel)"

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/hopgate/hopgate/internal/agent"
@@ -57,7 +58,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if check {
-		fmt.Printf("Checking hopgate-client %s for %s\n", version.Version, cfg.Domain)
+		fmt.Printf("Checking hopgate-client %s for %s\n", version.Version, strings.Join(config.Hostnames(cfg.Services), ", "))
 		res := a.Check(ctx, os.Stdout)
 		switch {
 		case res.Refused:
@@ -68,9 +69,15 @@ func main() {
 		fmt.Println("All checks passed.")
 		return
 	}
+	// SIGHUP re-reads the config file (a single-service agent re-reads its flags' sources too,
+	// which only matters for --api-key-file).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	a.ReloadOn(hup)
 	err = a.Run(ctx)
 	if errors.Is(err, agent.ErrRefused) {
-		log.Error("the gateway refused this agent; check --domain and --api-key or --api-key-file", "err", err)
+		log.Error("the gateway refused this agent; check the domain and its API key (--domain with --api-key or --api-key-file, or the services of --config)", "err", err)
 		os.Exit(exitRefused)
 	}
 	if err != nil {

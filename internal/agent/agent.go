@@ -1,6 +1,7 @@
 // Package agent assembles hopgate-client, in the same phases as the gateway: New builds the TLS
-// set-ups, the local proxy and the metrics from the configuration (and fails on bad input; nothing is
-// dialled yet), Run keeps the tunnel up until its context ends, Check tries the configuration once.
+// set-ups, the local proxies, the routing table and the metrics from the configuration (and fails
+// on bad input; nothing is dialled yet), Run keeps one tunnel call per hostname up until its
+// context ends, Check tries the configuration once.
 package agent
 
 import (
@@ -9,36 +10,58 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/hopgate/hopgate/internal/agent/check"
+	"github.com/hopgate/hopgate/internal/agent/ingress"
 	"github.com/hopgate/hopgate/internal/agent/local"
 	"github.com/hopgate/hopgate/internal/agent/metrics"
 	"github.com/hopgate/hopgate/internal/agent/supervisor"
 	"github.com/hopgate/hopgate/internal/config"
+	"github.com/hopgate/hopgate/internal/tunnel"
 	"github.com/hopgate/hopgate/internal/version"
 )
 
 // ErrRefused means the gateway will not take this agent (unknown domain, wrong key): retrying cannot
-// help.
+// help. With several hostnames, Run returns it only when the gateway refused every one of them.
 var ErrRefused = supervisor.ErrRefused
 
 // metricsCloseTimeout bounds how long a stop waits for scrapes in flight.
 const metricsCloseTimeout = 5 * time.Second
 
-// Agent is a hopgate-client: the supervisor of its tunnel, the proxy to its local target and its
-// metrics.
+// Agent is a hopgate-client: one supervised tunnel call per hostname over one connection, the
+// routing table that sends each stream to its service's local proxy, and its metrics.
 type Agent struct {
-	cfg       *config.Client
-	log       *slog.Logger
-	opts      supervisor.Options
-	local     *local.Proxy
-	targetTLS *tls.Config
+	cfg *config.Client
+	log *slog.Logger
+	// base is the supervisor's options without the per-hostname parts (domain, key, logger).
+	base supervisor.Options
+	// routes is swapped whole by a reload; a stream keeps the rule it was routed by.
+	routes atomic.Pointer[ingress.Table]
+	// proxies holds one local proxy per distinct target and trust; only Run's goroutine (and New)
+	// changes it.
+	proxies map[proxyKey]*targetProxy
+	reload  <-chan os.Signal
+}
+
+// proxyKey tells targets apart: two services with the same target and trust share a proxy (and
+// its pool of warm connections).
+type proxyKey struct {
+	target string
+	skip   bool
+	caFile string
+}
+
+type targetProxy struct {
+	*local.Proxy
+	tls *tls.Config
 }
 
 // New builds the agent described by cfg. Its errors are configuration errors, each naming the setting.
@@ -47,40 +70,93 @@ func New(cfg *config.Client, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("HOP_CLIENT_CA_FILE (--ca-file): %w", err)
 	}
-	targetRoots, err := loadRoots(cfg.LocalCAFile)
-	if err != nil {
-		return nil, fmt.Errorf("HOP_CLIENT_LOCAL_CA_FILE (--local-ca-file): %w", err)
-	}
 	if cfg.SkipVerify() {
 		log.Warn("--debug: the server certificate is not verified")
 	}
-	a := &Agent{cfg: cfg, log: log,
-		targetTLS: &tls.Config{RootCAs: targetRoots, InsecureSkipVerify: cfg.LocalInsecureSkipVerify}}
-	a.local = local.New(cfg.LocalTarget, local.Options{TLSConfig: a.targetTLS, Logger: log})
+	if len(cfg.Services) == 0 {
+		return nil, errors.New("no service: give --domain, --api-key and --local-target, or --config with services")
+	}
+	a := &Agent{cfg: cfg, log: log, proxies: map[proxyKey]*targetProxy{}}
+	table, err := a.buildRoutes(cfg.Services)
+	if err != nil {
+		return nil, err
+	}
+	a.routes.Store(table)
 	agentID := cfg.AgentID
 	if agentID == "" {
 		agentID = defaultAgentID()
 	}
-	a.opts = supervisor.Options{
+	a.base = supervisor.Options{
 		ServerAddr:   cfg.ServerAddr,
-		Domain:       cfg.Domain,
-		APIKey:       cfg.APIKey,
 		AgentID:      agentID,
 		Version:      version.Version,
-		Target:       cfg.LocalTarget.String(),
 		TLS:          serverTLS,
 		PingInterval: cfg.PingInterval,
 		DrainTimeout: cfg.ShutdownTimeout,
-		Serve:        a.local.ServeStream,
+		Serve:        a.serve,
 		Logger:       log,
 	}
 	return a, nil
 }
 
-// Run serves the agent's metrics (if configured) and keeps its tunnel up until ctx ends (then drains
-// and returns nil) or the gateway refuses it (an error wrapping ErrRefused).
+// ReloadOn makes Run re-read the configuration each time ch delivers (SIGHUP). Call before Run.
+func (a *Agent) ReloadOn(ch <-chan os.Signal) { a.reload = ch }
+
+// serve routes one stream by the current table.
+func (a *Agent) serve(st *tunnel.Stream) { a.routes.Load().Serve(st) }
+
+// buildRoutes makes the routing table of services, reusing the proxies of targets it already has
+// and adding the new ones to a.proxies.
+func (a *Agent) buildRoutes(services []config.Service) (*ingress.Table, error) {
+	rules := make([]ingress.Rule, 0, len(services))
+	for _, s := range services {
+		p, err := a.proxyFor(s)
+		if err != nil {
+			return nil, err
+		}
+		rules = append(rules, ingress.Rule{Hostname: s.Hostname, Path: s.Path, Serve: p.ServeStream})
+	}
+	return ingress.New(rules), nil
+}
+
+func (a *Agent) proxyFor(s config.Service) (*targetProxy, error) {
+	k := proxyKey{target: s.Target.String(), skip: s.TLSSkipVerify, caFile: s.CAFile}
+	if p, ok := a.proxies[k]; ok {
+		return p, nil
+	}
+	roots, err := loadRoots(s.CAFile)
+	if err != nil {
+		if s.Where == "flags" {
+			return nil, fmt.Errorf("HOP_CLIENT_LOCAL_CA_FILE (--local-ca-file): %w", err)
+		}
+		return nil, fmt.Errorf("%s: ca_file: %w", s.Where, err)
+	}
+	conf := &tls.Config{RootCAs: roots, InsecureSkipVerify: s.TLSSkipVerify}
+	p := &targetProxy{Proxy: local.New(s.Target, local.Options{TLSConfig: conf, Logger: a.log}), tls: conf}
+	a.proxies[k] = p
+	return p, nil
+}
+
+// dropUnused closes the idle connections of proxies no service uses any more and forgets them.
+// Streams in flight on them keep their connections until they end.
+func (a *Agent) dropUnused(services []config.Service) {
+	used := map[proxyKey]bool{}
+	for _, s := range services {
+		used[proxyKey{target: s.Target.String(), skip: s.TLSSkipVerify, caFile: s.CAFile}] = true
+	}
+	for k, p := range a.proxies {
+		if !used[k] {
+			p.Close()
+			delete(a.proxies, k)
+		}
+	}
+}
+
+// Run serves the agent's metrics (if configured) and keeps a tunnel call up for each hostname until
+// ctx ends (then drains and returns nil) or the gateway refuses every hostname (an error wrapping
+// ErrRefused).
 func (a *Agent) Run(ctx context.Context) error {
-	opts := a.opts
+	opts := a.base
 	if a.cfg.MetricsListen != "" {
 		m := metrics.New()
 		srv, err := m.Listen(a.cfg.MetricsListen, a.cfg.Pprof)
@@ -97,16 +173,36 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("serving metrics", "addr", srv.Addr(), "path", "/metrics")
 		opts = m.Instrument(opts)
 	}
-	return supervisor.Run(ctx, opts)
+	conn, err := supervisor.Dial(opts)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	opts.Conn = conn
+	return a.runTunnels(ctx, opts)
 }
 
-// Check tries the server, the tunnel and the local target once, writing one line per step to w.
+// Check tries the server, the tunnel and the local target of each service once, writing one line
+// per step to w.
 func (a *Agent) Check(ctx context.Context, w io.Writer) check.Result {
-	return check.Run(ctx, check.Options{Agent: a.opts, Target: a.cfg.LocalTarget, TargetTLS: a.targetTLS}, w)
+	res := check.Result{Passed: true}
+	for _, s := range a.cfg.Services {
+		o := a.base
+		o.Domain, o.APIKey, o.Target = s.Hostname, s.APIKey, s.Target.String()
+		p, _ := a.proxyFor(s) // New built it already: cannot fail
+		r := check.Run(ctx, check.Options{Agent: o, Target: s.Target, TargetTLS: p.tls}, w)
+		res.Passed = res.Passed && r.Passed
+		res.Refused = res.Refused || r.Refused
+	}
+	return res
 }
 
-// Close releases the local proxy's idle connections.
-func (a *Agent) Close() { a.local.Close() }
+// Close releases the local proxies' idle connections.
+func (a *Agent) Close() {
+	for _, p := range a.proxies {
+		p.Close()
+	}
+}
 
 func serverTLS(cfg *config.Client) (*tls.Config, error) {
 	host, _, err := net.SplitHostPort(cfg.ServerAddr)

@@ -2,15 +2,23 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
+	"os"
 	"time"
 )
 
 // Client holds the settings of hopgate-client. LoadClient fills and validates
 // it; afterwards it is read-only.
 type Client struct {
+	// ConfigFile is the agent config file (--config); empty when the flags describe one service.
+	ConfigFile string
+	// Services are the ingress rules, in the file's order: the file's, or the one service of
+	// --domain, --api-key and --local-target.
+	Services []Service
+
 	ServerAddr string // host:port of the gateway's HTTPS listener; port 443 when the setting has none
 	Domain     string // the domain this agent serves, lowercase without trailing dot
 	APIKey     string // secret: the domain's client API key, from the setting or read from APIKeyFile
@@ -41,6 +49,9 @@ type Client struct {
 	LogLevel  slog.Level
 	LogFormat string // "json" or "text"
 
+	// reload reads the same sources again (SIGHUP, a change of ConfigFile).
+	reload func() (*Client, error)
+
 	// Deprecated lists the original HopGate's settings that are set but ignored, for main to log
 	// with WarnDeprecated once the logger exists.
 	Deprecated []Notice
@@ -53,6 +64,9 @@ func (c *Client) SkipVerify() bool { return c.Debug && c.CAFile == "" }
 
 func clientSettings(c *Client) []setting {
 	return []setting{
+		{env: "HOP_CLIENT_CONFIG", flag: "config",
+			usage: "YAML file of the agent's settings and services (hostname, path, target, api_key or api_key_file); SIGHUP or a change of the file reloads its services. The single-service settings (--domain, --api-key, --api-key-file, --local-target, --local-*) are refused beside it; other settings may be given as flags or variables only if the file does not set them",
+			bind:  bind(&c.ConfigFile, "file", parseString)},
 		{env: "HOP_CLIENT_SERVER_ADDR", flag: "server-addr", required: true,
 			usage: "the gateway's HTTPS address: host[:port], port 443 by default, e.g. gateway.example.com or [2001:db8::1]:8443",
 			bind:  bind(&c.ServerAddr, "host[:port]", parseServerAddr)},
@@ -104,14 +118,74 @@ func clientSettings(c *Client) []setting {
 	}
 }
 
-// LoadClient reads the settings of hopgate-client, like LoadServer.
+// serviceSettings are the flags of the single-service form; a config file lists services instead.
+var serviceSettings = []string{"HOP_CLIENT_DOMAIN", "HOP_CLIENT_API_KEY", "HOP_CLIENT_API_KEY_FILE",
+	"HOP_CLIENT_LOCAL_TARGET", "HOP_CLIENT_LOCAL_CA_FILE", "HOP_CLIENT_LOCAL_INSECURE_SKIP_VERIFY"}
+
+// LoadClient reads the settings of hopgate-client, like LoadServer. With --config (or
+// HOP_CLIENT_CONFIG) the services come from that file, and its other keys fill the settings of the
+// same names; a setting given both in the file and as a flag or variable is an error, and so is a
+// single-service setting beside the file.
 func LoadClient(args []string, lookupEnv func(string) (string, bool), dotenvPath string) (*Client, error) {
 	c := &Client{}
 	settings := clientSettings(c)
+	// Whether these are required depends on --config, known only once every source is read.
+	required := map[string]bool{}
+	for i := range settings {
+		if settings[i].required {
+			required[settings[i].env] = true
+			settings[i].required = false
+		}
+	}
 	got, errs, err := load("hopgate-client", client, settings, args, lookupEnv, dotenvPath)
 	if err != nil {
 		return nil, err
 	}
+	if c.ConfigFile != "" {
+		errs = append(errs, c.applyFile(settings, got, lookupEnv)...)
+		if c.ServerAddr == "" {
+			errs = append(errs, fmt.Errorf("%s: server_addr: required (or HOP_CLIENT_SERVER_ADDR, --server-addr): the gateway's host[:port]", c.ConfigFile))
+		}
+	} else {
+		for _, s := range settings {
+			if required[s.env] && !got.explicit(s.env) {
+				errs = append(errs, s.errorf("required: %s", s.usage))
+			}
+		}
+		errs = append(errs, c.singleService(settings)...)
+	}
+	if c.Pprof && c.MetricsListen == "" {
+		errs = append(errs, find(settings, "HOP_CLIENT_PPROF").errorf("needs HOP_CLIENT_METRICS_LISTEN (--metrics-listen): profiles are served on that listener only"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	c.Deprecated = got.deprecated
+	args = append([]string(nil), args...)
+	c.reload = func() (*Client, error) { return LoadClient(args, lookupEnv, dotenvPath) }
+	return c, nil
+}
+
+// Reload reads the same flags, environment and config file again. Only the services may change
+// while the agent runs; the caller compares the rest (see SameSettings).
+func (c *Client) Reload() (*Client, error) {
+	if c.reload == nil {
+		return nil, errors.New("configuration was not loaded by LoadClient")
+	}
+	return c.reload()
+}
+
+// SameSettings reports whether o has the same settings as c apart from the services, which are the
+// only part a reload applies.
+func (c *Client) SameSettings(o *Client) bool {
+	a, b := *c, *o
+	a.Services, b.Services, a.reload, b.reload, a.Deprecated, b.Deprecated = nil, nil, nil, nil, nil, nil
+	return a.String() == b.String()
+}
+
+// singleService makes the one service of --domain, --api-key and --local-target.
+func (c *Client) singleService(settings []setting) []error {
+	var errs []error
 	keySetting := find(settings, "HOP_CLIENT_API_KEY")
 	switch fileSetting := find(settings, "HOP_CLIENT_API_KEY_FILE"); {
 	case c.APIKey != "" && c.APIKeyFile != "":
@@ -125,23 +199,73 @@ func LoadClient(args []string, lookupEnv func(string) (string, bool), dotenvPath
 		}
 		c.APIKey = key
 	}
-	if c.Pprof && c.MetricsListen == "" {
-		errs = append(errs, find(settings, "HOP_CLIENT_PPROF").errorf("needs HOP_CLIENT_METRICS_LISTEN (--metrics-listen): profiles are served on that listener only"))
+	if len(errs) == 0 && c.Domain != "" && c.LocalTarget != nil {
+		c.Services = []Service{{Hostname: c.Domain, Target: c.LocalTarget, APIKey: c.APIKey,
+			TLSSkipVerify: c.LocalInsecureSkipVerify, CAFile: c.LocalCAFile, Where: "flags"}}
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	return errs
+}
+
+// applyFile reads the config file into c.
+func (c *Client) applyFile(settings []setting, got loaded, lookupEnv func(string) (string, bool)) []error {
+	var errs []error
+	for _, env := range serviceSettings {
+		if got.explicit(env) {
+			s := find(settings, env)
+			errs = append(errs, s.errorf("not allowed with HOP_CLIENT_CONFIG (--config): the services of %s replace the single-service settings", c.ConfigFile))
+		}
 	}
-	c.Deprecated = got.deprecated
-	return c, nil
+	f, err := readConfigFile(c.ConfigFile)
+	if err != nil {
+		return append(errs, find(settings, "HOP_CLIENT_CONFIG").wrap(err))
+	}
+	file, err := parseClientFile(c.ConfigFile, f, lookupEnv, osFiles)
+	if err != nil {
+		return append(errs, err)
+	}
+	for _, fs := range file.settings {
+		s := find(settings, fs.env)
+		if got.explicit(fs.env) {
+			errs = append(errs, fmt.Errorf("%s: %s: also set by %s (--%s): give it in one place", fs.where, fs.key, s.env, s.flag))
+			continue
+		}
+		if fs.value == "" {
+			// As from the other sources: empty leaves the field at its zero value (metrics off).
+			continue
+		}
+		if err := s.bind.set(fs.value); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %s: %w", fs.where, fs.key, err))
+		}
+	}
+	c.Services = file.services
+	return errs
+}
+
+// readConfigFile reads the agent's config file, bounded in size.
+func readConfigFile(path string) ([]byte, error) {
+	if _, err := parseReadableFile(path); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not a readable file: %w", path, pathReason(err))
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxConfigFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, pathReason(err))
+	}
+	return b, nil
 }
 
 // ClientUsage writes the help of hopgate-client: every flag, its variable,
 // default and meaning.
 func ClientUsage(w io.Writer) {
 	usage(w, "hopgate-client",
-		"Private end of HopGate: keeps a tunnel to the gateway open and passes the requests for\n--domain to --local-target.\n"+
+		"Private end of HopGate: keeps a tunnel to the gateway open and passes the requests for\n--domain to --local-target, or those of each service of --config to its target.\n"+
 			"Exit codes: 0 stopped by a signal (SIGTERM, SIGINT), or after --help/--version; 1 failed for\n"+
-			"another reason; 2 bad configuration; 3 the server refused the domain or key.\n\n"+
+			"another reason; 2 bad configuration; 3 the server refused the domain or key (with --config:\n"+
+			"the keys of every hostname). SIGHUP re-reads the configuration (the services of --config).\n\n"+
 			"  --check   verify the configuration and exit: the server resolves and its certificate is\n"+
 			"            trusted, the gateway accepts --domain and --api-key, the local target answers.\n"+
 			"            Exit 0 when all pass, 3 when the gateway refuses the domain or key, 1 otherwise.\n"+

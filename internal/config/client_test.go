@@ -39,6 +39,8 @@ func TestLoadClientDefaults(t *testing.T) {
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "text",
 	}
+	want.Services = []Service{{Hostname: want.Domain, Target: want.LocalTarget, APIKey: want.APIKey, Where: "flags"}}
+	got.reload = nil
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("\n got %#v\nwant %#v", got, want)
 	}
@@ -70,9 +72,10 @@ func TestLoadClientEveryFlag(t *testing.T) {
 		"--log-format", "json",
 	}
 	// --debug, --local-insecure-skip-verify and --pprof have no value; --api-key-file excludes
-	// --api-key and has a test of its own (TestLoadClientAPIKeyFile).
-	if n := len(clientSettings(&Client{})); n != (len(args)+3)/2+1 {
-		t.Fatalf("test covers %d flags, the table has %d", (len(args)+3)/2+1, n)
+	// --api-key and has a test of its own (TestLoadClientAPIKeyFile), and so has --config, which
+	// excludes the service flags (TestLoadClientFile).
+	if n := len(clientSettings(&Client{})); n != (len(args)+3)/2+2 {
+		t.Fatalf("test covers %d flags, the table has %d", (len(args)+3)/2+2, n)
 	}
 	got, err := LoadClient(args, clientEnv().lookup, noDotenv(t))
 	if err != nil {
@@ -95,6 +98,9 @@ func TestLoadClientEveryFlag(t *testing.T) {
 		LogLevel:                slog.LevelDebug,
 		LogFormat:               "json",
 	}
+	want.Services = []Service{{Hostname: want.Domain, Target: want.LocalTarget, APIKey: want.APIKey,
+		TLSSkipVerify: true, CAFile: ca, Where: "flags"}}
+	got.reload = nil
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("\n got %#v\nwant %#v", got, want)
 	}

@@ -41,7 +41,7 @@ func New() *Metrics {
 		reg: reg,
 		up: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hopgate_client_tunnel_up",
-			Help: "1 while the gateway has accepted the tunnel, 0 otherwise.",
+			Help: "Tunnel calls the gateway has accepted and that are up: one per hostname (1 for a single-domain agent), 0 when none is.",
 		}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hopgate_client_reconnects_total",
@@ -71,13 +71,13 @@ func New() *Metrics {
 func (m *Metrics) Instrument(o supervisor.Options) supervisor.Options {
 	onUp, onDown, onRetry, onBytes, serve := o.OnUp, o.OnDown, o.OnReconnectAttempt, o.OnBodyBytes, o.Serve
 	o.OnUp = func(url string) {
-		m.up.Set(1)
+		m.up.Inc()
 		if onUp != nil {
 			onUp(url)
 		}
 	}
 	o.OnDown = func(err error) {
-		m.up.Set(0)
+		m.up.Dec()
 		if onDown != nil {
 			onDown(err)
 		}

@@ -38,6 +38,10 @@ type Options struct {
 	// Target is only shown in logs.
 	Target string
 	TLS    *tls.Config
+	// Conn, when set, carries the tunnel instead of a connection of its own: an agent with several
+	// domains multiplexes their OpenTunnel calls over one connection (see Dial). The supervisor
+	// never closes it; grpc redials it under the calls, which then reconnect as usual.
+	Conn *grpc.ClientConn
 	// PingInterval is how often the agent pings; the tunnel is dead after three silent intervals.
 	PingInterval time.Duration
 	// DrainTimeout bounds how long a stop waits for streams in flight.
@@ -124,9 +128,11 @@ func Run(ctx context.Context, o Options) error {
 
 // call is one OpenTunnel call that the gateway accepted.
 type call struct {
-	conn   *grpc.ClientConn
-	stream tunnelv1.TunnelService_OpenTunnelClient
-	acc    *tunnelv1.Accepted
+	conn *grpc.ClientConn
+	// ownConn tells whether the call dialled conn itself (and closes it) or shares Options.Conn.
+	ownConn bool
+	stream  tunnelv1.TunnelService_OpenTunnelClient
+	acc     *tunnelv1.Accepted
 	// ctx is the call's own context, so that a stop can drain streams before the call ends.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -134,11 +140,14 @@ type call struct {
 
 func (c *call) close() {
 	c.cancel()
-	_ = c.conn.Close()
+	if c.ownConn {
+		_ = c.conn.Close()
+	}
 }
 
-// open dials the gateway, says hello and waits for Accepted. ctx bounds the wait, not the call.
-func open(ctx context.Context, o Options) (*call, error) {
+// Dial makes the gRPC connection to o.ServerAddr that Run makes for each attempt (same TLS
+// protocol, windows and dialer). It connects lazily; the caller closes it.
+func Dial(o Options) (*grpc.ClientConn, error) {
 	tlsConf := o.TLS.Clone()
 	if tlsConf == nil {
 		tlsConf = &tls.Config{}
@@ -165,8 +174,27 @@ func open(ctx context.Context, o Options) (*call, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", o.ServerAddr, err)
 	}
+	return conn, nil
+}
+
+// open dials the gateway (or takes o.Conn), says hello and waits for Accepted. ctx bounds the
+// wait, not the call.
+func open(ctx context.Context, o Options) (*call, error) {
+	conn, own := o.Conn, false
+	if conn != nil {
+		// A shared connection redials on grpc's own backoff (up to two minutes); an attempt of the
+		// supervisor, which has waited its own backoff already, dials now as a fresh connection would.
+		conn.ResetConnectBackoff()
+	} else {
+		var err error
+		if conn, err = Dial(o); err != nil {
+			return nil, err
+		}
+		own = true
+	}
+	var err error
 	callCtx, cancelCall := context.WithCancel(context.Background())
-	c := &call{conn: conn, ctx: callCtx, cancel: cancelCall}
+	c := &call{conn: conn, ownConn: own, ctx: callCtx, cancel: cancelCall}
 	fail := func(err error) (*call, error) {
 		c.close()
 		return nil, classify(err)

@@ -1,0 +1,214 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeFiles stands in for the key and CA files a config names.
+var fakeFiles = fileAccess{
+	readKey: func(path string) (string, error) {
+		if strings.HasSuffix(path, "missing.key") {
+			return "", errors.New("not a readable file")
+		}
+		return "key-from-" + filepath.Base(path), nil
+	},
+	readable: func(path string) (string, error) { return path, nil },
+}
+
+// TestParseClientFile: the validation table. Each bad case names FILE:LINE and the key.
+func TestParseClientFile(t *testing.T) {
+	vars := env{"APP_KEY": "app-key", "EMPTY": ""}
+	for _, tc := range []struct {
+		name, yaml string
+		want       string // substring of the error; "" = valid
+	}{
+		{name: "minimal", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: 127.0.0.1:80\n"},
+		{name: "key on another service of the hostname", yaml: "services:\n  - hostname: a.example.com\n    target: 127.0.0.1:80\n  - hostname: a.example.com\n    path: /api/\n    api_key_file: a.key\n    target: 127.0.0.1:81\n"},
+		{name: "unknown top key", yaml: "server_addr: gw\nservics: []\n", want: "f.yaml:2: servics: unknown key"},
+		{name: "unknown service key", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: 127.0.0.1:80\n    tls_skip_verfy: true\n", want: "f.yaml:5: tls_skip_verfy: unknown key"},
+		{name: "unknown health key", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: 127.0.0.1:80\n    health: {pth: /h}\n", want: "f.yaml:5: pth: unknown key"},
+		{name: "syntax", yaml: "services:\n  - hostname: [a\n", want: "f.yaml:"},
+		{name: "empty", yaml: "", want: "f.yaml: empty"},
+		{name: "no services", yaml: "server_addr: gw\n", want: "services: required"},
+		{name: "no hostname", yaml: "services:\n  - target: 127.0.0.1:80\n    api_key: k\n", want: "f.yaml:2: services[0].hostname: required"},
+		{name: "no target", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n", want: "f.yaml:2: services[0].target: required"},
+		{name: "bad hostname", yaml: "services:\n  - hostname: a..b\n    api_key: k\n    target: 127.0.0.1:80\n", want: "f.yaml:2: services[0].hostname:"},
+		{name: "bad target", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: ftp://x\n", want: "f.yaml:4: services[0].target:"},
+		{name: "bad path", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    path: api\n    target: 127.0.0.1:80\n", want: "f.yaml:4: services[0].path:"},
+		{name: "no key", yaml: "services:\n  - hostname: a.example.com\n    target: 127.0.0.1:80\n", want: "f.yaml:2: api_key: hostname a.example.com has no key"},
+		{name: "two keys", yaml: "services:\n  - hostname: a.example.com\n    api_key: k1\n    target: 127.0.0.1:80\n  - hostname: a.example.com\n    path: /x\n    api_key: k2\n    target: 127.0.0.1:80\n", want: "f.yaml:5: api_key: hostname a.example.com already has a different key at f.yaml:2"},
+		{name: "key and file", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    api_key_file: a.key\n    target: 127.0.0.1:80\n", want: "f.yaml:4: services[0].api_key_file: set together with api_key"},
+		{name: "duplicate rule", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    path: /api\n    target: 127.0.0.1:80\n  - hostname: A.example.com\n    path: /api/\n    target: 127.0.0.1:81\n", want: "f.yaml:6: path: hostname a.example.com with path \"/api\" is already a rule at f.yaml:2"},
+		{name: "env", yaml: "services:\n  - hostname: a.example.com\n    api_key: ${APP_KEY}\n    target: 127.0.0.1:80\n"},
+		{name: "unset env", yaml: "services:\n  - hostname: a.example.com\n    api_key: ${NOPE}\n    target: 127.0.0.1:80\n", want: "f.yaml:3: services[0].api_key: environment variable NOPE is not set"},
+		{name: "empty env", yaml: "services:\n  - hostname: a.example.com\n    api_key: ${EMPTY}\n    target: 127.0.0.1:80\n", want: "f.yaml:3: services[0].api_key: empty"},
+		{name: "bad env ref", yaml: "services:\n  - hostname: a.example.com\n    api_key: ${A-B}\n    target: 127.0.0.1:80\n", want: "not an environment reference"},
+		{name: "missing key file", yaml: "services:\n  - hostname: a.example.com\n    api_key_file: missing.key\n    target: 127.0.0.1:80\n", want: "f.yaml:3: services[0].api_key_file:"},
+		{name: "skip verify on http", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: 127.0.0.1:80\n    tls_skip_verify: true\n", want: "f.yaml:5: services[0].tls_skip_verify: applies to an https:// target only"},
+		{name: "bad bool", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: https://127.0.0.1:80\n    tls_skip_verify: maybe\n", want: "f.yaml:5: services[0].tls_skip_verify:"},
+		{name: "health", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: https://127.0.0.1:80\n    health: {path: /h, interval: 5s}\n"},
+		{name: "bad health interval", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: 127.0.0.1:80\n    health: {interval: -5s}\n", want: "f.yaml:5: services[0].health.interval:"},
+		{name: "list for a value", yaml: "server_addr: [a, b]\nservices:\n  - hostname: a.example.com\n    api_key: k\n    target: 127.0.0.1:80\n", want: "f.yaml:1: server_addr: want a single value"},
+		{name: "two documents", yaml: "services: []\n---\nx: 1\n", want: "second YAML document"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := parseClientFile("f.yaml", []byte(tc.yaml), vars.lookup, fakeFiles)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tc.want != "" && err == nil:
+				t.Fatalf("accepted, want an error with %q", tc.want)
+			case tc.want != "" && !strings.Contains(err.Error(), tc.want):
+				t.Fatalf("error %q, want it to contain %q", err, tc.want)
+			case err != nil:
+				if strings.Contains(err.Error(), "app-key") || strings.Contains(err.Error(), "k1") {
+					t.Errorf("error shows a key: %v", err)
+				}
+				return
+			}
+			checkValid(t, f)
+		})
+	}
+}
+
+// checkValid asserts what an accepted config promises: every service has a hostname, a target
+// and its hostname's one key, and no (hostname, path) repeats.
+func checkValid(t *testing.T, f *clientFile) {
+	t.Helper()
+	if len(f.services) == 0 {
+		t.Fatal("accepted a config without services")
+	}
+	keys := map[string]string{}
+	rules := map[string]bool{}
+	for _, s := range f.services {
+		if s.Hostname == "" || s.Target == nil || s.APIKey == "" {
+			t.Fatalf("accepted an incomplete service: %v", s)
+		}
+		if k, ok := keys[s.Hostname]; ok && k != s.APIKey {
+			t.Fatalf("hostname %s has two keys", s.Hostname)
+		}
+		keys[s.Hostname] = s.APIKey
+		if rules[s.Hostname+" "+s.Path] {
+			t.Fatalf("duplicate rule %s %s", s.Hostname, s.Path)
+		}
+		rules[s.Hostname+" "+s.Path] = true
+		if s.Path != "" && (!strings.HasPrefix(s.Path, "/") || strings.HasSuffix(s.Path, "/")) {
+			t.Fatalf("path %q not normalised", s.Path)
+		}
+	}
+}
+
+// TestLoadClientFile: --config fills the settings and services; settings the file does not give
+// come from flags and variables; one given in both places, or a single-service flag, is an error.
+func TestLoadClientFile(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "b.key")
+	if err := os.WriteFile(keyFile, []byte("b-key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "hopgate.yaml")
+	if err := os.WriteFile(file, []byte(`server_addr: gw.example.com
+ping_interval: 5s
+services:
+  - hostname: a.example.com
+    api_key: ${A_KEY}
+    target: 127.0.0.1:3000
+  - hostname: a.example.com
+    path: /api/
+    target: http://127.0.0.1:4000/base
+  - hostname: b.example.com
+    api_key_file: b.key
+    target: unix:///run/b.sock
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	vars := env{"A_KEY": "a-key", "HOP_CLIENT_LOG_LEVEL": "debug"}
+	c, err := LoadClient([]string{"--config", file}, vars.lookup, noDotenv(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ServerAddr != "gw.example.com:443" || c.PingInterval != 5*time.Second || c.LogLevel.String() != "DEBUG" {
+		t.Errorf("settings: %v", c)
+	}
+	if len(c.Services) != 3 || c.Services[1].Path != "/api" || c.Services[1].APIKey != "a-key" || c.Services[2].APIKey != "b-key" ||
+		c.Services[2].Target.Scheme != "unix" || c.Services[0].Where != file+":4" {
+		t.Errorf("services: %v", c.Services)
+	}
+	if strings.Contains(c.String(), "a-key") || strings.Contains(c.Services[0].String(), "a-key") {
+		t.Error("String shows a key")
+	}
+	again, err := c.Reload()
+	if err != nil || !c.SameSettings(again) || len(again.Services) != 3 {
+		t.Errorf("Reload = %v, %v", again, err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		vars env
+		want string
+	}{
+		{"flag also in file", []string{"--config", file, "--ping-interval", "1s"}, env{"A_KEY": "a"}, file + ":2: ping_interval: also set by HOP_CLIENT_PING_INTERVAL (--ping-interval)"},
+		{"env also in file", []string{"--config", file}, env{"A_KEY": "a", "HOP_CLIENT_SERVER_ADDR": "x.example.com"}, "server_addr: also set by HOP_CLIENT_SERVER_ADDR"},
+		{"single-service flag", []string{"--config", file, "--local-target", "127.0.0.1:1"}, env{"A_KEY": "a"}, "HOP_CLIENT_LOCAL_TARGET (--local-target): not allowed with HOP_CLIENT_CONFIG"},
+		{"single-service env", []string{"--config", file}, env{"A_KEY": "a", "HOP_CLIENT_API_KEY": "x"}, "HOP_CLIENT_API_KEY (--api-key): not allowed"},
+		{"missing file", []string{"--config", filepath.Join(dir, "nope.yaml")}, env{}, "HOP_CLIENT_CONFIG (--config):"},
+		{"env from variable", nil, env{"A_KEY": "a", "HOP_CLIENT_CONFIG": file, "HOP_CLIENT_METRICS_LISTEN": "127.0.0.1:0"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := LoadClient(tc.args, tc.vars.lookup, noDotenv(t))
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestExampleConfig: the sample config in deploy/ parses, with its ${VAR} set.
+func TestExampleConfig(t *testing.T) {
+	path := filepath.Join("..", "..", "deploy", "hopgate-client.example.yaml")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := parseClientFile(path, data, env{"APP_KEY": "app-key"}.lookup, fakeFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkValid(t, f)
+	if len(f.services) < 3 {
+		t.Errorf("the example shows %d services, want the issue's three", len(f.services))
+	}
+}
+
+// FuzzParseClientFile: the parser never panics, and whatever it accepts is valid; its errors
+// never show a key that came from the environment (a YAML syntax error may quote the file's own
+// text, which is why keys belong in ${VAR} or api_key_file).
+func FuzzParseClientFile(f *testing.F) {
+	f.Add([]byte("services:\n  - hostname: a.example.com\n    api_key: literal-key\n    target: 127.0.0.1:80\n"))
+	f.Add([]byte("server_addr: gw\nservices:\n  - hostname: a.example.com\n    api_key: ${K}\n    path: /api/\n    target: https://h:1/b\n    tls_skip_verify: yes\n    health: {path: /h, interval: 1s}\n  - hostname: a.example.com\n    target: unix:///s\n"))
+	f.Add([]byte("services: [{hostname: b.example.com, api_key_file: k, target: 'h:1'}, {hostname: b.example.com, path: /, target: 'h:2'}]"))
+	f.Add([]byte("services:\n  - &a {hostname: a.example.com, api_key: ${K}, target: 'h:1'}\n  - *a\n"))
+	f.Add([]byte("x: !!binary AAAA\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := parseClientFile("f.yaml", data, env{"K": canaryKey}.lookup, fakeFiles)
+		if err != nil {
+			if !strings.Contains(string(data), canaryKey) && strings.Contains(err.Error(), canaryKey) {
+				t.Fatalf("error shows the key: %v", err)
+			}
+			return
+		}
+		checkValid(t, c)
+	})
+}
