@@ -93,6 +93,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzCodecUnmarshal$$' -fuzztime=$(FUZZTIME) ./internal/tunnel
 	$(GO) test -run='^$$' -fuzz='^FuzzHeaderMapping$$' -fuzztime=$(FUZZTIME) ./internal/tunnel/httpwire
 	$(GO) test -run='^$$' -fuzz='^FuzzCanonical$$' -fuzztime=$(FUZZTIME) ./internal/gateway/hostname
+	$(GO) test -run='^$$' -fuzz='^FuzzCanonicalDomain$$' -fuzztime=$(FUZZTIME) ./internal/gateway/hostname
 	$(GO) test -run='^$$' -fuzz='^FuzzLoadServer$$' -fuzztime=$(FUZZTIME) ./internal/config
 	$(GO) test -run='^$$' -fuzz='^FuzzLoadClient$$' -fuzztime=$(FUZZTIME) ./internal/config
 	$(GO) test -run='^$$' -fuzz='^FuzzAdminBodies$$' -fuzztime=$(FUZZTIME) ./internal/gateway/admin

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -65,8 +66,15 @@ type Server struct {
 	ACMECARoots    string   // PEM file of extra roots for the ACME server; checked readable
 	ACMECacheDir   string   // DataDir/acme when unset
 	ACMEExpectIPs  []net.IP // empty = no check
-	// ACMEDNSResolver is a host:port DNS server for the EXPECT_IPS check (tests); empty = system resolver.
+	// ACMEDNSResolver is a host:port DNS server for the EXPECT_IPS check and the DNS-01 propagation
+	// check (tests); empty = system resolver (and, for DNS-01, the zone's authoritative servers).
 	ACMEDNSResolver string
+	// ACMEDNSProvider names the lego DNS provider ("cloudflare", "route53", "httpreq", "exec", …)
+	// that solves DNS-01, the only challenge a CA accepts for wildcard names; it reads its own
+	// variables. Empty = wildcard domains cannot get certificates, so outside debug mode they cannot
+	// be registered. Only the name's shape is checked here: the provider is built (and its own
+	// variables checked) by the gateway, which is the only binary that links lego's providers.
+	ACMEDNSProvider string
 	// ACMERenewInterval is how often certificates are checked for renewal.
 	ACMERenewInterval time.Duration
 
@@ -177,8 +185,11 @@ func serverSettings(s *Server) []setting {
 			usage: "comma-separated IPs; a name is only issued/served if it resolves to one of these",
 			bind:  bind(&s.ACMEExpectIPs, "ip,...", parseIPs)},
 		{env: "HOP_ACME_DNS_RESOLVER", flag: "acme-dns-resolver",
-			usage: "host:port of the DNS server used for the HOP_ACME_EXPECT_IPS check; empty uses the system resolver",
+			usage: "host:port of the DNS server used for the HOP_ACME_EXPECT_IPS check and the DNS-01 propagation check; empty uses the system resolver",
 			bind:  bind(&s.ACMEDNSResolver, "host:port", parseDialAddr)},
+		{env: "HOP_ACME_DNS_PROVIDER", flag: "acme-dns-provider",
+			usage: "lego DNS provider for DNS-01 (e.g. cloudflare, route53, httpreq, exec; it reads its own variables); needed for wildcard domains; empty = wildcard domains cannot be registered outside debug mode",
+			bind:  bind(&s.ACMEDNSProvider, "name", parseDNSProviderName)},
 		{env: "HOP_ACME_RENEW_INTERVAL", flag: "acme-renew-interval", def: "6h",
 			usage: "how often certificates are checked for renewal (renewed with a third of their lifetime left, or when the CA's renewal information says so)",
 			bind:  bind(&s.ACMERenewInterval, "duration", parsePositiveDuration)},
@@ -276,4 +287,20 @@ func (s Server) attrs() []slog.Attr {
 	return logAttrs(serverSettings(&s), map[string]func() slog.Value{
 		"HOP_DB_DSN": func() slog.Value { return slog.StringValue(redactDSN(s.DBDSN)) },
 	})
+}
+
+// parseDNSProviderName checks the shape of a lego DNS provider name (lowercase letters, digits,
+// hyphens and dots, as in "cloudflare" or "route53"); whether lego knows it is checked when the
+// gateway builds it.
+func parseDNSProviderName(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	ok := s != ""
+	for i := 0; i < len(s) && ok; i++ {
+		c := s[i]
+		ok = c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.'
+	}
+	if !ok {
+		return "", fmt.Errorf("%q is not a lego DNS provider name like cloudflare, route53, httpreq or exec", s)
+	}
+	return s, nil
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/go-acme/lego/v4/challenge"
+
 	"github.com/hopgate/hopgate/internal/config"
 	"github.com/hopgate/hopgate/internal/gateway/acme"
 	"github.com/hopgate/hopgate/internal/gateway/devcert"
@@ -21,6 +23,8 @@ import (
 type certSource struct {
 	tls  *tls.Config
 	acme *acme.Manager
+	// noWildcards is why wildcard domains cannot get a certificate; empty when they can.
+	noWildcards string
 }
 
 func newCertSource(ctx context.Context, cfg *config.Server, store *registry.Store, m *metrics.Metrics, log *slog.Logger) (*certSource, error) {
@@ -34,9 +38,29 @@ func newCertSource(ctx context.Context, cfg *config.Server, store *registry.Stor
 			return nil, err
 		}
 		log.Info("debug mode: self-signed certificate; trust it on agents with --ca-file", "ca_file", path)
+		if cfg.ACMEDNSProvider != "" {
+			log.Info("debug mode: HOP_ACME_DNS_PROVIDER is not used; the development CA signs wildcard names too")
+		}
 		return &certSource{tls: &tls.Config{GetCertificate: issuer.GetCertificate}}, nil
 	}
 
+	var (
+		dnsProvider  challenge.Provider
+		dnsResolvers []string
+		noWildcards  string
+	)
+	if cfg.ACMEDNSProvider != "" {
+		p, err := newDNSProvider(cfg.ACMEDNSProvider)
+		if err != nil {
+			return nil, fmt.Errorf("HOP_ACME_DNS_PROVIDER (--acme-dns-provider) %q: %w", cfg.ACMEDNSProvider, err)
+		}
+		dnsProvider = p
+	} else {
+		noWildcards = "HOP_ACME_DNS_PROVIDER is not set, and a wildcard certificate can only be obtained with ACME DNS-01 through a DNS provider"
+	}
+	if cfg.ACMEDNSResolver != "" {
+		dnsResolvers = []string{cfg.ACMEDNSResolver}
+	}
 	mgr, err := acme.New(acme.Options{
 		CADir:              cfg.ACMECADir,
 		Email:              cfg.ACMEEmail,
@@ -44,6 +68,8 @@ func newCertSource(ctx context.Context, cfg *config.Server, store *registry.Stor
 		CacheDir:           cfg.ACMECacheDir,
 		ExpectIPs:          cfg.ACMEExpectIPs,
 		Resolver:           resolver(cfg.ACMEDNSResolver),
+		DNSProvider:        dnsProvider,
+		DNSResolvers:       dnsResolvers,
 		RenewCheckInterval: cfg.ACMERenewInterval,
 		Logger:             log,
 		OnExpiry: func(name string, notAfter time.Time) {
@@ -74,8 +100,9 @@ func newCertSource(ctx context.Context, cfg *config.Server, store *registry.Stor
 		names = append(names, d.Name)
 	}
 	mgr.Manage(ctx, names...)
-	log.Info("certificates: ACME", "ca", cfg.ACMECADir, "names", len(names), "cache", cfg.ACMECacheDir)
-	return &certSource{tls: &tls.Config{GetCertificate: mgr.GetCertificate}, acme: mgr}, nil
+	log.Info("certificates: ACME", "ca", cfg.ACMECADir, "names", len(names), "cache", cfg.ACMECacheDir,
+		"dns_provider", cfg.ACMEDNSProvider)
+	return &certSource{tls: &tls.Config{GetCertificate: mgr.GetCertificate}, acme: mgr, noWildcards: noWildcards}, nil
 }
 
 // run keeps certificates renewed until ctx ends.

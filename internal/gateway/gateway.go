@@ -141,6 +141,9 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		if g.certs.acme != nil {
 			opts = append(opts, admin.WithCertificates(adminCerts{g.certs.acme}))
 		}
+		if g.certs.noWildcards != "" {
+			opts = append(opts, admin.RefuseWildcards(g.certs.noWildcards))
+		}
 		adminAPI = authLimiter.Middleware(admin.New(g.store, hub, cfg.AdminAPIKey, log, opts...))
 	}
 

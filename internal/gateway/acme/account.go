@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-acme/lego/v4/certcrypto"
 	"github.com/go-acme/lego/v4/challenge"
+	"github.com/go-acme/lego/v4/challenge/dns01"
 	"github.com/go-acme/lego/v4/lego"
 	"github.com/go-acme/lego/v4/registration"
 )
@@ -34,8 +35,9 @@ type clients struct {
 	both     *lego.Client
 	http01   *lego.Client
 	tlsALPN  *lego.Client
-	noARI    atomic.Bool // set once the CA answered that it has no renewalInfo endpoint
-	accountK string      // storage lock and key prefix of the account
+	dns01    *lego.Client // nil without Options.DNSProvider
+	noARI    atomic.Bool  // set once the CA answered that it has no renewalInfo endpoint
+	accountK string       // storage lock and key prefix of the account
 }
 
 // accountPrefix is "accounts/<ca-host>/<email>": one account per CA and contact.
@@ -100,6 +102,11 @@ func (m *Manager) legoClients(ctx context.Context) (*clients, error) {
 	}
 	if cl.tlsALPN, err = m.newLegoClient(acct, challenge.TLSALPN01); err != nil {
 		return nil, err
+	}
+	if m.opts.DNSProvider != nil {
+		if cl.dns01, err = m.newLegoClient(acct, challenge.DNS01); err != nil {
+			return nil, err
+		}
 	}
 	m.clients = cl
 	return cl, nil
@@ -174,6 +181,15 @@ func (m *Manager) newLegoClient(acct *account, challenges ...challenge.Type) (*l
 			err = c.Challenge.SetHTTP01Provider(&http01Provider{m: m})
 		case challenge.TLSALPN01:
 			err = c.Challenge.SetTLSALPN01Provider(&tlsALPNProvider{m: m})
+		case challenge.DNS01:
+			var opts []dns01.ChallengeOption
+			if len(m.opts.DNSResolvers) > 0 {
+				// The servers named are the ones that count: the zone's authoritative servers, found
+				// through public DNS, may not even exist for a test or split-horizon zone.
+				opts = append(opts, dns01.AddRecursiveNameservers(m.opts.DNSResolvers),
+					dns01.DisableAuthoritativeNssPropagationRequirement())
+			}
+			err = c.Challenge.SetDNS01Provider(&dnsProvider{m: m, p: m.opts.DNSProvider}, opts...)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("ACME challenge provider %s: %w", ch, err)

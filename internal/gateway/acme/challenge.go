@@ -5,10 +5,14 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/go-acme/lego/v4/challenge"
+	"github.com/go-acme/lego/v4/challenge/dns01"
 	"github.com/go-acme/lego/v4/challenge/http01"
 	"github.com/go-acme/lego/v4/challenge/tlsalpn01"
+
+	"github.com/hopgate/hopgate/internal/gateway/hostname"
 )
 
 // ALPNProto is the ALPN protocol of TLS-ALPN-01 validation (RFC 8737). The HTTPS listener's
@@ -54,6 +58,33 @@ func (p *tlsALPNProvider) CleanUp(domain, _, _ string) error {
 	defer p.m.chMu.Unlock()
 	delete(p.m.alpnCerts, domain)
 	return nil
+}
+
+// dnsProvider is Options.DNSProvider, recording which wildcard orders got as far as publishing
+// their record (see obtainWildcard).
+type dnsProvider struct {
+	m *Manager
+	p challenge.Provider
+}
+
+// Present gets the name the authorization is for: the wildcard's base name ("apps.example.com" for
+// "*.apps.example.com"), which is where the _acme-challenge record goes.
+func (p *dnsProvider) Present(domain, token, keyAuth string) error {
+	p.m.setPresented(hostname.WildcardPrefix+domain, challenge.DNS01)
+	return p.p.Present(domain, token, keyAuth)
+}
+
+func (p *dnsProvider) CleanUp(domain, token, keyAuth string) error {
+	return p.p.CleanUp(domain, token, keyAuth)
+}
+
+// Timeout keeps the provider's own propagation timeout and polling interval (lego asks for them
+// through this optional interface, which wrapping would otherwise hide).
+func (p *dnsProvider) Timeout() (timeout, interval time.Duration) {
+	if t, ok := p.p.(challenge.ProviderTimeout); ok {
+		return t.Timeout()
+	}
+	return dns01.DefaultPropagationTimeout, dns01.DefaultPollingInterval
 }
 
 // HTTPHandler answers HTTP-01 challenges (/.well-known/acme-challenge/<token>) from memory and

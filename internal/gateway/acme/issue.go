@@ -12,6 +12,8 @@ import (
 	"github.com/go-acme/lego/v4/acme/api"
 	"github.com/go-acme/lego/v4/certificate"
 	"github.com/go-acme/lego/v4/challenge"
+
+	"github.com/hopgate/hopgate/internal/gateway/hostname"
 )
 
 func certKey(name string) string { return "certificates/" + name + ".crt" }
@@ -133,7 +135,12 @@ func renewAt(leaf *x509.Certificate) time.Time {
 func (m *Manager) checkGate(ctx context.Context, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	ips, err := m.opts.Resolver(ctx, name)
+	lookup := name
+	if hostname.IsWildcard(name) {
+		// "*" is no name to resolve; any name under the wildcard DNS record stands for all of them.
+		lookup = "hopgate-check." + hostname.WildcardBase(name)
+	}
+	ips, err := m.opts.Resolver(ctx, lookup)
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", name, err)
 	}
@@ -244,6 +251,9 @@ func (m *Manager) obtain(ctx context.Context, name, replaces string) (*certifica
 		return nil, err
 	}
 	req := certificate.ObtainRequest{Domains: []string{name}, Bundle: true, ReplacesCertID: replaces}
+	if hostname.IsWildcard(name) {
+		return m.obtainWildcard(ctx, cl, req)
+	}
 	m.setPresented(name, "")
 	res, err := cl.both.Certificate.Obtain(req)
 	if err == nil {
@@ -273,6 +283,32 @@ func (m *Manager) obtain(ctx context.Context, name, replaces string) (*certifica
 		return nil, fmt.Errorf("order for %s: %s: %w; %s: %w", name, tried, err, other.typ, err2)
 	}
 	return res, nil
+}
+
+// ErrNoDNSProvider fails the order of a wildcard name on a manager without Options.DNSProvider.
+var ErrNoDNSProvider = errors.New("a wildcard certificate needs DNS-01, and no DNS provider is set (HOP_ACME_DNS_PROVIDER)")
+
+// obtainWildcard orders a wildcard name's certificate with DNS-01, the only challenge a CA accepts
+// for it; there is no other challenge to fall back to.
+func (m *Manager) obtainWildcard(ctx context.Context, cl *clients, req certificate.ObtainRequest) (*certificate.Resource, error) {
+	name := req.Domains[0]
+	if cl.dns01 == nil {
+		return nil, fmt.Errorf("order for %s: %w", name, ErrNoDNSProvider)
+	}
+	m.setPresented(name, "")
+	res, err := cl.dns01.Certificate.Obtain(req)
+	if err == nil {
+		return res, nil
+	}
+	if isAccountGone(err) {
+		m.forgetAccount(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("order for %s: %w", name, err)
+	}
+	if m.setPresented(name, "") == "" {
+		// Refused before the record was even published: renew may try again without "replaces".
+		err = &orderRefusedError{err}
+	}
+	return nil, fmt.Errorf("order for %s with %s: %w", name, challenge.DNS01, err)
 }
 
 // orderRefusedError is an order that failed before any challenge was presented.

@@ -54,6 +54,16 @@ type Options struct {
 	ExpectIPs []net.IP
 	Resolver  func(ctx context.Context, host string) ([]net.IP, error)
 
+	// DNSProvider solves DNS-01 challenges (one of lego's DNS providers), the only challenge a CA
+	// accepts for a wildcard name ("*.apps.example.com"); other names keep HTTP-01 and TLS-ALPN-01.
+	// Nil: orders for wildcard names fail with ErrNoDNSProvider.
+	DNSProvider challenge.Provider
+	// DNSResolvers, if set, are the DNS servers (host:port) asked whether a DNS-01 record is visible
+	// before the CA is told to look, instead of the system's resolvers and the zone's authoritative
+	// servers (tests, split-horizon DNS). lego keeps them in a package variable: one setting per
+	// process.
+	DNSResolvers []string
+
 	RenewCheckInterval time.Duration // how often every name is looked at; default 6h
 	Logger             *slog.Logger  // default slog.Default()
 
@@ -269,7 +279,7 @@ func (b *cancelBody) Close() error {
 func (m *Manager) Manage(ctx context.Context, names ...string) {
 	added := false
 	for _, raw := range names {
-		name, err := hostname.Canonical(raw)
+		name, err := hostname.CanonicalDomain(raw)
 		if err != nil {
 			m.log.Warn("acme: not managing invalid name", "domain", raw, "err", err)
 			continue
@@ -302,7 +312,7 @@ func (m *Manager) Manage(ctx context.Context, names ...string) {
 // Unmanage stops renewing name and serving its certificate (an unregistered domain). The stored
 // files stay, so registering the name again reuses a still valid certificate.
 func (m *Manager) Unmanage(name string) {
-	name, err := hostname.Canonical(name)
+	name, err := hostname.CanonicalDomain(name)
 	if err != nil {
 		return
 	}
@@ -317,7 +327,7 @@ func (m *Manager) Unmanage(name string) {
 
 // SetDefault names the certificate served for an unknown or missing SNI: the gateway's own name.
 func (m *Manager) SetDefault(name string) {
-	if n, err := hostname.Canonical(name); err == nil {
+	if n, err := hostname.CanonicalDomain(name); err == nil {
 		name = n
 	}
 	m.mu.Lock()
@@ -327,7 +337,7 @@ func (m *Manager) SetDefault(name string) {
 
 // Status reports the certificate state of name.
 func (m *Manager) Status(name string) CertStatus {
-	if n, err := hostname.Canonical(name); err == nil {
+	if n, err := hostname.CanonicalDomain(name); err == nil {
 		name = n
 	}
 	m.mu.RLock()
@@ -368,6 +378,13 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	defer m.mu.RUnlock()
 	if e := m.entries[name]; e != nil && e.cert != nil && e.gate != gateFailed {
 		return e.cert, nil
+	}
+	// A name one label under a managed wildcard gets the wildcard's certificate. Only on a miss of
+	// the exact name, which is also where the (small) allocation of the candidate happens.
+	if w := hostname.WildcardOf(name); w != "" {
+		if e := m.entries[w]; e != nil && e.cert != nil && e.gate != gateFailed {
+			return e.cert, nil
+		}
 	}
 	if e := m.entries[m.defaultName]; e != nil && e.cert != nil {
 		return e.cert, nil

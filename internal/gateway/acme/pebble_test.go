@@ -59,6 +59,7 @@ type pebbleConfig struct {
 	httpPort, tlsPort int
 	validity          int // seconds; 0 = Pebble's 90 days
 	env               []string
+	dnsServer         string // Pebble's resolver; "" = one answering 127.0.0.1 for every name
 }
 
 type pebble struct {
@@ -70,7 +71,7 @@ type pebble struct {
 // startPebble runs Pebble with its validation ports pointed at the test's listeners.
 func startPebble(t *testing.T, pc pebbleConfig) *pebble {
 	t.Helper()
-	p := pebbleBin.Start(t, pebbletest.Config{HTTPPort: pc.httpPort, TLSPort: pc.tlsPort, Validity: pc.validity, Env: pc.env})
+	p := pebbleBin.Start(t, pebbletest.Config{HTTPPort: pc.httpPort, TLSPort: pc.tlsPort, Validity: pc.validity, Env: pc.env, DNSServer: pc.dnsServer})
 	return &pebble{dirURL: p.DirURL, mgmtURL: p.MgmtURL, root: p.Root}
 }
 

@@ -60,7 +60,10 @@ type handler struct {
 	routes  map[string]route
 	// reserved names can never be tenants: the gateway's own name is never proxied.
 	reserved map[string]bool
-	certs    Certificates
+	// noWildcards, when set, is why wildcard domains cannot be registered (no way to get their
+	// certificate); empty when they can.
+	noWildcards string
+	certs       Certificates
 	// oidc fetches providers' discovery documents.
 	oidc             *http.Client
 	policyChanged    func(domain string)
@@ -85,6 +88,13 @@ func Reserved(names ...string) Option {
 			h.reserved[n] = true
 		}
 	}
+}
+
+// RefuseWildcards makes registering a wildcard domain ("*.apps.example.com") a 400 with reason:
+// the gateway has no way to get such a name's certificate, and a registration that can never be
+// served securely is better refused at once than found out by the first visitor.
+func RefuseWildcards(reason string) Option {
+	return func(h *handler) { h.noWildcards = reason }
 }
 
 // WithCertificates ties registrations to the certificate manager.
@@ -237,6 +247,17 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 	if h.reserved[name] {
 		writeError(w, http.StatusBadRequest, "domain "+name+" is the gateway's own name and cannot be registered")
 		return
+	}
+	if hostname.IsWildcard(name) {
+		// *.gw.example.com would put tenants beside the gateway's own name, under its authority.
+		if base := hostname.WildcardBase(name); h.reserved[base] {
+			writeError(w, http.StatusBadRequest, "domain "+name+" is a wildcard under the gateway's own name "+base+" and cannot be registered")
+			return
+		}
+		if h.noWildcards != "" {
+			writeError(w, http.StatusBadRequest, "wildcard domain "+name+" cannot be registered: "+h.noWildcards)
+			return
+		}
 	}
 	d, key, err := h.reg.Register(r.Context(), name, req.Memo)
 	if err != nil {
@@ -468,7 +489,7 @@ func canonical(w http.ResponseWriter, name string) (string, bool) {
 		writeError(w, http.StatusBadRequest, "domain is required")
 		return "", false
 	}
-	c, err := hostname.Canonical(name)
+	c, err := hostname.CanonicalDomain(name)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return "", false

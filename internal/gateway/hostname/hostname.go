@@ -125,3 +125,50 @@ func allDigits(s string) bool {
 	}
 	return true
 }
+
+// WildcardPrefix starts a wildcard domain: "*.apps.example.com" stands for every name exactly one
+// label under apps.example.com, as a TLS wildcard certificate matches (RFC 6125 §6.4.3).
+const WildcardPrefix = "*."
+
+// CanonicalDomain is Canonical for a name that may be registered: a host name, or one leading "*."
+// label followed by a host name of at least two labels ("*.com" is refused: a wildcard over a whole
+// top-level domain is no tenant's). A "*" anywhere else is refused. Host headers and SNI go through
+// Canonical, never this, so a visitor cannot name the wildcard itself.
+func CanonicalDomain(s string) (string, error) {
+	t := strings.TrimSpace(s)
+	rest, wild := strings.CutPrefix(t, WildcardPrefix)
+	if strings.Contains(rest, "*") {
+		return "", fmt.Errorf("%w: %q: a wildcard is only allowed as the whole first label", ErrInvalid, t)
+	}
+	if !wild {
+		return Canonical(s)
+	}
+	base, err := Canonical(rest)
+	if err != nil {
+		return "", fmt.Errorf("wildcard %q: %w", t, err)
+	}
+	if len(WildcardPrefix)+len(base) > maxName {
+		return "", fmt.Errorf("%w: %d characters, at most %d allowed", ErrInvalid, len(WildcardPrefix)+len(base), maxName)
+	}
+	return WildcardPrefix + base, nil
+}
+
+// IsWildcard reports whether a canonical domain is a wildcard ("*.apps.example.com").
+func IsWildcard(domain string) bool { return strings.HasPrefix(domain, WildcardPrefix) }
+
+// WildcardBase is the name a wildcard domain stands under ("apps.example.com"); domain itself when it
+// is not a wildcard.
+func WildcardBase(domain string) string { return strings.TrimPrefix(domain, WildcardPrefix) }
+
+// WildcardOf returns the wildcard domain that covers a canonical host name: "*." and the name without
+// its first label ("x.apps.example.com" → "*.apps.example.com"), or "" when what is left would be a
+// single label (no wildcard domain can be registered there). Only this one candidate is tried:
+// like a TLS wildcard, "*.apps.example.com" does not cover "a.b.apps.example.com" or
+// "apps.example.com". It allocates, so callers use it only after the exact name found nothing.
+func WildcardOf(name string) string {
+	i := strings.IndexByte(name, '.')
+	if i <= 0 || strings.IndexByte(name[i+1:], '.') < 0 {
+		return ""
+	}
+	return WildcardPrefix + name[i+1:]
+}

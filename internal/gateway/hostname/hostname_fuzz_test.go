@@ -121,3 +121,40 @@ func asciiUpper(s string) string {
 	}
 	return string(b)
 }
+
+// FuzzCanonicalDomain checks what registration relies on: an accepted name is a fixed point; a
+// wildcard is "*." and a name Canonical accepts as it is, with no other star; anything else is what
+// Canonical says. For every host name, the one wildcard that may cover it is itself registrable.
+func FuzzCanonicalDomain(f *testing.F) {
+	for _, s := range []string{"*.apps.example.com", "*.Example.COM.", "*.com", "*", "*.", "a.*.example.com",
+		"*.*.example.com", "*x.example.com", "*.münchen.de", "*.1.2.3.4", " *.a.b:443 ", "x.apps.example.com"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		got, err := CanonicalDomain(in)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("CanonicalDomain(%q): error %v does not wrap ErrInvalid", in, err)
+			}
+		} else {
+			if again, err := CanonicalDomain(got); err != nil || again != got {
+				t.Fatalf("CanonicalDomain(%q) = %q, then %q, %v: not a fixed point", in, got, again, err)
+			}
+			if IsWildcard(got) {
+				base := WildcardBase(got)
+				if c, err := Canonical(base); err != nil || c != base || strings.Contains(base, "*") || len(got) > maxName {
+					t.Fatalf("CanonicalDomain(%q) = %q: base %q is not a canonical host name", in, got, base)
+				}
+			} else if c, err := Canonical(in); err != nil || c != got {
+				t.Fatalf("CanonicalDomain(%q) = %q, Canonical = %q, %v", in, got, c, err)
+			}
+		}
+		if host, err := Canonical(in); err == nil {
+			if w := WildcardOf(host); w != "" {
+				if c, err := CanonicalDomain(w); err != nil || c != w {
+					t.Fatalf("WildcardOf(%q) = %q, which CanonicalDomain makes %q, %v", host, w, c, err)
+				}
+			}
+		}
+	})
+}

@@ -107,3 +107,67 @@ func TestFromHost(t *testing.T) {
 		}
 	}
 }
+
+func TestCanonicalDomain(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		in   string
+		want string // "" means an error is expected
+	}{
+		{"plain name", "App.Example.com", "app.example.com"},
+		{"wildcard", "*.apps.example.com", "*.apps.example.com"},
+		{"wildcard uppercase trailing dot", " *.Apps.Example.COM. ", "*.apps.example.com"},
+		{"wildcard over a registrable name", "*.example.com", "*.example.com"},
+		{"wildcard idn", "*.bücher.example", "*.xn--bcher-kva.example"},
+
+		{"wildcard over a tld", "*.com", ""},
+		{"bare star", "*", ""},
+		{"star dot", "*.", ""},
+		{"two stars", "*.*.example.com", ""},
+		{"star inside", "a.*.example.com", ""},
+		{"star at the end", "example.*", ""},
+		{"partial label", "a*.example.com", ""},
+		{"star label without dot", "*example.com", ""},
+		{"wildcard of an ip", "*.192.0.2.1", ""},
+		{"wildcard bad label", "*.a_b.example.com", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := CanonicalDomain(tc.in)
+			if tc.want == "" {
+				if err == nil {
+					t.Fatalf("CanonicalDomain(%q) = %q, want an error", tc.in, got)
+				}
+				if !errors.Is(err, ErrInvalid) {
+					t.Fatalf("error %v does not wrap ErrInvalid", err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("CanonicalDomain(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+			}
+		})
+	}
+	// Hosts and SNI never name the wildcard itself.
+	if got, err := Canonical("*.apps.example.com"); err == nil {
+		t.Fatalf("Canonical accepted a wildcard: %q", got)
+	}
+}
+
+func TestWildcardOf(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"x.apps.example.com":   "*.apps.example.com",
+		"a.b.apps.example.com": "*.b.apps.example.com", // never *.apps.example.com: one label only
+		"apps.example.com":     "*.example.com",
+		"example.com":          "", // *.com cannot be registered
+		"com":                  "",
+		"":                     "",
+	} {
+		if got := WildcardOf(in); got != want {
+			t.Errorf("WildcardOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -30,7 +30,10 @@ type exchange struct {
 	body      countingBody
 	start     time.Time
 	requestID string
-	domain    string
+	// domain is the canonical Host; site is the registered domain serving it: domain itself, or the
+	// wildcard domain covering it ("*.apps.example.com" for "x.apps.example.com").
+	domain string
+	site   string
 	// agent carries the request; a refused request moves to another one (Repick).
 	agent Agent
 	// reason is the outcome's reason word when the request failed.
@@ -79,7 +82,7 @@ func (x *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		// An agent that began draining as the head crossed its GoAway refuses the stream before doing
 		// anything with it: a request without a body is then safe to send to another agent.
 		stop()
-		if x.agent = x.h.o.Agents.Repick(x.domain, x.agent); x.agent == nil {
+		if x.agent = x.h.o.Agents.Repick(x.site, x.agent); x.agent == nil {
 			return nil, ErrNoAgent
 		}
 		if st, err = x.agent.OpenStream(ctx, head); err != nil {

@@ -123,7 +123,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Policy is checked only once an agent is there: a flood of random or agentless names never
 	// reaches the policy store, and a domain nobody serves has nothing to protect.
 	if h.o.Access != nil {
-		if err := h.o.Access.Admit(x, r, x.domain, h.visitor(r)); err != nil {
+		// The registered domain's policy: a wildcard's covers every name under it.
+		if err := h.o.Access.Admit(x, r, x.site, h.visitor(r)); err != nil {
 			h.o.Agents.Release(x.agent)
 			x.agent = nil
 			if !errors.Is(err, access.ErrHandled) {
@@ -137,7 +138,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.rp.ServeHTTP(x, r)
 }
 
-// pick finds the agent for the request, or says why there is none.
+// pick finds the agent for the request, or says why there is none. The exact name comes first and
+// costs one Hub lookup; only when it has no agent does the registry say whether the exact name is
+// registered (then it wins, with 503: its agents are gone, and the wildcard's agents and policy are
+// not its own) and, if not, the wildcard domain one label up is tried ("x.apps.example.com" →
+// "*.apps.example.com"), as a TLS wildcard matches.
 func (x *exchange) pick(ctx context.Context) error {
 	h := x.h
 	if x.domain == "" {
@@ -146,11 +151,33 @@ func (x *exchange) pick(ctx context.Context) error {
 	if h.o.Overloaded != nil && h.o.Overloaded() {
 		return ErrOverloaded
 	}
+	x.site = x.domain
 	if x.agent = h.o.Agents.Pick(x.domain); x.agent != nil {
 		return nil
 	}
+	err := x.registered(ctx, x.domain)
+	wild := hostname.WildcardOf(x.domain)
+	if !errors.Is(err, ErrUnknownDomain) || wild == "" {
+		return err
+	}
+	x.site = wild
+	if x.agent = h.o.Agents.Pick(wild); x.agent != nil {
+		return nil
+	}
+	if err := x.registered(ctx, wild); !errors.Is(err, ErrUnknownDomain) {
+		return err
+	}
+	// The 404 is about the name the visitor asked for, not the wildcard that was tried.
+	x.site = x.domain
+	return ErrUnknownDomain
+}
+
+// registered asks the registry about a domain without an agent: ErrNoAgent when it is registered,
+// ErrUnknownDomain when not, ErrStoreUnavailable when the store cannot say.
+func (x *exchange) registered(ctx context.Context, domain string) error {
+	h := x.h
 	lookupCtx, cancel := context.WithTimeout(ctx, storeLookupTimeout)
-	known, err := h.o.Domains.Registered(lookupCtx, x.domain)
+	known, err := h.o.Domains.Registered(lookupCtx, domain)
 	cancel()
 	switch {
 	case err != nil:

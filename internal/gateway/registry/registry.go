@@ -412,7 +412,7 @@ func (e *inputError) Error() string   { return e.cause.Error() }
 func (e *inputError) Unwrap() []error { return []error{ErrInvalidInput, e.kind, e.cause} }
 
 func canonical(name string) (string, error) {
-	c, err := hostname.Canonical(name)
+	c, err := hostname.CanonicalDomain(name)
 	if err != nil {
 		return "", &inputError{kind: ErrInvalidDomain, cause: err}
 	}

@@ -53,6 +53,9 @@ type Config struct {
 	// Validity of issued certificates in seconds; 0 keeps Pebble's default.
 	Validity int
 	Env      []string
+	// DNSServer, if set, is the DNS server Pebble resolves through (e.g. a ChallTestSrv's DNSAddr,
+	// for DNS-01); by default one that answers 127.0.0.1 for every name is started.
+	DNSServer string
 }
 
 // Pebble is a running server.
@@ -132,7 +135,10 @@ func StartDNS(t testing.TB) string {
 // from FreePort and may be taken by the time it binds them; then it is started again.
 func (b *Binary) Start(t testing.TB, c Config) *Pebble {
 	t.Helper()
-	dnsAddr := StartDNS(t)
+	dnsAddr := c.DNSServer
+	if dnsAddr == "" {
+		dnsAddr = StartDNS(t)
+	}
 	var lastErr error
 	for range 3 {
 		p, err := b.tryStart(t, c, dnsAddr)
