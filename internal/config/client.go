@@ -72,7 +72,7 @@ func clientSettings(c *Client) []setting {
 			bind:  bind(&c.ServerAddr, "host[:port]", parseServerAddr)},
 		{env: "HOP_CLIENT_DOMAIN", flag: "domain", required: true,
 			usage: "the registered domain this agent serves",
-			bind:  bind(&c.Domain, "name", parseDomain)},
+			bind:  bind(&c.Domain, "name", parseTenantDomain)},
 		{env: "HOP_CLIENT_API_KEY", flag: "api-key", secret: true, shownDefault: "(required unless --api-key-file)",
 			usage: "client API key of the domain, as shown once by the admin API; give it or --api-key-file",
 			bind:  bind(&c.APIKey, "key", parseString)},

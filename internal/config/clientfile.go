@@ -252,7 +252,7 @@ func (p *fileParser) service(i int, y *serviceYAML) (Service, bool) {
 	first := p.firstNode(y)
 	s := Service{Where: p.where(first)}
 	if v, ok := p.scalar(key("hostname"), &y.Hostname); ok {
-		d, err := parseDomain(v)
+		d, err := parseTenantDomain(v)
 		if err != nil {
 			p.errorf(&y.Hostname, key("hostname"), "%v", err)
 		}

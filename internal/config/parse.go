@@ -255,6 +255,20 @@ func parseDomain(s string) (string, error) {
 	return d, nil
 }
 
+// parseTenantDomain is parseDomain for a name an agent serves, which may also be a wildcard
+// registration: "*." and then a name of at least two labels (the gateway's rule for registering one).
+func parseTenantDomain(s string) (string, error) {
+	rest, wild := strings.CutPrefix(s, "*.")
+	d, ok := canonicalDomain(rest)
+	if !ok || wild && !strings.Contains(d, ".") {
+		return "", fmt.Errorf("%q is not a domain name (labels of a-z, 0-9 and -, at most 253 characters; a wildcard is *. and a name of two labels or more)", s)
+	}
+	if wild {
+		return "*." + d, nil
+	}
+	return d, nil
+}
+
 // parseDomains reads a comma-separated list of domain names, canonical and
 // without repeats.
 func parseDomains(s string) ([]string, error) {

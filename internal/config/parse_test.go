@@ -448,3 +448,33 @@ func TestParseDir(t *testing.T) {
 		{in: filepath.Join(dir, "missing"), wantErr: "is not a directory: no such file or directory"},
 	})
 }
+
+func TestParseTenantDomain(t *testing.T) {
+	for in, want := range map[string]string{
+		"App.Example.com.":   "app.example.com",
+		"*.Apps.Example.com": "*.apps.example.com",
+		"*.example.com":      "*.example.com",
+		"*.com":              "",
+		"*":                  "",
+		"a.*.example.com":    "",
+		"*.*.example.com":    "",
+		"**.example.com":     "",
+		"*example.com":       "",
+		"x.example.com:443":  "",
+		"*.example.com.":     "*.example.com",
+		"*.-bad.example.com": "",
+		"*.example.123":      "",
+		"localhost":          "localhost",
+	} {
+		got, err := parseTenantDomain(in)
+		if want == "" {
+			if err == nil {
+				t.Errorf("%q: accepted as %q, want an error", in, got)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("%q: %q, %v; want %q", in, got, err, want)
+		}
+	}
+}

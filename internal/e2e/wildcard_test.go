@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -28,8 +29,9 @@ import (
 // served with it (verified against Pebble's root) and reaches the wildcard's agent with its own
 // Host; a.b.wild.example.test is 404.
 //
-// The agent is the agent's own tunnel code (supervisor and local proxy) in this process: the
-// hopgate-client binary does not take a wildcard --domain yet.
+// The agent is the agent's own tunnel code (supervisor and local proxy) in this process: it dials
+// 127.0.0.1 and must verify the gateway's public name, which hopgate-client has no flag for (it
+// verifies the --server-addr host). TestWildcardAgentBinary runs the real client for a wildcard.
 func TestWildcardThroughTheBinary(t *testing.T) {
 	t.Parallel()
 	const gwName, wild = "gw.wild.test", "*.wild.example.test"
@@ -162,4 +164,35 @@ func startWildAgent(t *testing.T, addr, serverName, domain, key, target string, 
 		wg.Wait()
 		lp.Close()
 	})
+}
+
+// TestWildcardAgentBinary: hopgate-client serves a wildcard domain: every name one label under it
+// reaches the agent with its own Host, an exact registration under it keeps its own agent, and a
+// name two labels under is 404. Debug mode (the development CA signs the names), the real binaries.
+func TestWildcardAgentBinary(t *testing.T) {
+	t.Parallel()
+	const wild, exact = "*.apps.wild.test", "own.apps.wild.test"
+	g := startGateway(t, gatewayOptions{})
+	wildTarget := tnTarget(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "wild "+r.Host) })
+	exactTarget := tnTarget(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "exact "+r.Host) })
+	g.startAgent(wild, g.register(wild), wildTarget.URL)
+	g.startAgent(exact, g.register(exact), exactTarget.URL)
+	c := g.httpClient(false)
+	_, port, _ := net.SplitHostPort(g.addr)
+	for host, want := range map[string]string{
+		"x.apps.wild.test":   "200 wild x.apps.wild.test:" + port,
+		"Y.apps.wild.test":   "200 wild Y.apps.wild.test:" + port, // the Host as the visitor sent it
+		exact:                "200 exact " + exact + ":" + port,
+		"a.b.apps.wild.test": "404",
+		"apps.wild.test":     "404",
+	} {
+		code, body := tnGet(t, c, g.url(host, "/"))
+		got := strconv.Itoa(code)
+		if code == http.StatusOK {
+			got += " " + body
+		}
+		if got != want {
+			t.Errorf("%s: %q, want %q", host, got, want)
+		}
+	}
 }

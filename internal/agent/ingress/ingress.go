@@ -48,7 +48,7 @@ func (t *Table) Match(host, path string) (Rule, bool) {
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		path = path[:i]
 	}
-	for _, r := range t.hosts[CanonicalHost(host)] {
+	for _, r := range t.rulesFor(CanonicalHost(host)) {
 		if under(path, r.Path) {
 			return r, true
 		}
@@ -57,7 +57,20 @@ func (t *Table) Match(host, path string) (Rule, bool) {
 }
 
 // Has tells whether the table has rules for host.
-func (t *Table) Has(host string) bool { return len(t.hosts[CanonicalHost(host)]) > 0 }
+func (t *Table) Has(host string) bool { return len(t.rulesFor(CanonicalHost(host))) > 0 }
+
+// rulesFor returns the rules of host, or of the wildcard one label above it ("*.apps.example.com"
+// for x.apps.example.com) when host has none of its own: the gateway sends such names to a
+// wildcard domain's agents, and an exact hostname wins there too.
+func (t *Table) rulesFor(host string) []Rule {
+	if rs, ok := t.hosts[host]; ok {
+		return rs
+	}
+	if _, parent, ok := strings.Cut(host, "."); ok {
+		return t.hosts["*."+parent]
+	}
+	return nil
+}
 
 // under reports whether path is prefix or below it, segment by segment.
 func under(path, prefix string) bool {

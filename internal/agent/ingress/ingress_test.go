@@ -25,6 +25,8 @@ func TestMatch(t *testing.T) {
 		rule("app.example.com", "/api"),
 		rule("app.example.com", "/api/v2"),
 		rule("docs.example.com", "/guide"),
+		rule("*.apps.example.com", ""),
+		rule("own.apps.example.com", "/only"),
 	})
 	for _, tc := range []struct {
 		host, path string
@@ -43,6 +45,12 @@ func TestMatch(t *testing.T) {
 		{"docs.example.com", "/guidebook", ""},
 		{"docs.example.com", "/", ""},
 		{"other.example.com", "/", ""},
+		{"x.apps.example.com", "/any", "*.apps.example.com"},
+		{"X.Apps.Example.com:443", "/", "*.apps.example.com"},
+		{"a.b.apps.example.com", "/", ""}, // two labels under: not the wildcard
+		{"apps.example.com", "/", ""},     // the wildcard's base is not under it
+		{"own.apps.example.com", "/", ""}, // an exact hostname wins, even where its paths miss
+		{"own.apps.example.com", "/only/x", "own.apps.example.com/only"},
 		{"", "/", ""},
 	} {
 		r, ok := table.Match(tc.host, tc.path)
