@@ -162,7 +162,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 	}
 	tenants := proxy.New(proxy.Options{
 		Agents:         hubAgents{hub},
-		Domains:        domains{g.store},
+		Domains:        newUnknownCache(domains{g.store}),
 		HeaderTimeout:  cfg.ProxyTimeout,
 		TrustedProxies: cfg.TrustedProxies,
 		Overloaded:     g.mem.Overloaded,
