@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hopgate/hopgate/internal/agent/check"
+	"github.com/hopgate/hopgate/internal/agent/health"
 	"github.com/hopgate/hopgate/internal/agent/ingress"
 	"github.com/hopgate/hopgate/internal/agent/local"
 	"github.com/hopgate/hopgate/internal/agent/metrics"
@@ -48,7 +49,9 @@ type Agent struct {
 	// proxies holds one local proxy per distinct target and trust; only Run's goroutine (and New)
 	// changes it.
 	proxies map[proxyKey]*targetProxy
-	reload  <-chan os.Signal
+	// health checks the services' targets; each hostname's tunnel reports its paths' state.
+	health *health.Monitor
+	reload <-chan os.Signal
 }
 
 // proxyKey tells targets apart: two services with the same target and trust share a proxy (and
@@ -82,6 +85,7 @@ func New(cfg *config.Client, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a.routes.Store(table)
+	a.health = health.New(cfg.Services, health.Options{TLS: a.targetTLS, Logger: log})
 	agentID := cfg.AgentID
 	if agentID == "" {
 		agentID = defaultAgentID()
@@ -137,6 +141,14 @@ func (a *Agent) proxyFor(s config.Service) (*targetProxy, error) {
 	return p, nil
 }
 
+// targetTLS is the TLS client set-up of s's local proxy, for its health checks.
+func (a *Agent) targetTLS(s config.Service) *tls.Config {
+	if p, ok := a.proxies[proxyKey{target: s.Target.String(), skip: s.TLSSkipVerify, caFile: s.CAFile}]; ok {
+		return p.tls
+	}
+	return &tls.Config{InsecureSkipVerify: s.TLSSkipVerify}
+}
+
 // dropUnused closes the idle connections of proxies no service uses any more and forgets them.
 // Streams in flight on them keep their connections until they end.
 func (a *Agent) dropUnused(services []config.Service) {
@@ -172,7 +184,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 		a.log.Info("serving metrics", "addr", srv.Addr(), "path", "/metrics")
 		opts = m.Instrument(opts)
+		a.health.OnChange(m.SetTargets)
 	}
+	// The checkers run beside the tunnels and stop with them: Run returns only after both ended.
+	hctx, stopHealth := context.WithCancel(ctx)
+	healthDone := make(chan struct{})
+	go func() {
+		defer close(healthDone)
+		_ = a.health.Run(hctx)
+	}()
+	defer func() {
+		stopHealth()
+		<-healthDone
+	}()
 	conn, err := supervisor.Dial(opts)
 	if err != nil {
 		return err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hopgate/hopgate/internal/agent/supervisor"
 	"github.com/hopgate/hopgate/internal/config"
+	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
 
 // reloadDebounce gathers the burst of events an editor's save makes (write, rename, chmod) into
@@ -53,6 +54,7 @@ func (a *Agent) runTunnels(ctx context.Context, opts supervisor.Options) error {
 		o.Domain, o.APIKey = host, key
 		o.Target = targetsOf(a.cfg.Services, host)
 		o.Logger = a.log.With("domain", host)
+		o.Health = func() ([]*tunnelv1.PathHealth, <-chan struct{}) { return a.health.Paths(host) }
 		live++
 		go func() {
 			err := supervisor.Run(tctx, o)
@@ -155,6 +157,7 @@ func (a *Agent) applyReload(running map[string]*hostTunnel, refused map[string]b
 	a.cfg = &cfg
 	a.routes.Store(table)
 	a.dropUnused(next.Services)
+	a.health.Update(next.Services)
 
 	hosts := config.Hostnames(next.Services)
 	want := make(map[string]string, len(hosts))

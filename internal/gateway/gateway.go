@@ -97,6 +97,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 	m := g.metrics
 	g.hub = tunnelsvc.NewHub(func(total int) { m.TunnelsActive.Set(float64(total)) })
 	hub := g.hub
+	hub.OnHealth(func(down int) { m.AgentTargetsDown.Set(float64(down)) })
 	authLimiter := authlimit.New(cfg.AuthFailuresPerMin)
 	svcOpts := tunnelsvc.ServiceOptions{
 		PingInterval:       cfg.TunnelPingInterval,
@@ -137,7 +138,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		log.Warn("admin API disabled: HOP_ADMIN_API_KEY is empty")
 	} else {
 		opts := []admin.Option{admin.Reserved(cfg.Domain), admin.WithOIDCClient(oidcClient), admin.OnPolicyChange(guard.Invalidate),
-			admin.OnSessionKeyRotated(func() { keyGeneration.Add(1) })}
+			admin.OnSessionKeyRotated(func() { keyGeneration.Add(1) }), admin.WithAgentHealth(agentHealth(hub))}
 		if g.certs.acme != nil {
 			opts = append(opts, admin.WithCertificates(adminCerts{g.certs.acme}))
 		}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,6 +53,11 @@ const (
 // CapInlineBody: the server reads ResponseHead.body, a small response's whole body sent with its head.
 const CapInlineBody = "inline-body"
 
+// CapHealth: the server reads Health frames, the agent's state of its local targets per path prefix.
+// An agent sends them only to a server that announced it (an older server would drop them unread, but
+// not sending keeps its logs and its bytes clean).
+const CapHealth = "health"
+
 // InlineBodyMax is the largest body an agent sends with its response head. A head travels on the
 // control queue, ahead of bulk data, so this stays small.
 const InlineBodyMax = 16 << 10
@@ -84,6 +90,9 @@ type Config struct {
 	PingInterval time.Duration
 	// OnGoAway is called once when the peer sends GoAway.
 	OnGoAway func(reason string)
+	// OnHealth is called in the receiving loop for every Health frame the peer sends (server side); it
+	// must not block. Nil drops them.
+	OnHealth func(*tunnelv1.Health)
 	// PeerCapabilities are what the peer announced it understands (CapInlineBody, …).
 	PeerCapabilities []string
 	// CountBody, when set, is told the size of every body payload sent (sent true) or received.
@@ -227,6 +236,14 @@ func (s *Session) GoAway(reason string) {
 	s.goingAwy = true
 	s.mu.Unlock()
 	_ = s.sendControl(&Frame{Kind: &tunnelv1.TunnelFrame_Goaway{Goaway: &tunnelv1.GoAway{Reason: reason}}})
+}
+
+// PeerHas reports whether the peer announced capability c.
+func (s *Session) PeerHas(c string) bool { return slices.Contains(s.cfg.PeerCapabilities, c) }
+
+// SendHealth queues a Health frame (agent side), waiting for room in the control queue until ctx ends.
+func (s *Session) SendHealth(ctx context.Context, h *tunnelv1.Health) error {
+	return s.sendControlCtx(ctx, &Frame{Kind: &tunnelv1.TunnelFrame_Health{Health: h}})
 }
 
 // Draining reports whether GoAway was sent or received.
@@ -470,6 +487,11 @@ func (s *Session) dispatch(f *Frame, chunk *[]byte) error {
 		s.mu.Unlock()
 		if first && s.cfg.OnGoAway != nil {
 			s.cfg.OnGoAway(k.Goaway.Reason)
+		}
+		return nil
+	case *tunnelv1.TunnelFrame_Health:
+		if s.cfg.OnHealth != nil {
+			s.cfg.OnHealth(k.Health)
 		}
 		return nil
 	case *tunnelv1.TunnelFrame_RequestHead:

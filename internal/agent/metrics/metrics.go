@@ -28,6 +28,8 @@ type Metrics struct {
 	streamsTotal  prometheus.Counter
 	toTarget      prometheus.Counter
 	fromTarget    prometheus.Counter
+	targetsUp     prometheus.Gauge
+	targetsDown   prometheus.Gauge
 }
 
 // New registers the agent's series, and the Go and process collectors, on a fresh registry.
@@ -55,11 +57,21 @@ func New() *Metrics {
 			Name: "hopgate_client_streams_total",
 			Help: "Requests served since start.",
 		}),
+		// Counts, not one series per target: targets are the operator's URLs, and a count is what an
+		// alert needs ("some target of this agent is down"); the agent's log names the target.
+		targetsUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hopgate_client_target_up",
+			Help: "Distinct local targets (one per target and health check) whose last checks pass.",
+		}),
+		targetsDown: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hopgate_client_target_down",
+			Help: "Distinct local targets that failed their health check twice in a row and have not passed since.",
+		}),
 		// Both directions exist from the start so that rate() has a zero to begin from.
 		toTarget:   bytes.WithLabelValues("to_target"),
 		fromTarget: bytes.WithLabelValues("from_target"),
 	}
-	reg.MustRegister(m.up, m.reconnects, m.streamsActive, m.streamsTotal, bytes,
+	reg.MustRegister(m.up, m.reconnects, m.targetsUp, m.targetsDown, m.streamsActive, m.streamsTotal, bytes,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -107,6 +119,12 @@ func (m *Metrics) Instrument(o supervisor.Options) supervisor.Options {
 		}
 	}
 	return o
+}
+
+// SetTargets records how many targets are checked and how many of them are down.
+func (m *Metrics) SetTargets(targets, down int) {
+	m.targetsUp.Set(float64(targets - down))
+	m.targetsDown.Set(float64(down))
 }
 
 // Handler serves the series in the Prometheus text format.

@@ -61,7 +61,10 @@ type Options struct {
 	// OnBodyBytes is called for the body bytes of every Data frame: received from the gateway (ToTarget,
 	// a visitor's request body) or sent to it (FromTarget, the target's response body).
 	OnBodyBytes func(dir Direction, n int)
-	Logger      *slog.Logger
+	// Health, if set, gives the state of this hostname's service paths and a channel closed when it
+	// changes; the supervisor reports it in Health frames to a gateway that announced CapHealth.
+	Health func() ([]*tunnelv1.PathHealth, <-chan struct{})
+	Logger *slog.Logger
 }
 
 // Direction tells which way body bytes travel, seen from the local target.
@@ -326,6 +329,15 @@ func runOnce(ctx context.Context, o Options) (up bool, err error) {
 
 	runErr := make(chan error, 1)
 	go func() { runErr <- c.run(sess) }()
+	if o.Health != nil && sess.PeerHas(tunnel.CapHealth) {
+		reported := make(chan struct{})
+		go func() {
+			defer close(reported)
+			reportHealth(sess, o.Health)
+		}()
+		// The reporter ends with the session, which has ended by the time runOnce returns.
+		defer func() { <-reported }()
+	}
 	select {
 	case err := <-runErr:
 		return true, classify(err)
@@ -338,6 +350,45 @@ func runOnce(ctx context.Context, o Options) (up bool, err error) {
 		drain(sess, runErr, o.DrainTimeout)
 		return true, nil
 	}
+}
+
+// reportHealth sends the paths' state once, then again at each change, until sess ends. A change
+// back to the state last sent sends nothing.
+func reportHealth(sess *tunnel.Session, state func() ([]*tunnelv1.PathHealth, <-chan struct{})) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := sess.OnDone(cancel)
+	defer stop()
+	var last []*tunnelv1.PathHealth
+	for {
+		paths, changed := state()
+		if last == nil || !samePaths(last, paths) {
+			if err := sess.SendHealth(ctx, &tunnelv1.Health{Paths: paths}); err != nil {
+				return
+			}
+			last = paths
+			if last == nil {
+				last = []*tunnelv1.PathHealth{}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+func samePaths(a, b []*tunnelv1.PathHealth) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Path != b[i].Path || a[i].Up != b[i].Up {
+			return false
+		}
+	}
+	return true
 }
 
 // Check opens one tunnel, as Run would, and closes it again at once: it answers whether the gateway

@@ -68,6 +68,7 @@ type handler struct {
 	oidc             *http.Client
 	policyChanged    func(domain string)
 	sessionKeyRotate func()
+	agentHealth      func(domain string) []AgentHealth
 }
 
 // Certificates is the view of the certificate manager the admin API needs: registered names get a
@@ -132,6 +133,20 @@ func OnSessionKeyRotated(f func()) Option {
 			h.sessionKeyRotate = f
 		}
 	}
+}
+
+// AgentHealth is one connected agent of a domain and the path prefixes whose local target it
+// reports down ("/" for its service without a path). An agent that never reported is healthy.
+type AgentHealth struct {
+	ID      string   `json:"id"`
+	Healthy bool     `json:"healthy"`
+	Down    []string `json:"down"`
+}
+
+// WithAgentHealth makes a domain's status list its agents with their target health
+// ("agents_detail"), as f reports them.
+func WithAgentHealth(f func(domain string) []AgentHealth) Option {
+	return func(h *handler) { h.agentHealth = f }
 }
 
 // route maps the methods of one path to their handlers.
@@ -362,12 +377,17 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) {
 	if h.certs != nil {
 		cert = h.certs.Status(d.Name)
 	}
+	var detail []AgentHealth
+	if h.agentHealth != nil {
+		detail = h.agentHealth(d.Name)
+	}
 	jsonapi.Write(w, http.StatusOK, struct {
 		Success bool `json:"success"`
 		Exists  bool `json:"exists"`
 		domainJSON
-		Certificate any `json:"certificate,omitempty"`
-	}{true, true, h.domainJSON(d), cert})
+		AgentsDetail []AgentHealth `json:"agents_detail,omitempty"`
+		Certificate  any           `json:"certificate,omitempty"`
+	}{true, true, h.domainJSON(d), detail, cert})
 }
 
 func (h *handler) exists(w http.ResponseWriter, r *http.Request) {

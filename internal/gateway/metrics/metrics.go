@@ -28,6 +28,9 @@ type Metrics struct {
 	ConnectionsOpen    prometheus.Gauge
 	ConnectionsDropped *prometheus.CounterVec
 	Overloaded         prometheus.Gauge
+	// AgentTargetsDown is the number of service path prefixes that connected agents report down:
+	// no domain label (per-tenant labels are not allowed), the admin API names them.
+	AgentTargetsDown prometheus.Gauge
 
 	// AccessDenied counts requests refused by a domain's access policy, by reason (one of
 	// AccessDeniedReasons). The proxy counts each denial once, where it renders the refusal; the
@@ -78,6 +81,9 @@ func New() *Metrics {
 		Overloaded: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hopgate_overloaded", Help: "1 while memory is near GOMEMLIMIT and new requests are shed with 503.",
 		}),
+		AgentTargetsDown: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hopgate_agent_targets_down", Help: "Service path prefixes whose local target connected agents report down (all domains).",
+		}),
 		AccessDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hopgate_access_denied_total", Help: "Requests refused by a domain's access policy, by reason (ip, auth, rate, sso).",
 		}, []string{"reason"}),
@@ -88,7 +94,7 @@ func New() *Metrics {
 		m.AccessDenied.WithLabelValues(r)
 	}
 	reg.MustRegister(m.Requests, m.Duration, m.TunnelsActive, m.TunnelConnects, m.TunnelBytes, m.ProxyErrors, m.CertExpiry, m.CertOrders,
-		m.ConnectionsOpen, m.ConnectionsDropped, m.Overloaded, m.AccessDenied,
+		m.ConnectionsOpen, m.ConnectionsDropped, m.Overloaded, m.AccessDenied, m.AgentTargetsDown,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

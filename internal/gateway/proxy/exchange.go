@@ -34,6 +34,8 @@ type exchange struct {
 	// wildcard domain covering it ("*.apps.example.com" for "x.apps.example.com").
 	domain string
 	site   string
+	// path is the request's path as it arrived, for picking by target health.
+	path string
 	// agent carries the request; a refused request moves to another one (Repick).
 	agent Agent
 	// reason is the outcome's reason word when the request failed.
@@ -82,7 +84,11 @@ func (x *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		// An agent that began draining as the head crossed its GoAway refuses the stream before doing
 		// anything with it: a request without a body is then safe to send to another agent.
 		stop()
-		if x.agent = x.h.o.Agents.Repick(x.site, x.agent); x.agent == nil {
+		var down bool
+		if x.agent, down = x.repick(); x.agent == nil {
+			if down {
+				return nil, ErrTargetDown
+			}
 			return nil, ErrNoAgent
 		}
 		if st, err = x.agent.OpenStream(ctx, head); err != nil {

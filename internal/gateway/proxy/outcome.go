@@ -11,6 +11,9 @@ var (
 	ErrUnknownDomain = errors.New("unknown domain")
 	// ErrNoAgent: the domain is registered but no agent can take the request (503).
 	ErrNoAgent = errors.New("no agent connected for this domain")
+	// ErrTargetDown: the domain's agents are connected but each reports the local target for the
+	// request's path down (503).
+	ErrTargetDown = errors.New("the service behind this domain's agent is not answering; try again shortly")
 	// ErrStoreUnavailable: the registry could not say whether the domain exists (503).
 	ErrStoreUnavailable = errors.New("domain store unavailable")
 	// ErrOverloaded: memory is near GOMEMLIMIT and new requests are shed (503, Retry-After).
@@ -39,6 +42,7 @@ var outcomes = []struct {
 	{ErrOverloaded, outcome{http.StatusServiceUnavailable, "overload", ErrOverloaded.Error(), "5"}},
 	{ErrStoreUnavailable, outcome{http.StatusServiceUnavailable, "store_unavailable", "", ""}},
 	{ErrNoAgent, outcome{http.StatusServiceUnavailable, "no_agent", ErrNoAgent.Error(), ""}},
+	{ErrTargetDown, outcome{http.StatusServiceUnavailable, "target_down", ErrTargetDown.Error(), ""}},
 	{ErrHeaderTimeout, outcome{http.StatusGatewayTimeout, "timeout", http.StatusText(http.StatusGatewayTimeout), ""}},
 }
 

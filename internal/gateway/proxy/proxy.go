@@ -43,6 +43,18 @@ type Agents interface {
 	Release(Agent)
 }
 
+// PathAgents is an Agents that also knows each agent's target health per path (the Hub, from the
+// agents' Health reports). The proxy uses PickPath instead of Pick when its Agents has it.
+type PathAgents interface {
+	Agents
+	// PickPath is Pick for a request to path, skipping agents whose target for path is down while
+	// another one is healthy. down is true when agents are connected but every one's target for
+	// path is down.
+	PickPath(domain, path string) (a Agent, down bool)
+	// RepickPath is Repick by target health, as PickPath is Pick.
+	RepickPath(domain, path string, failed Agent) (a Agent, down bool)
+}
+
 // Domains answers whether a name is registered, for a domain that has no agent: the registry is only
 // asked then, since a live tunnel proves its domain registered (unregistering closes it).
 type Domains interface {
@@ -116,7 +128,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The identity headers are the gateway's word (set by Access); a visitor's own copies never pass.
 	r.Header.Del(access.HeaderUser)
 	r.Header.Del(access.HeaderEmail)
-	if err := x.pick(r.Context()); err != nil {
+	if err := x.pick(r.Context(), r.URL.Path); err != nil {
 		h.fail(x, r, err)
 		return
 	}
@@ -143,7 +155,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // registered (then it wins, with 503: its agents are gone, and the wildcard's agents and policy are
 // not its own) and, if not, the wildcard domain one label up is tried ("x.apps.example.com" →
 // "*.apps.example.com"), as a TLS wildcard matches.
-func (x *exchange) pick(ctx context.Context) error {
+func (x *exchange) pick(ctx context.Context, path string) error {
 	h := x.h
 	if x.domain == "" {
 		return ErrUnknownDomain
@@ -151,9 +163,13 @@ func (x *exchange) pick(ctx context.Context) error {
 	if h.o.Overloaded != nil && h.o.Overloaded() {
 		return ErrOverloaded
 	}
-	x.site = x.domain
-	if x.agent = h.o.Agents.Pick(x.domain); x.agent != nil {
+	x.site, x.path = x.domain, path
+	var down bool
+	if x.agent, down = x.pickFor(x.domain, path); x.agent != nil {
 		return nil
+	}
+	if down {
+		return ErrTargetDown
 	}
 	err := x.registered(ctx, x.domain)
 	wild := hostname.WildcardOf(x.domain)
@@ -161,8 +177,11 @@ func (x *exchange) pick(ctx context.Context) error {
 		return err
 	}
 	x.site = wild
-	if x.agent = h.o.Agents.Pick(wild); x.agent != nil {
+	if x.agent, down = x.pickFor(wild, path); x.agent != nil {
 		return nil
+	}
+	if down {
+		return ErrTargetDown
 	}
 	if err := x.registered(ctx, wild); !errors.Is(err, ErrUnknownDomain) {
 		return err
@@ -170,6 +189,23 @@ func (x *exchange) pick(ctx context.Context) error {
 	// The 404 is about the name the visitor asked for, not the wildcard that was tried.
 	x.site = x.domain
 	return ErrUnknownDomain
+}
+
+// pickFor picks an agent of domain for path, by target health when the Agents knows it.
+func (x *exchange) pickFor(domain, path string) (Agent, bool) {
+	if pa, ok := x.h.o.Agents.(PathAgents); ok {
+		return pa.PickPath(domain, path)
+	}
+	return x.h.o.Agents.Pick(domain), false
+}
+
+// repick moves a refused request to another agent of its site, by target health when the Agents
+// knows it.
+func (x *exchange) repick() (Agent, bool) {
+	if pa, ok := x.h.o.Agents.(PathAgents); ok {
+		return pa.RepickPath(x.site, x.path, x.agent)
+	}
+	return x.h.o.Agents.Repick(x.site, x.agent), false
 }
 
 // registered asks the registry about a domain without an agent: ErrNoAgent when it is registered,

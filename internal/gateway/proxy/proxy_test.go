@@ -117,6 +117,8 @@ type fixtureOptions struct {
 	overloaded    bool
 	headerTimeout time.Duration
 	access        Access
+	// wrap, if set, gives the proxy another view of the agents (target health: health_test.go).
+	wrap func(*testAgents) Agents
 }
 
 // lockedWriter keeps the access log readable while handlers write it.
@@ -147,8 +149,12 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 		p := tunneltest.NewPair(t, accept)
 		f.agents.list = append(f.agents.list, &testAgent{id: string(rune('a' + i)), sess: p.Server})
 	}
+	var agents Agents = f.agents
+	if o.wrap != nil {
+		agents = o.wrap(f.agents)
+	}
 	h := New(Options{
-		Agents:        f.agents,
+		Agents:        agents,
 		Domains:       o.domains,
 		HeaderTimeout: o.headerTimeout,
 		Overloaded:    func() bool { return o.overloaded },

@@ -19,6 +19,10 @@ type Agent struct {
 	// It is counted from the pick, not from the stream's opening, so that a burst of requests spreads
 	// over the agents even before their streams exist.
 	inflight atomic.Int64
+	// health is the agent's last Health report, longest prefix first; nil until it sends one.
+	health atomic.Pointer[[]pathHealth]
+	// gone is set, under Hub.mu, when the agent leaves the table: a late report must not count.
+	gone bool
 }
 
 // ID names the agent in the access log.
@@ -40,6 +44,9 @@ type Hub struct {
 	total  int
 	// onChange, if set, is told the number of live tunnels after each change (metrics).
 	onChange func(total int)
+	// downPaths counts the path prefixes that live agents report down; onHealth is told it.
+	downPaths int
+	onHealth  func(down int)
 }
 
 // NewHub returns an empty table. onChange may be nil.
@@ -62,6 +69,7 @@ func (h *Hub) Add(a *Agent, limit int) (replaced *Agent, err error) {
 				replaced = x
 				list = append(list[:i:i], list[i+1:]...)
 				h.total--
+				h.forgetLocked(x)
 				break
 			}
 		}
@@ -71,6 +79,8 @@ func (h *Hub) Add(a *Agent, limit int) (replaced *Agent, err error) {
 			// Put it back: the replacement did not happen.
 			list = append(list, replaced)
 			h.total++
+			replaced.gone = false
+			h.downPaths += countDown(replaced.health.Load())
 		}
 		h.agents[a.Domain] = list
 		h.mu.Unlock()
@@ -78,6 +88,9 @@ func (h *Hub) Add(a *Agent, limit int) (replaced *Agent, err error) {
 	}
 	h.agents[a.Domain] = append(list, a)
 	h.total++
+	if replaced != nil {
+		h.healthChangedLocked()
+	}
 	total := h.total
 	h.mu.Unlock()
 	h.changed(total)
@@ -98,17 +111,35 @@ func (h *Hub) Remove(a *Agent) {
 	}
 	if found {
 		h.total--
+		h.forgetLocked(a)
 		if len(list) == 0 {
 			delete(h.agents, a.Domain)
 		} else {
 			h.agents[a.Domain] = list
 		}
 	}
+	if found {
+		h.healthChangedLocked()
+	}
 	total := h.total
 	h.mu.Unlock()
 	if found {
 		h.changed(total)
 	}
+}
+
+// healthChangedLocked tells onHealth the count. Under mu, unlike onChange, so that two changes
+// racing cannot leave the gauge at the older value (a gauge Set never blocks).
+func (h *Hub) healthChangedLocked() {
+	if h.onHealth != nil {
+		h.onHealth(h.downPaths)
+	}
+}
+
+// forgetLocked takes a leaving agent's down paths out of the count.
+func (h *Hub) forgetLocked(a *Agent) {
+	a.gone = true
+	h.downPaths -= countDown(a.health.Load())
 }
 
 func (h *Hub) changed(total int) {
@@ -119,25 +150,44 @@ func (h *Hub) changed(total int) {
 
 // Pick returns the live, non-draining agent of domain with the fewest requests in flight, and counts
 // one more against it until Release; nil when no such agent is connected.
-func (h *Hub) Pick(domain string) *Agent { return h.pick(domain, nil) }
+func (h *Hub) Pick(domain string) *Agent { return h.pick(domain, "", false, nil) }
+
+// PickFor is Pick for a request to path: it skips an agent whose target for path is down (its
+// longest matching path prefix was reported down) while another agent is healthy for it. When every
+// live agent's target for path is down it returns nil and down true.
+func (h *Hub) PickFor(domain, path string) (a *Agent, down bool) {
+	if a = h.pick(domain, path, true, nil); a != nil {
+		return a, false
+	}
+	return nil, h.anyLive(domain)
+}
 
 // Repick releases failed and picks another agent of domain, as Pick does: for a request that failed
 // refused before the agent did anything with it (it had begun draining). Nil when there is none.
 func (h *Hub) Repick(domain string, failed *Agent) *Agent {
 	h.Release(failed)
-	return h.pick(domain, failed)
+	return h.pick(domain, "", false, failed)
+}
+
+// RepickFor is Repick by target health, as PickFor is Pick.
+func (h *Hub) RepickFor(domain, path string, failed *Agent) (a *Agent, down bool) {
+	h.Release(failed)
+	if a = h.pick(domain, path, true, failed); a != nil {
+		return a, false
+	}
+	return nil, h.anyLiveBut(domain, failed)
 }
 
 // Release ends the request Pick or Repick counted against a.
 func (h *Hub) Release(a *Agent) { a.inflight.Add(-1) }
 
-func (h *Hub) pick(domain string, not *Agent) *Agent {
+func (h *Hub) pick(domain, path string, byHealth bool, not *Agent) *Agent {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	var best *Agent
 	var bestLoad int64
 	for _, a := range h.agents[domain] {
-		if a == not || a.Session.Err() != nil || a.Session.Draining() {
+		if a == not || a.Session.Err() != nil || a.Session.Draining() || byHealth && !a.healthyFor(path) {
 			continue
 		}
 		if load := a.inflight.Load(); best == nil || load < bestLoad {
@@ -148,6 +198,47 @@ func (h *Hub) pick(domain string, not *Agent) *Agent {
 		best.inflight.Add(1)
 	}
 	return best
+}
+
+// anyLive reports whether domain has a live agent that is not draining.
+func (h *Hub) anyLive(domain string) bool { return h.anyLiveBut(domain, nil) }
+
+// anyLiveBut is anyLive not counting agent not.
+func (h *Hub) anyLiveBut(domain string, not *Agent) bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for _, a := range h.agents[domain] {
+		if a != not && a.Session.Err() == nil && !a.Session.Draining() {
+			return true
+		}
+	}
+	return false
+}
+
+// OnHealth sets a function told the number of path prefixes live agents report down after each
+// change (metrics). Call before any agent connects.
+func (h *Hub) OnHealth(f func(down int)) { h.onHealth = f }
+
+// ReportHealth records agent a's Health frame.
+func (h *Hub) ReportHealth(a *Agent, report *tunnelv1.Health) {
+	h.mu.Lock()
+	if a.gone {
+		h.mu.Unlock()
+		return
+	}
+	before, after := a.setHealth(report)
+	h.downPaths += after - before
+	if before != after {
+		h.healthChangedLocked()
+	}
+	h.mu.Unlock()
+}
+
+// Agents returns a snapshot of domain's live agents.
+func (h *Hub) Agents(domain string) []*Agent {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return append([]*Agent(nil), h.agents[domain]...)
 }
 
 // AgentCount is the number of agents connected for domain.

@@ -216,7 +216,10 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 
 	sessionID := newSessionID()
 	log := s.opts.Logger.With("domain", domain, "agent_id", hello.AgentId, "session", sessionID)
+	var agent *Agent
 	sess := tunnel.NewSession(conn, tunnel.Config{
+		// Set before the session runs, and the receiving loop starts only in Run.
+		OnHealth:     func(h *tunnelv1.Health) { s.hub.ReportHealth(agent, h) },
 		LocalWindow:  tunnel.DefaultInitialWindow,
 		PeerWindow:   hello.InitialWindow,
 		MaxStreams:   s.opts.MaxStreams,
@@ -225,7 +228,7 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 
 		PeerCapabilities: hello.Capabilities,
 	})
-	agent := &Agent{Domain: domain, AgentID: hello.AgentId, Session: sess}
+	agent = &Agent{Domain: domain, AgentID: hello.AgentId, Session: sess}
 	replaced, err := s.hub.Add(agent, s.opts.MaxAgentsPerDomain)
 	if err != nil {
 		s.opts.OnConnect("too_many_agents")
@@ -240,7 +243,7 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 		SessionId:     sessionID,
 		PublicUrl:     s.opts.PublicURL(domain),
 		InitialWindow: tunnel.DefaultInitialWindow,
-		Capabilities:  []string{tunnel.CapInlineBody},
+		Capabilities:  []string{tunnel.CapInlineBody, tunnel.CapHealth},
 	}}}
 	// Accepted goes out before the session's sender starts, so it is the first frame the agent sees,
 	// even if a request picked this agent the moment it joined the Hub.

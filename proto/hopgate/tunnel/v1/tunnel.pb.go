@@ -113,6 +113,7 @@ type TunnelFrame struct {
 	//	*TunnelFrame_Ping
 	//	*TunnelFrame_Pong
 	//	*TunnelFrame_Goaway
+	//	*TunnelFrame_Health
 	Kind          isTunnelFrame_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -270,6 +271,15 @@ func (x *TunnelFrame) GetGoaway() *GoAway {
 	return nil
 }
 
+func (x *TunnelFrame) GetHealth() *Health {
+	if x != nil {
+		if x, ok := x.Kind.(*TunnelFrame_Health); ok {
+			return x.Health
+		}
+	}
+	return nil
+}
+
 type isTunnelFrame_Kind interface {
 	isTunnelFrame_Kind()
 }
@@ -322,6 +332,10 @@ type TunnelFrame_Goaway struct {
 	Goaway *GoAway `protobuf:"bytes,13,opt,name=goaway,proto3,oneof"`
 }
 
+type TunnelFrame_Health struct {
+	Health *Health `protobuf:"bytes,14,opt,name=health,proto3,oneof"`
+}
+
 func (*TunnelFrame_Hello) isTunnelFrame_Kind() {}
 
 func (*TunnelFrame_Accepted) isTunnelFrame_Kind() {}
@@ -345,6 +359,8 @@ func (*TunnelFrame_Ping) isTunnelFrame_Kind() {}
 func (*TunnelFrame_Pong) isTunnelFrame_Kind() {}
 
 func (*TunnelFrame_Goaway) isTunnelFrame_Kind() {}
+
+func (*TunnelFrame_Health) isTunnelFrame_Kind() {}
 
 // Header is one HTTP header field with all its values, in order.
 type Header struct {
@@ -494,6 +510,7 @@ type Accepted struct {
 	InitialWindow uint32 `protobuf:"varint,3,opt,name=initial_window,json=initialWindow,proto3" json:"initial_window,omitempty"`
 	// capabilities the server understands; an agent uses a feature only when the server lists it.
 	// "inline-body": ResponseHead.body.
+	// "health": Health frames from the agent.
 	Capabilities  []string `protobuf:"bytes,4,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1124,11 +1141,112 @@ func (x *GoAway) GetReason() string {
 	return ""
 }
 
+// Health is the agent's view of its local targets for this tunnel's domain (agent to server,
+// stream_id 0), sent once after Accepted and again whenever a path's state changes, only to a server
+// that announced "health". Each message is the whole state: it replaces the previous one.
+type Health struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Paths         []*PathHealth          `protobuf:"bytes,1,rep,name=paths,proto3" json:"paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Health) Reset() {
+	*x = Health{}
+	mi := &file_hopgate_tunnel_v1_tunnel_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Health) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Health) ProtoMessage() {}
+
+func (x *Health) ProtoReflect() protoreflect.Message {
+	mi := &file_hopgate_tunnel_v1_tunnel_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Health.ProtoReflect.Descriptor instead.
+func (*Health) Descriptor() ([]byte, []int) {
+	return file_hopgate_tunnel_v1_tunnel_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Health) GetPaths() []*PathHealth {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+// PathHealth is one service path prefix of the domain ("/" for a service without a path) and
+// whether its target answers the agent's checks.
+type PathHealth struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Up            bool                   `protobuf:"varint,2,opt,name=up,proto3" json:"up,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathHealth) Reset() {
+	*x = PathHealth{}
+	mi := &file_hopgate_tunnel_v1_tunnel_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathHealth) ProtoMessage() {}
+
+func (x *PathHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_hopgate_tunnel_v1_tunnel_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathHealth.ProtoReflect.Descriptor instead.
+func (*PathHealth) Descriptor() ([]byte, []int) {
+	return file_hopgate_tunnel_v1_tunnel_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *PathHealth) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PathHealth) GetUp() bool {
+	if x != nil {
+		return x.Up
+	}
+	return false
+}
+
 var File_hopgate_tunnel_v1_tunnel_proto protoreflect.FileDescriptor
 
 const file_hopgate_tunnel_v1_tunnel_proto_rawDesc = "" +
 	"\n" +
-	"\x1ehopgate/tunnel/v1/tunnel.proto\x12\x11hopgate.tunnel.v1\"\xcc\x05\n" +
+	"\x1ehopgate/tunnel/v1/tunnel.proto\x12\x11hopgate.tunnel.v1\"\x81\x06\n" +
 	"\vTunnelFrame\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\x04R\bstreamId\x120\n" +
 	"\x05hello\x18\x02 \x01(\v2\x18.hopgate.tunnel.v1.HelloH\x00R\x05hello\x129\n" +
@@ -1143,7 +1261,8 @@ const file_hopgate_tunnel_v1_tunnel_proto_rawDesc = "" +
 	" \x01(\v2\x1f.hopgate.tunnel.v1.WindowUpdateH\x00R\fwindowUpdate\x12-\n" +
 	"\x04ping\x18\v \x01(\v2\x17.hopgate.tunnel.v1.PingH\x00R\x04ping\x12-\n" +
 	"\x04pong\x18\f \x01(\v2\x17.hopgate.tunnel.v1.PongH\x00R\x04pong\x123\n" +
-	"\x06goaway\x18\r \x01(\v2\x19.hopgate.tunnel.v1.GoAwayH\x00R\x06goawayB\x06\n" +
+	"\x06goaway\x18\r \x01(\v2\x19.hopgate.tunnel.v1.GoAwayH\x00R\x06goaway\x123\n" +
+	"\x06health\x18\x0e \x01(\v2\x19.hopgate.tunnel.v1.HealthH\x00R\x06healthB\x06\n" +
 	"\x04kind\"4\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
@@ -1198,7 +1317,13 @@ const file_hopgate_tunnel_v1_tunnel_proto_rawDesc = "" +
 	"\x04Pong\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\" \n" +
 	"\x06GoAway\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason*\xdf\x01\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"=\n" +
+	"\x06Health\x123\n" +
+	"\x05paths\x18\x01 \x03(\v2\x1d.hopgate.tunnel.v1.PathHealthR\x05paths\"0\n" +
+	"\n" +
+	"PathHealth\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x0e\n" +
+	"\x02up\x18\x02 \x01(\bR\x02up*\xdf\x01\n" +
 	"\vResetReason\x12\x1c\n" +
 	"\x18RESET_REASON_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13RESET_REASON_CANCEL\x10\x01\x12#\n" +
@@ -1224,7 +1349,7 @@ func file_hopgate_tunnel_v1_tunnel_proto_rawDescGZIP() []byte {
 }
 
 var file_hopgate_tunnel_v1_tunnel_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hopgate_tunnel_v1_tunnel_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_hopgate_tunnel_v1_tunnel_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_hopgate_tunnel_v1_tunnel_proto_goTypes = []any{
 	(ResetReason)(0),     // 0: hopgate.tunnel.v1.ResetReason
 	(*TunnelFrame)(nil),  // 1: hopgate.tunnel.v1.TunnelFrame
@@ -1241,6 +1366,8 @@ var file_hopgate_tunnel_v1_tunnel_proto_goTypes = []any{
 	(*Ping)(nil),         // 12: hopgate.tunnel.v1.Ping
 	(*Pong)(nil),         // 13: hopgate.tunnel.v1.Pong
 	(*GoAway)(nil),       // 14: hopgate.tunnel.v1.GoAway
+	(*Health)(nil),       // 15: hopgate.tunnel.v1.Health
+	(*PathHealth)(nil),   // 16: hopgate.tunnel.v1.PathHealth
 }
 var file_hopgate_tunnel_v1_tunnel_proto_depIdxs = []int32{
 	3,  // 0: hopgate.tunnel.v1.TunnelFrame.hello:type_name -> hopgate.tunnel.v1.Hello
@@ -1255,17 +1382,19 @@ var file_hopgate_tunnel_v1_tunnel_proto_depIdxs = []int32{
 	12, // 9: hopgate.tunnel.v1.TunnelFrame.ping:type_name -> hopgate.tunnel.v1.Ping
 	13, // 10: hopgate.tunnel.v1.TunnelFrame.pong:type_name -> hopgate.tunnel.v1.Pong
 	14, // 11: hopgate.tunnel.v1.TunnelFrame.goaway:type_name -> hopgate.tunnel.v1.GoAway
-	2,  // 12: hopgate.tunnel.v1.RequestHead.headers:type_name -> hopgate.tunnel.v1.Header
-	2,  // 13: hopgate.tunnel.v1.ResponseHead.headers:type_name -> hopgate.tunnel.v1.Header
-	2,  // 14: hopgate.tunnel.v1.End.trailers:type_name -> hopgate.tunnel.v1.Header
-	0,  // 15: hopgate.tunnel.v1.Reset.reason:type_name -> hopgate.tunnel.v1.ResetReason
-	1,  // 16: hopgate.tunnel.v1.TunnelService.OpenTunnel:input_type -> hopgate.tunnel.v1.TunnelFrame
-	1,  // 17: hopgate.tunnel.v1.TunnelService.OpenTunnel:output_type -> hopgate.tunnel.v1.TunnelFrame
-	17, // [17:18] is the sub-list for method output_type
-	16, // [16:17] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	15, // 12: hopgate.tunnel.v1.TunnelFrame.health:type_name -> hopgate.tunnel.v1.Health
+	2,  // 13: hopgate.tunnel.v1.RequestHead.headers:type_name -> hopgate.tunnel.v1.Header
+	2,  // 14: hopgate.tunnel.v1.ResponseHead.headers:type_name -> hopgate.tunnel.v1.Header
+	2,  // 15: hopgate.tunnel.v1.End.trailers:type_name -> hopgate.tunnel.v1.Header
+	0,  // 16: hopgate.tunnel.v1.Reset.reason:type_name -> hopgate.tunnel.v1.ResetReason
+	16, // 17: hopgate.tunnel.v1.Health.paths:type_name -> hopgate.tunnel.v1.PathHealth
+	1,  // 18: hopgate.tunnel.v1.TunnelService.OpenTunnel:input_type -> hopgate.tunnel.v1.TunnelFrame
+	1,  // 19: hopgate.tunnel.v1.TunnelService.OpenTunnel:output_type -> hopgate.tunnel.v1.TunnelFrame
+	19, // [19:20] is the sub-list for method output_type
+	18, // [18:19] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_hopgate_tunnel_v1_tunnel_proto_init() }
@@ -1286,6 +1415,7 @@ func file_hopgate_tunnel_v1_tunnel_proto_init() {
 		(*TunnelFrame_Ping)(nil),
 		(*TunnelFrame_Pong)(nil),
 		(*TunnelFrame_Goaway)(nil),
+		(*TunnelFrame_Health)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1293,7 +1423,7 @@ func file_hopgate_tunnel_v1_tunnel_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hopgate_tunnel_v1_tunnel_proto_rawDesc), len(file_hopgate_tunnel_v1_tunnel_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
