@@ -233,6 +233,9 @@ func serverTLS(cfg *config.Client) (*tls.Config, error) {
 	if err != nil {
 		host = cfg.ServerAddr
 	}
+	if cfg.ServerName != "" {
+		host = cfg.ServerName
+	}
 	roots, err := loadRoots(cfg.CAFile)
 	if err != nil {
 		return nil, err

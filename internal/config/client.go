@@ -20,6 +20,8 @@ type Client struct {
 	Services []Service
 
 	ServerAddr string // host:port of the gateway's HTTPS listener; port 443 when the setting has none
+	// ServerName is the TLS name the gateway is verified against; empty: the host of ServerAddr.
+	ServerName string
 	Domain     string // the domain this agent serves, lowercase without trailing dot
 	APIKey     string // secret: the domain's client API key, from the setting or read from APIKeyFile
 	APIKeyFile string // where APIKey was read from; empty when given directly
@@ -70,6 +72,9 @@ func clientSettings(c *Client) []setting {
 		{env: "HOP_CLIENT_SERVER_ADDR", flag: "server-addr", required: true,
 			usage: "the gateway's HTTPS address: host[:port], port 443 by default, e.g. gateway.example.com or [2001:db8::1]:8443",
 			bind:  bind(&c.ServerAddr, "host[:port]", parseServerAddr)},
+		{env: "HOP_CLIENT_SERVER_NAME", flag: "server-name",
+			usage: "the name the gateway's certificate is verified against, when --server-addr is an IP address or another name than the gateway's (default: the host of --server-addr)",
+			bind:  bind(&c.ServerName, "name", parseDomain)},
 		{env: "HOP_CLIENT_DOMAIN", flag: "domain", required: true,
 			usage: "the registered domain this agent serves",
 			bind:  bind(&c.Domain, "name", parseTenantDomain)},

@@ -56,6 +56,7 @@ func TestLoadClientEveryFlag(t *testing.T) {
 	}
 	args := []string{
 		"--server-addr", "127.0.0.1:8443",
+		"--server-name", "Gate.Example.com",
 		"--domain", "App.Example.com.",
 		"--api-key", "flag-key",
 		"--local-target", "https://app.internal:8443",
@@ -83,6 +84,7 @@ func TestLoadClientEveryFlag(t *testing.T) {
 	}
 	want := &Client{
 		ServerAddr:              "127.0.0.1:8443",
+		ServerName:              "gate.example.com",
 		Domain:                  "app.example.com",
 		APIKey:                  "flag-key",
 		LocalTarget:             &url.URL{Scheme: "https", Host: "app.internal:8443"},

@@ -72,6 +72,7 @@ type fileNode = yaml.Node
 // the decoder runs with KnownFields, so a key not listed here is an error with its line.
 type clientYAML struct {
 	ServerAddr      fileNode      `yaml:"server_addr"`
+	ServerName      fileNode      `yaml:"server_name"`
 	CAFile          fileNode      `yaml:"ca_file"`
 	Debug           fileNode      `yaml:"debug"`
 	AgentID         fileNode      `yaml:"agent_id"`
@@ -158,6 +159,7 @@ func parseClientFile(name string, data []byte, lookupEnv func(string) (string, b
 		isFile   bool
 	}{
 		{"server_addr", "HOP_CLIENT_SERVER_ADDR", &doc.ServerAddr, false},
+		{"server_name", "HOP_CLIENT_SERVER_NAME", &doc.ServerName, false},
 		{"ca_file", "HOP_CLIENT_CA_FILE", &doc.CAFile, true},
 		{"debug", "HOP_CLIENT_DEBUG", &doc.Debug, false},
 		{"agent_id", "HOP_CLIENT_AGENT_ID", &doc.AgentID, false},

@@ -4,21 +4,18 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/hopgate/hopgate/internal/agent/local"
-	"github.com/hopgate/hopgate/internal/agent/supervisor"
 	"github.com/hopgate/hopgate/internal/testutil/pebbletest"
 )
 
@@ -28,10 +25,6 @@ import (
 // registered *.wild.example.test gets a wildcard certificate from Pebble; x.wild.example.test is
 // served with it (verified against Pebble's root) and reaches the wildcard's agent with its own
 // Host; a.b.wild.example.test is 404.
-//
-// The agent is the agent's own tunnel code (supervisor and local proxy) in this process: it dials
-// 127.0.0.1 and must verify the gateway's public name, which hopgate-client has no flag for (it
-// verifies the --server-addr host). TestWildcardAgentBinary runs the real client for a wildcard.
 func TestWildcardThroughTheBinary(t *testing.T) {
 	t.Parallel()
 	const gwName, wild = "gw.wild.test", "*.wild.example.test"
@@ -94,7 +87,14 @@ func TestWildcardThroughTheBinary(t *testing.T) {
 	target := tnTarget(t, func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "wild "+r.Host)
 	})
-	startWildAgent(t, httpsAddr, gwName, wild, key, target.URL, p.Root)
+	// The real agent dials 127.0.0.1 and verifies the gateway's public name (--server-name) against
+	// Pebble's root.
+	root := filepath.Join(t.TempDir(), "pebble-root.pem")
+	if err := os.WriteFile(root, p.RootPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	startProcess(t, "hopgate-client", []string{"--server-addr", httpsAddr, "--server-name", gwName, "--ca-file", root,
+		"--domain", wild, "--local-target", target.URL, "--log-format", "json"}, []string{"HOP_CLIENT_API_KEY=" + key})
 	waitFor(t, 20*time.Second, "the wildcard's agent", func() bool {
 		_, st := admin(http.MethodGet, "/api/v1/admin/domains/status?domain="+url.QueryEscape(wild), nil)
 		n, _ := st["agents"].(float64)
@@ -134,36 +134,6 @@ func TestWildcardThroughTheBinary(t *testing.T) {
 	if names := res.TLS.PeerCertificates[0].DNSNames; len(names) != 1 || names[0] != gwName {
 		t.Fatalf("a.b.wild.example.test was served %v, want the gateway's own certificate", names)
 	}
-}
-
-// startWildAgent keeps a tunnel for domain up until the test ends.
-func startWildAgent(t *testing.T, addr, serverName, domain, key, target string, roots *x509.CertPool) {
-	t.Helper()
-	u, err := url.Parse(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lp := local.New(u, local.Options{})
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		err := supervisor.Run(ctx, supervisor.Options{
-			ServerAddr: addr, Domain: domain, APIKey: key, AgentID: "wild-agent", Version: "test",
-			TLS:    &tls.Config{ServerName: serverName, RootCAs: roots},
-			Serve:  lp.ServeStream,
-			Logger: slog.New(slog.DiscardHandler),
-		})
-		if err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		lp.Close()
-	})
 }
 
 // TestWildcardAgentBinary: hopgate-client serves a wildcard domain: every name one label under it
