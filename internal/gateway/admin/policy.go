@@ -102,11 +102,9 @@ func (h *handler) putPolicy(w http.ResponseWriter, r *http.Request) {
 // So that what GET shows can be sent back as it is, "client_secret_set" of the OIDC part is taken
 // and ignored: whether the stored secret is kept depends on issuer and client id alone.
 func parsePolicy(body []byte) (policy.Spec, error) {
-	if len(body) > policy.MaxBytes {
-		return policy.Spec{}, fmt.Errorf("%w: %w", policy.ErrInvalid, &policy.FieldError{Field: "policy", Reason: fmt.Sprintf("larger than %d bytes", policy.MaxBytes)})
-	}
-	if b := bytes.TrimSpace(body); len(b) == 0 || b[0] != '{' {
-		// null would decode to the zero Spec and remove the policy.
+	// null would decode to the zero Spec and remove the policy. An oversized body is policy.Decode's
+	// to refuse, first, as before any other check.
+	if b := bytes.TrimSpace(body); len(body) <= policy.MaxBytes && (len(b) == 0 || b[0] != '{') {
 		return policy.Spec{}, fmt.Errorf("%w: %w", policy.ErrInvalid, &policy.FieldError{Field: "policy", Reason: "not a JSON object"})
 	}
 	var doc struct {
@@ -117,13 +115,8 @@ func parsePolicy(body []byte) (policy.Spec, error) {
 			ClientSecretSet *bool `json:"client_secret_set"`
 		} `json:"oidc"`
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&doc); err != nil {
-		return policy.Spec{}, fmt.Errorf("%w: %v", policy.ErrInvalid, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return policy.Spec{}, fmt.Errorf("%w: %w", policy.ErrInvalid, &policy.FieldError{Field: "policy", Reason: "data after the JSON object"})
+	if err := policy.Decode(body, &doc); err != nil {
+		return policy.Spec{}, err
 	}
 	spec := doc.Spec
 	if doc.OIDC != nil {

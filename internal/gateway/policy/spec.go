@@ -81,22 +81,31 @@ func invalid(field, format string, args ...any) error {
 	return fmt.Errorf("%w: %w", ErrInvalid, &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)})
 }
 
-// Parse reads a policy document strictly (unknown fields, trailing data and oversized documents are
-// refused) and validates it.
+// Parse reads a policy document strictly (see Decode) and validates it.
 func Parse(data []byte) (Spec, error) {
+	var s Spec
+	if err := Decode(data, &s); err != nil {
+		return Spec{}, err
+	}
+	return s, s.Validate()
+}
+
+// Decode reads a policy document into v (a Spec, or a struct embedding one) strictly: unknown
+// fields, trailing data and documents over MaxBytes are refused, with errors wrapping ErrInvalid.
+// It does not validate: the admin API fills in stored secrets first.
+func Decode(data []byte, v any) error {
 	if len(data) > MaxBytes {
-		return Spec{}, invalid("policy", "larger than %d bytes", MaxBytes)
+		return invalid("policy", "larger than %d bytes", MaxBytes)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	var s Spec
-	if err := dec.Decode(&s); err != nil {
-		return Spec{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return Spec{}, invalid("policy", "data after the JSON object")
+		return invalid("policy", "data after the JSON object")
 	}
-	return s, s.Validate()
+	return nil
 }
 
 // Validate checks every field and returns the first problem as a *FieldError (wrapped in ErrInvalid).

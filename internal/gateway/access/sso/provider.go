@@ -100,18 +100,6 @@ func (d *discovery) discover(ctx context.Context) (*remote, error) {
 	return d.remote, nil
 }
 
-// CheckIssuer fetches issuer's discovery document, as the admin API should before it stores a policy
-// (an issuer that cannot be discovered is refused there, not found out by the first visitor).
-// client is the one given as Options.HTTPClient; nil is the default one.
-func CheckIssuer(ctx context.Context, client *http.Client, issuer string) error {
-	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
-	defer cancel()
-	if _, err := oidc.NewProvider(oidc.ClientContext(ctx, boundedClient(client)), issuer); err != nil {
-		return fmt.Errorf("discover %s: %w", issuer, err)
-	}
-	return nil
-}
-
 // boundedClient returns a copy of c whose response bodies are cut off after maxProviderBody bytes:
 // go-oidc reads discovery documents and key sets whole.
 func boundedClient(c *http.Client) *http.Client {

@@ -843,21 +843,6 @@ func TestNothingSecretLogged(t *testing.T) {
 	}
 }
 
-func TestCheckIssuer(t *testing.T) {
-	h := newHarness(t)
-	client := &http.Client{Transport: h.gwTransport, Timeout: 5 * time.Second}
-	ctx := context.Background()
-	if err := CheckIssuer(ctx, client, h.idp.Issuer); err != nil {
-		t.Errorf("the test provider: %v", err)
-	}
-	if err := CheckIssuer(ctx, client, h.idp.Issuer+"/elsewhere"); err == nil {
-		t.Error("an issuer without a discovery document passed")
-	}
-	if err := CheckIssuer(ctx, nil, h.idp.Issuer); err == nil {
-		t.Error("a provider whose certificate is not trusted passed")
-	}
-}
-
 func TestHost(t *testing.T) {
 	tests := []struct {
 		domain, reqHost, want string
