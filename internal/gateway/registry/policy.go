@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"slices"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -32,7 +34,7 @@ const sessionKeyName = "sso_session_key"
 const maxHashCost = 12
 
 // setPolicyTries bounds how often SetPolicy merges again after a concurrent change of the same policy.
-const setPolicyTries = 5
+const setPolicyTries = 8
 
 // Policy returns a domain's access policy, with password hashes and the OIDC client secret (for the
 // gateway's own use: show it with Spec.Show); the zero Spec when the domain has none.
@@ -81,7 +83,15 @@ func (s *Store) SetPolicy(ctx context.Context, name string, spec policy.Spec) (p
 	// The caller's slices and pointers are not ours to change.
 	in := clonePolicy(spec)
 	hashed := false
-	for range setPolicyTries {
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
+	for try := range setPolicyTries {
+		if try > 0 {
+			// Another gateway wrote in between; a random pause keeps two of them from meeting again.
+			if err := sleepCtx(ctx, time.Duration(mrand.Int64N(int64(20*time.Millisecond)))); err != nil {
+				return policy.Spec{}, fmt.Errorf("%s: %w", op, err)
+			}
+		}
 		oldRaw, err := s.storedPolicy(ctx, name)
 		if err != nil {
 			return policy.Spec{}, classify(op, err)
@@ -254,4 +264,16 @@ func newSessionKey() []byte {
 	// crypto/rand.Read never fails (it crashes the program if the system's source does).
 	_, _ = rand.Read(k)
 	return k
+}
+
+// sleepCtx waits for d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

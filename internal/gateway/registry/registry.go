@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -78,6 +79,9 @@ type Store struct {
 	db      *sql.DB
 	client  *ent.Client
 	dialect migrations.Dialect
+	// policyMu makes this process's policy writers take turns, so that they never starve one another
+	// on SetPolicy's compare-and-swap; that swap is still what guards against other gateways.
+	policyMu sync.Mutex
 }
 
 // Open connects to the database chosen by o, applies pending migrations and returns the store.
