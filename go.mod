@@ -15,6 +15,7 @@ require (
 	github.com/jpillora/backoff v1.1.0
 	github.com/lib/pq v1.12.3
 	github.com/miekg/dns v1.1.72
+	github.com/pires/go-proxyproto v0.15.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/zitadel/oidc/v3 v3.52.0
 	go.uber.org/goleak v1.3.0

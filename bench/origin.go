@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -119,17 +120,79 @@ func originHandler() http.Handler {
 	return mux
 }
 
-// serveOrigin serves the origin over HTTP/1.1 and prior-knowledge h2c (for S6) on one port.
+// serveOrigin serves the origin over HTTP/1.1 and prior-knowledge h2c (for S6) on one port, and its
+// raw TCP service (S11, S12; see serveRawTCP) on another.
 func serveOrigin(ctx context.Context) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
+	rawLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer rawLn.Close()
+	go serveRawTCP(rawLn)
 	srv := &http.Server{Handler: originHandler(), ReadHeaderTimeout: 10 * time.Second, Protocols: new(http.Protocols)}
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
-	fmt.Printf("ADDR http=%s\n", ln.Addr())
+	fmt.Printf("ADDR http=%s tcp=%s\n", ln.Addr(), rawLn.Addr())
 	return serveUntil(ctx, srv, func() error { return srv.Serve(ln) })
+}
+
+// serveRawTCP is the origin of the TCP scenarios, a line protocol on persistent connections, like a
+// database's: "SMALL\n" is answered with the 100 bytes of /small, "BYTES n\n" with n bytes, and
+// "UPLOAD n\n" reads n bytes and answers "OK\n". It ends when ln is closed (the role's exit).
+func serveRawTCP(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			if err := rawSession(c); !errors.Is(err, io.EOF) {
+				fmt.Fprintln(os.Stderr, "raw tcp:", err)
+			}
+		}()
+	}
+}
+
+// rawSession serves one connection until it fails or the client closes it (io.EOF).
+func rawSession(c net.Conn) error {
+	br := bufio.NewReaderSize(c, 64*kib)
+	buf := make([]byte, 256*kib)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		cmd, arg, _ := strings.Cut(strings.TrimSpace(line), " ")
+		n, _ := strconv.ParseInt(arg, 10, 64)
+		switch {
+		case cmd == "SMALL":
+			if _, err := c.Write(smallBody); err != nil {
+				return err
+			}
+		case cmd == "BYTES" && n >= 0 && n <= maxDownload:
+			for n > 0 {
+				k := min(n, int64(len(pattern)))
+				if _, err := c.Write(pattern[:k]); err != nil {
+					return err
+				}
+				n -= k
+			}
+		case cmd == "UPLOAD" && n >= 0:
+			if _, err := io.CopyBuffer(io.Discard, io.LimitReader(br, n), buf); err != nil {
+				return err
+			}
+			if _, err := io.WriteString(c, "OK\n"); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("bad command %q", line)
+		}
+	}
 }
 
 // serveReverseProxy is the baseline without a tunnel: the standard library's reverse proxy, on a plain

@@ -4,7 +4,7 @@ import "time"
 
 // allScenarios in the order they run. S8 and S9 start their own fresh server, so their memory
 // figures are not inflated by the heap the throughput scenarios left behind.
-var allScenarios = []string{"S1", "S2", "S3", "S4", "S5", "S6", "S7", "S10", "S8", "S9"}
+var allScenarios = []string{"S1", "S2", "S3", "S4", "S5", "S6", "S7", "S10", "S11", "S12", "S8", "S9"}
 
 // profile holds every size and duration of a run.
 type profile struct {
@@ -44,6 +44,16 @@ type profile struct {
 	S9Domains  int           `json:"s9_domains"`
 	S9Rate     int           `json:"s9_rate"`
 	S9Duration time.Duration `json:"s9_duration"`
+
+	// S11: S11Count transfers of S11Size each way through a TCP tunnel, one connection each.
+	S11Size  int64 `json:"s11_size"`
+	S11Count int   `json:"s11_count"`
+
+	// S12: S12Conns TCP connections at once, S12Duration of round trips on them, then S12Churn
+	// short connections.
+	S12Conns    int           `json:"s12_conns"`
+	S12Duration time.Duration `json:"s12_duration"`
+	S12Churn    int           `json:"s12_churn"`
 }
 
 const (
@@ -55,7 +65,7 @@ const (
 var profiles = map[string]profile{
 	"quick": {
 		Name:      "quick",
-		Scenarios: []string{"S1", "S2", "S3", "S4", "S5", "S6", "S7", "S10", "S8"},
+		Scenarios: []string{"S1", "S2", "S3", "S4", "S5", "S6", "S7", "S10", "S11", "S12", "S8"},
 		Deadline:  10 * time.Minute,
 		Warmup:    500 * time.Millisecond,
 
@@ -68,6 +78,8 @@ var profiles = map[string]profile{
 		S7Rate: 200, S7Duration: 5 * time.Second, S7Downloads: 4, S7DownloadSize: 16 * gib, S7SlowRate: kib,
 		S8Steps:   []int{1, 50, 200},
 		S9Tunnels: 500, S9Domains: 50, S9Rate: 200, S9Duration: 5 * time.Second,
+		S11Size: 64 * mib, S11Count: 4,
+		S12Conns: 200, S12Duration: 3 * time.Second, S12Churn: 4000,
 	},
 	"full": {
 		Name:      "full",
@@ -84,5 +96,7 @@ var profiles = map[string]profile{
 		S7Rate: 200, S7Duration: 10 * time.Second, S7Downloads: 4, S7DownloadSize: 64 * gib, S7SlowRate: kib,
 		S8Steps:   []int{1, 100, 1000},
 		S9Tunnels: 10000, S9Domains: 10000, S9Rate: 1000, S9Duration: 30 * time.Second,
+		S11Size: 64 * mib, S11Count: 16,
+		S12Conns: 200, S12Duration: 10 * time.Second, S12Churn: 10000,
 	},
 }

@@ -42,10 +42,14 @@ type runner struct {
 
 	origin, rproxy *hoptest.Process
 	originAddr     string
-	rproxyTLSAddr  string
-	rproxyPool     *x509.CertPool
-	gw             *hoptest.Gateway
-	client         *hoptest.Process
+	// originTCPAddr is the origin's raw TCP port (S11, S12).
+	originTCPAddr string
+	rproxyTLSAddr string
+	rproxyPool    *x509.CertPool
+	gw            *hoptest.Gateway
+	client        *hoptest.Process
+	// tcp is the gateway and agent of the TCP scenarios, started by the first of them.
+	tcp *tcpStack
 
 	targets map[string]target
 	result  runResult
@@ -136,6 +140,10 @@ func (r *runner) scenario(ctx context.Context, id string) scenarioResult {
 		return r.s9(ctx)
 	case "S10":
 		return r.s10(ctx)
+	case "S11":
+		return r.s11(ctx)
+	case "S12":
+		return r.s12(ctx)
 	}
 	return scenarioResult{ID: id, Error: "unknown scenario"}
 }
@@ -149,6 +157,7 @@ func (r *runner) setup(ctx context.Context) error {
 		return err
 	}
 	r.originAddr = addrs["http"]
+	r.originTCPAddr = addrs["tcp"]
 
 	// The same P-256 kind as HopGate's development certificate, so that both pay the same handshake
 	// and record costs.
@@ -257,6 +266,9 @@ func (r *runner) holdForProfiling(ctx context.Context, d time.Duration) {
 }
 
 func (r *runner) cleanup() {
+	if r.tcp != nil {
+		r.tcp.stop()
+	}
 	for _, p := range []*hoptest.Process{r.client, r.rproxy, r.origin} {
 		if p != nil {
 			p.Stop(5 * time.Second)

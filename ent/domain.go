@@ -28,8 +28,14 @@ type Domain struct {
 	// UpdatedAt holds the value of the "updated_at" field.
 	UpdatedAt time.Time `json:"updated_at,omitempty"`
 	// Policy holds the value of the "policy" field.
-	Policy       string `json:"-"`
-	selectValues sql.SelectValues
+	Policy string `json:"-"`
+	// Mode holds the value of the "mode" field.
+	Mode string `json:"mode,omitempty"`
+	// TCPPort holds the value of the "tcp_port" field.
+	TCPPort *int `json:"tcp_port,omitempty"`
+	// ProxyProtocol holds the value of the "proxy_protocol" field.
+	ProxyProtocol int `json:"proxy_protocol,omitempty"`
+	selectValues  sql.SelectValues
 }
 
 // scanValues returns the types for scanning values from sql.Rows.
@@ -37,9 +43,9 @@ func (*Domain) scanValues(columns []string) ([]any, error) {
 	values := make([]any, len(columns))
 	for i := range columns {
 		switch columns[i] {
-		case domain.FieldID:
+		case domain.FieldID, domain.FieldTCPPort, domain.FieldProxyProtocol:
 			values[i] = new(sql.NullInt64)
-		case domain.FieldName, domain.FieldKeyHash, domain.FieldMemo, domain.FieldPolicy:
+		case domain.FieldName, domain.FieldKeyHash, domain.FieldMemo, domain.FieldPolicy, domain.FieldMode:
 			values[i] = new(sql.NullString)
 		case domain.FieldCreatedAt, domain.FieldUpdatedAt:
 			values[i] = new(sql.NullTime)
@@ -100,6 +106,25 @@ func (_m *Domain) assignValues(columns []string, values []any) error {
 			} else if value.Valid {
 				_m.Policy = value.String
 			}
+		case domain.FieldMode:
+			if value, ok := values[i].(*sql.NullString); !ok {
+				return fmt.Errorf("unexpected type %T for field mode", values[i])
+			} else if value.Valid {
+				_m.Mode = value.String
+			}
+		case domain.FieldTCPPort:
+			if value, ok := values[i].(*sql.NullInt64); !ok {
+				return fmt.Errorf("unexpected type %T for field tcp_port", values[i])
+			} else if value.Valid {
+				_m.TCPPort = new(int)
+				*_m.TCPPort = int(value.Int64)
+			}
+		case domain.FieldProxyProtocol:
+			if value, ok := values[i].(*sql.NullInt64); !ok {
+				return fmt.Errorf("unexpected type %T for field proxy_protocol", values[i])
+			} else if value.Valid {
+				_m.ProxyProtocol = int(value.Int64)
+			}
 		default:
 			_m.selectValues.Set(columns[i], values[i])
 		}
@@ -151,6 +176,17 @@ func (_m *Domain) String() string {
 	builder.WriteString(_m.UpdatedAt.Format(time.ANSIC))
 	builder.WriteString(", ")
 	builder.WriteString("policy=<sensitive>")
+	builder.WriteString(", ")
+	builder.WriteString("mode=")
+	builder.WriteString(_m.Mode)
+	builder.WriteString(", ")
+	if v := _m.TCPPort; v != nil {
+		builder.WriteString("tcp_port=")
+		builder.WriteString(fmt.Sprintf("%v", *v))
+	}
+	builder.WriteString(", ")
+	builder.WriteString("proxy_protocol=")
+	builder.WriteString(fmt.Sprintf("%v", _m.ProxyProtocol))
 	builder.WriteByte(')')
 	return builder.String()
 }

@@ -90,6 +90,48 @@ func (_c *DomainCreate) SetNillablePolicy(v *string) *DomainCreate {
 	return _c
 }
 
+// SetMode sets the "mode" field.
+func (_c *DomainCreate) SetMode(v string) *DomainCreate {
+	_c.mutation.SetMode(v)
+	return _c
+}
+
+// SetNillableMode sets the "mode" field if the given value is not nil.
+func (_c *DomainCreate) SetNillableMode(v *string) *DomainCreate {
+	if v != nil {
+		_c.SetMode(*v)
+	}
+	return _c
+}
+
+// SetTCPPort sets the "tcp_port" field.
+func (_c *DomainCreate) SetTCPPort(v int) *DomainCreate {
+	_c.mutation.SetTCPPort(v)
+	return _c
+}
+
+// SetNillableTCPPort sets the "tcp_port" field if the given value is not nil.
+func (_c *DomainCreate) SetNillableTCPPort(v *int) *DomainCreate {
+	if v != nil {
+		_c.SetTCPPort(*v)
+	}
+	return _c
+}
+
+// SetProxyProtocol sets the "proxy_protocol" field.
+func (_c *DomainCreate) SetProxyProtocol(v int) *DomainCreate {
+	_c.mutation.SetProxyProtocol(v)
+	return _c
+}
+
+// SetNillableProxyProtocol sets the "proxy_protocol" field if the given value is not nil.
+func (_c *DomainCreate) SetNillableProxyProtocol(v *int) *DomainCreate {
+	if v != nil {
+		_c.SetProxyProtocol(*v)
+	}
+	return _c
+}
+
 // Mutation returns the DomainMutation object of the builder.
 func (_c *DomainCreate) Mutation() *DomainMutation {
 	return _c.mutation
@@ -141,6 +183,14 @@ func (_c *DomainCreate) defaults() {
 		v := domain.DefaultPolicy
 		_c.mutation.SetPolicy(v)
 	}
+	if _, ok := _c.mutation.Mode(); !ok {
+		v := domain.DefaultMode
+		_c.mutation.SetMode(v)
+	}
+	if _, ok := _c.mutation.ProxyProtocol(); !ok {
+		v := domain.DefaultProxyProtocol
+		_c.mutation.SetProxyProtocol(v)
+	}
 }
 
 // check runs all checks and user-defined validators on the builder.
@@ -167,6 +217,12 @@ func (_c *DomainCreate) check() error {
 	}
 	if _, ok := _c.mutation.Policy(); !ok {
 		return &ValidationError{Name: "policy", err: errors.New(`ent: missing required field "Domain.policy"`)}
+	}
+	if _, ok := _c.mutation.Mode(); !ok {
+		return &ValidationError{Name: "mode", err: errors.New(`ent: missing required field "Domain.mode"`)}
+	}
+	if _, ok := _c.mutation.ProxyProtocol(); !ok {
+		return &ValidationError{Name: "proxy_protocol", err: errors.New(`ent: missing required field "Domain.proxy_protocol"`)}
 	}
 	return nil
 }
@@ -218,6 +274,18 @@ func (_c *DomainCreate) createSpec() (*Domain, *sqlgraph.CreateSpec) {
 	if value, ok := _c.mutation.Policy(); ok {
 		_spec.SetField(domain.FieldPolicy, field.TypeString, value)
 		_node.Policy = value
+	}
+	if value, ok := _c.mutation.Mode(); ok {
+		_spec.SetField(domain.FieldMode, field.TypeString, value)
+		_node.Mode = value
+	}
+	if value, ok := _c.mutation.TCPPort(); ok {
+		_spec.SetField(domain.FieldTCPPort, field.TypeInt, value)
+		_node.TCPPort = &value
+	}
+	if value, ok := _c.mutation.ProxyProtocol(); ok {
+		_spec.SetField(domain.FieldProxyProtocol, field.TypeInt, value)
+		_node.ProxyProtocol = value
 	}
 	return _node, _spec
 }
@@ -328,6 +396,60 @@ func (u *DomainUpsert) SetPolicy(v string) *DomainUpsert {
 // UpdatePolicy sets the "policy" field to the value that was provided on create.
 func (u *DomainUpsert) UpdatePolicy() *DomainUpsert {
 	u.SetExcluded(domain.FieldPolicy)
+	return u
+}
+
+// SetMode sets the "mode" field.
+func (u *DomainUpsert) SetMode(v string) *DomainUpsert {
+	u.Set(domain.FieldMode, v)
+	return u
+}
+
+// UpdateMode sets the "mode" field to the value that was provided on create.
+func (u *DomainUpsert) UpdateMode() *DomainUpsert {
+	u.SetExcluded(domain.FieldMode)
+	return u
+}
+
+// SetTCPPort sets the "tcp_port" field.
+func (u *DomainUpsert) SetTCPPort(v int) *DomainUpsert {
+	u.Set(domain.FieldTCPPort, v)
+	return u
+}
+
+// UpdateTCPPort sets the "tcp_port" field to the value that was provided on create.
+func (u *DomainUpsert) UpdateTCPPort() *DomainUpsert {
+	u.SetExcluded(domain.FieldTCPPort)
+	return u
+}
+
+// AddTCPPort adds v to the "tcp_port" field.
+func (u *DomainUpsert) AddTCPPort(v int) *DomainUpsert {
+	u.Add(domain.FieldTCPPort, v)
+	return u
+}
+
+// ClearTCPPort clears the value of the "tcp_port" field.
+func (u *DomainUpsert) ClearTCPPort() *DomainUpsert {
+	u.SetNull(domain.FieldTCPPort)
+	return u
+}
+
+// SetProxyProtocol sets the "proxy_protocol" field.
+func (u *DomainUpsert) SetProxyProtocol(v int) *DomainUpsert {
+	u.Set(domain.FieldProxyProtocol, v)
+	return u
+}
+
+// UpdateProxyProtocol sets the "proxy_protocol" field to the value that was provided on create.
+func (u *DomainUpsert) UpdateProxyProtocol() *DomainUpsert {
+	u.SetExcluded(domain.FieldProxyProtocol)
+	return u
+}
+
+// AddProxyProtocol adds v to the "proxy_protocol" field.
+func (u *DomainUpsert) AddProxyProtocol(v int) *DomainUpsert {
+	u.Add(domain.FieldProxyProtocol, v)
 	return u
 }
 
@@ -443,6 +565,69 @@ func (u *DomainUpsertOne) SetPolicy(v string) *DomainUpsertOne {
 func (u *DomainUpsertOne) UpdatePolicy() *DomainUpsertOne {
 	return u.Update(func(s *DomainUpsert) {
 		s.UpdatePolicy()
+	})
+}
+
+// SetMode sets the "mode" field.
+func (u *DomainUpsertOne) SetMode(v string) *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetMode(v)
+	})
+}
+
+// UpdateMode sets the "mode" field to the value that was provided on create.
+func (u *DomainUpsertOne) UpdateMode() *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateMode()
+	})
+}
+
+// SetTCPPort sets the "tcp_port" field.
+func (u *DomainUpsertOne) SetTCPPort(v int) *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetTCPPort(v)
+	})
+}
+
+// AddTCPPort adds v to the "tcp_port" field.
+func (u *DomainUpsertOne) AddTCPPort(v int) *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.AddTCPPort(v)
+	})
+}
+
+// UpdateTCPPort sets the "tcp_port" field to the value that was provided on create.
+func (u *DomainUpsertOne) UpdateTCPPort() *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateTCPPort()
+	})
+}
+
+// ClearTCPPort clears the value of the "tcp_port" field.
+func (u *DomainUpsertOne) ClearTCPPort() *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.ClearTCPPort()
+	})
+}
+
+// SetProxyProtocol sets the "proxy_protocol" field.
+func (u *DomainUpsertOne) SetProxyProtocol(v int) *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetProxyProtocol(v)
+	})
+}
+
+// AddProxyProtocol adds v to the "proxy_protocol" field.
+func (u *DomainUpsertOne) AddProxyProtocol(v int) *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.AddProxyProtocol(v)
+	})
+}
+
+// UpdateProxyProtocol sets the "proxy_protocol" field to the value that was provided on create.
+func (u *DomainUpsertOne) UpdateProxyProtocol() *DomainUpsertOne {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateProxyProtocol()
 	})
 }
 
@@ -724,6 +909,69 @@ func (u *DomainUpsertBulk) SetPolicy(v string) *DomainUpsertBulk {
 func (u *DomainUpsertBulk) UpdatePolicy() *DomainUpsertBulk {
 	return u.Update(func(s *DomainUpsert) {
 		s.UpdatePolicy()
+	})
+}
+
+// SetMode sets the "mode" field.
+func (u *DomainUpsertBulk) SetMode(v string) *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetMode(v)
+	})
+}
+
+// UpdateMode sets the "mode" field to the value that was provided on create.
+func (u *DomainUpsertBulk) UpdateMode() *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateMode()
+	})
+}
+
+// SetTCPPort sets the "tcp_port" field.
+func (u *DomainUpsertBulk) SetTCPPort(v int) *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetTCPPort(v)
+	})
+}
+
+// AddTCPPort adds v to the "tcp_port" field.
+func (u *DomainUpsertBulk) AddTCPPort(v int) *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.AddTCPPort(v)
+	})
+}
+
+// UpdateTCPPort sets the "tcp_port" field to the value that was provided on create.
+func (u *DomainUpsertBulk) UpdateTCPPort() *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateTCPPort()
+	})
+}
+
+// ClearTCPPort clears the value of the "tcp_port" field.
+func (u *DomainUpsertBulk) ClearTCPPort() *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.ClearTCPPort()
+	})
+}
+
+// SetProxyProtocol sets the "proxy_protocol" field.
+func (u *DomainUpsertBulk) SetProxyProtocol(v int) *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.SetProxyProtocol(v)
+	})
+}
+
+// AddProxyProtocol adds v to the "proxy_protocol" field.
+func (u *DomainUpsertBulk) AddProxyProtocol(v int) *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.AddProxyProtocol(v)
+	})
+}
+
+// UpdateProxyProtocol sets the "proxy_protocol" field to the value that was provided on create.
+func (u *DomainUpsertBulk) UpdateProxyProtocol() *DomainUpsertBulk {
+	return u.Update(func(s *DomainUpsert) {
+		s.UpdateProxyProtocol()
 	})
 }
 

@@ -90,6 +90,68 @@ func (_u *DomainUpdate) SetNillablePolicy(v *string) *DomainUpdate {
 	return _u
 }
 
+// SetMode sets the "mode" field.
+func (_u *DomainUpdate) SetMode(v string) *DomainUpdate {
+	_u.mutation.SetMode(v)
+	return _u
+}
+
+// SetNillableMode sets the "mode" field if the given value is not nil.
+func (_u *DomainUpdate) SetNillableMode(v *string) *DomainUpdate {
+	if v != nil {
+		_u.SetMode(*v)
+	}
+	return _u
+}
+
+// SetTCPPort sets the "tcp_port" field.
+func (_u *DomainUpdate) SetTCPPort(v int) *DomainUpdate {
+	_u.mutation.ResetTCPPort()
+	_u.mutation.SetTCPPort(v)
+	return _u
+}
+
+// SetNillableTCPPort sets the "tcp_port" field if the given value is not nil.
+func (_u *DomainUpdate) SetNillableTCPPort(v *int) *DomainUpdate {
+	if v != nil {
+		_u.SetTCPPort(*v)
+	}
+	return _u
+}
+
+// AddTCPPort adds value to the "tcp_port" field.
+func (_u *DomainUpdate) AddTCPPort(v int) *DomainUpdate {
+	_u.mutation.AddTCPPort(v)
+	return _u
+}
+
+// ClearTCPPort clears the value of the "tcp_port" field.
+func (_u *DomainUpdate) ClearTCPPort() *DomainUpdate {
+	_u.mutation.ClearTCPPort()
+	return _u
+}
+
+// SetProxyProtocol sets the "proxy_protocol" field.
+func (_u *DomainUpdate) SetProxyProtocol(v int) *DomainUpdate {
+	_u.mutation.ResetProxyProtocol()
+	_u.mutation.SetProxyProtocol(v)
+	return _u
+}
+
+// SetNillableProxyProtocol sets the "proxy_protocol" field if the given value is not nil.
+func (_u *DomainUpdate) SetNillableProxyProtocol(v *int) *DomainUpdate {
+	if v != nil {
+		_u.SetProxyProtocol(*v)
+	}
+	return _u
+}
+
+// AddProxyProtocol adds value to the "proxy_protocol" field.
+func (_u *DomainUpdate) AddProxyProtocol(v int) *DomainUpdate {
+	_u.mutation.AddProxyProtocol(v)
+	return _u
+}
+
 // Mutation returns the DomainMutation object of the builder.
 func (_u *DomainUpdate) Mutation() *DomainMutation {
 	return _u.mutation
@@ -167,6 +229,24 @@ func (_u *DomainUpdate) sqlSave(ctx context.Context) (_node int, err error) {
 	}
 	if value, ok := _u.mutation.Policy(); ok {
 		_spec.SetField(domain.FieldPolicy, field.TypeString, value)
+	}
+	if value, ok := _u.mutation.Mode(); ok {
+		_spec.SetField(domain.FieldMode, field.TypeString, value)
+	}
+	if value, ok := _u.mutation.TCPPort(); ok {
+		_spec.SetField(domain.FieldTCPPort, field.TypeInt, value)
+	}
+	if value, ok := _u.mutation.AddedTCPPort(); ok {
+		_spec.AddField(domain.FieldTCPPort, field.TypeInt, value)
+	}
+	if _u.mutation.TCPPortCleared() {
+		_spec.ClearField(domain.FieldTCPPort, field.TypeInt)
+	}
+	if value, ok := _u.mutation.ProxyProtocol(); ok {
+		_spec.SetField(domain.FieldProxyProtocol, field.TypeInt, value)
+	}
+	if value, ok := _u.mutation.AddedProxyProtocol(); ok {
+		_spec.AddField(domain.FieldProxyProtocol, field.TypeInt, value)
 	}
 	if _node, err = sqlgraph.UpdateNodes(ctx, _u.driver, _spec); err != nil {
 		if _, ok := err.(*sqlgraph.NotFoundError); ok {
@@ -247,6 +327,68 @@ func (_u *DomainUpdateOne) SetNillablePolicy(v *string) *DomainUpdateOne {
 	if v != nil {
 		_u.SetPolicy(*v)
 	}
+	return _u
+}
+
+// SetMode sets the "mode" field.
+func (_u *DomainUpdateOne) SetMode(v string) *DomainUpdateOne {
+	_u.mutation.SetMode(v)
+	return _u
+}
+
+// SetNillableMode sets the "mode" field if the given value is not nil.
+func (_u *DomainUpdateOne) SetNillableMode(v *string) *DomainUpdateOne {
+	if v != nil {
+		_u.SetMode(*v)
+	}
+	return _u
+}
+
+// SetTCPPort sets the "tcp_port" field.
+func (_u *DomainUpdateOne) SetTCPPort(v int) *DomainUpdateOne {
+	_u.mutation.ResetTCPPort()
+	_u.mutation.SetTCPPort(v)
+	return _u
+}
+
+// SetNillableTCPPort sets the "tcp_port" field if the given value is not nil.
+func (_u *DomainUpdateOne) SetNillableTCPPort(v *int) *DomainUpdateOne {
+	if v != nil {
+		_u.SetTCPPort(*v)
+	}
+	return _u
+}
+
+// AddTCPPort adds value to the "tcp_port" field.
+func (_u *DomainUpdateOne) AddTCPPort(v int) *DomainUpdateOne {
+	_u.mutation.AddTCPPort(v)
+	return _u
+}
+
+// ClearTCPPort clears the value of the "tcp_port" field.
+func (_u *DomainUpdateOne) ClearTCPPort() *DomainUpdateOne {
+	_u.mutation.ClearTCPPort()
+	return _u
+}
+
+// SetProxyProtocol sets the "proxy_protocol" field.
+func (_u *DomainUpdateOne) SetProxyProtocol(v int) *DomainUpdateOne {
+	_u.mutation.ResetProxyProtocol()
+	_u.mutation.SetProxyProtocol(v)
+	return _u
+}
+
+// SetNillableProxyProtocol sets the "proxy_protocol" field if the given value is not nil.
+func (_u *DomainUpdateOne) SetNillableProxyProtocol(v *int) *DomainUpdateOne {
+	if v != nil {
+		_u.SetProxyProtocol(*v)
+	}
+	return _u
+}
+
+// AddProxyProtocol adds value to the "proxy_protocol" field.
+func (_u *DomainUpdateOne) AddProxyProtocol(v int) *DomainUpdateOne {
+	_u.mutation.AddProxyProtocol(v)
 	return _u
 }
 
@@ -357,6 +499,24 @@ func (_u *DomainUpdateOne) sqlSave(ctx context.Context) (_node *Domain, err erro
 	}
 	if value, ok := _u.mutation.Policy(); ok {
 		_spec.SetField(domain.FieldPolicy, field.TypeString, value)
+	}
+	if value, ok := _u.mutation.Mode(); ok {
+		_spec.SetField(domain.FieldMode, field.TypeString, value)
+	}
+	if value, ok := _u.mutation.TCPPort(); ok {
+		_spec.SetField(domain.FieldTCPPort, field.TypeInt, value)
+	}
+	if value, ok := _u.mutation.AddedTCPPort(); ok {
+		_spec.AddField(domain.FieldTCPPort, field.TypeInt, value)
+	}
+	if _u.mutation.TCPPortCleared() {
+		_spec.ClearField(domain.FieldTCPPort, field.TypeInt)
+	}
+	if value, ok := _u.mutation.ProxyProtocol(); ok {
+		_spec.SetField(domain.FieldProxyProtocol, field.TypeInt, value)
+	}
+	if value, ok := _u.mutation.AddedProxyProtocol(); ok {
+		_spec.AddField(domain.FieldProxyProtocol, field.TypeInt, value)
 	}
 	_node = &Domain{config: _u.config}
 	_spec.Assign = _node.assignValues

@@ -32,19 +32,24 @@ const (
 // DomainMutation represents an operation that mutates the Domain nodes in the graph.
 type DomainMutation struct {
 	config
-	op            Op
-	typ           string
-	id            *int
-	name          *string
-	key_hash      *string
-	memo          *string
-	created_at    *time.Time
-	updated_at    *time.Time
-	policy        *string
-	clearedFields map[string]struct{}
-	done          bool
-	oldValue      func(context.Context) (*Domain, error)
-	predicates    []predicate.Domain
+	op                Op
+	typ               string
+	id                *int
+	name              *string
+	key_hash          *string
+	memo              *string
+	created_at        *time.Time
+	updated_at        *time.Time
+	policy            *string
+	mode              *string
+	tcp_port          *int
+	addtcp_port       *int
+	proxy_protocol    *int
+	addproxy_protocol *int
+	clearedFields     map[string]struct{}
+	done              bool
+	oldValue          func(context.Context) (*Domain, error)
+	predicates        []predicate.Domain
 }
 
 var _ ent.Mutation = (*DomainMutation)(nil)
@@ -361,6 +366,168 @@ func (m *DomainMutation) ResetPolicy() {
 	m.policy = nil
 }
 
+// SetMode sets the "mode" field.
+func (m *DomainMutation) SetMode(s string) {
+	m.mode = &s
+}
+
+// Mode returns the value of the "mode" field in the mutation.
+func (m *DomainMutation) Mode() (r string, exists bool) {
+	v := m.mode
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldMode returns the old "mode" field's value of the Domain entity.
+// If the Domain object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *DomainMutation) OldMode(ctx context.Context) (v string, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldMode is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldMode requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldMode: %w", err)
+	}
+	return oldValue.Mode, nil
+}
+
+// ResetMode resets all changes to the "mode" field.
+func (m *DomainMutation) ResetMode() {
+	m.mode = nil
+}
+
+// SetTCPPort sets the "tcp_port" field.
+func (m *DomainMutation) SetTCPPort(i int) {
+	m.tcp_port = &i
+	m.addtcp_port = nil
+}
+
+// TCPPort returns the value of the "tcp_port" field in the mutation.
+func (m *DomainMutation) TCPPort() (r int, exists bool) {
+	v := m.tcp_port
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldTCPPort returns the old "tcp_port" field's value of the Domain entity.
+// If the Domain object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *DomainMutation) OldTCPPort(ctx context.Context) (v *int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldTCPPort is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldTCPPort requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldTCPPort: %w", err)
+	}
+	return oldValue.TCPPort, nil
+}
+
+// AddTCPPort adds i to the "tcp_port" field.
+func (m *DomainMutation) AddTCPPort(i int) {
+	if m.addtcp_port != nil {
+		*m.addtcp_port += i
+	} else {
+		m.addtcp_port = &i
+	}
+}
+
+// AddedTCPPort returns the value that was added to the "tcp_port" field in this mutation.
+func (m *DomainMutation) AddedTCPPort() (r int, exists bool) {
+	v := m.addtcp_port
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// ClearTCPPort clears the value of the "tcp_port" field.
+func (m *DomainMutation) ClearTCPPort() {
+	m.tcp_port = nil
+	m.addtcp_port = nil
+	m.clearedFields[domain.FieldTCPPort] = struct{}{}
+}
+
+// TCPPortCleared returns if the "tcp_port" field was cleared in this mutation.
+func (m *DomainMutation) TCPPortCleared() bool {
+	_, ok := m.clearedFields[domain.FieldTCPPort]
+	return ok
+}
+
+// ResetTCPPort resets all changes to the "tcp_port" field.
+func (m *DomainMutation) ResetTCPPort() {
+	m.tcp_port = nil
+	m.addtcp_port = nil
+	delete(m.clearedFields, domain.FieldTCPPort)
+}
+
+// SetProxyProtocol sets the "proxy_protocol" field.
+func (m *DomainMutation) SetProxyProtocol(i int) {
+	m.proxy_protocol = &i
+	m.addproxy_protocol = nil
+}
+
+// ProxyProtocol returns the value of the "proxy_protocol" field in the mutation.
+func (m *DomainMutation) ProxyProtocol() (r int, exists bool) {
+	v := m.proxy_protocol
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldProxyProtocol returns the old "proxy_protocol" field's value of the Domain entity.
+// If the Domain object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *DomainMutation) OldProxyProtocol(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldProxyProtocol is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldProxyProtocol requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldProxyProtocol: %w", err)
+	}
+	return oldValue.ProxyProtocol, nil
+}
+
+// AddProxyProtocol adds i to the "proxy_protocol" field.
+func (m *DomainMutation) AddProxyProtocol(i int) {
+	if m.addproxy_protocol != nil {
+		*m.addproxy_protocol += i
+	} else {
+		m.addproxy_protocol = &i
+	}
+}
+
+// AddedProxyProtocol returns the value that was added to the "proxy_protocol" field in this mutation.
+func (m *DomainMutation) AddedProxyProtocol() (r int, exists bool) {
+	v := m.addproxy_protocol
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// ResetProxyProtocol resets all changes to the "proxy_protocol" field.
+func (m *DomainMutation) ResetProxyProtocol() {
+	m.proxy_protocol = nil
+	m.addproxy_protocol = nil
+}
+
 // Where appends a list predicates to the DomainMutation builder.
 func (m *DomainMutation) Where(ps ...predicate.Domain) {
 	m.predicates = append(m.predicates, ps...)
@@ -395,7 +562,7 @@ func (m *DomainMutation) Type() string {
 // order to get all numeric fields that were incremented/decremented, call
 // AddedFields().
 func (m *DomainMutation) Fields() []string {
-	fields := make([]string, 0, 6)
+	fields := make([]string, 0, 9)
 	if m.name != nil {
 		fields = append(fields, domain.FieldName)
 	}
@@ -413,6 +580,15 @@ func (m *DomainMutation) Fields() []string {
 	}
 	if m.policy != nil {
 		fields = append(fields, domain.FieldPolicy)
+	}
+	if m.mode != nil {
+		fields = append(fields, domain.FieldMode)
+	}
+	if m.tcp_port != nil {
+		fields = append(fields, domain.FieldTCPPort)
+	}
+	if m.proxy_protocol != nil {
+		fields = append(fields, domain.FieldProxyProtocol)
 	}
 	return fields
 }
@@ -434,6 +610,12 @@ func (m *DomainMutation) Field(name string) (ent.Value, bool) {
 		return m.UpdatedAt()
 	case domain.FieldPolicy:
 		return m.Policy()
+	case domain.FieldMode:
+		return m.Mode()
+	case domain.FieldTCPPort:
+		return m.TCPPort()
+	case domain.FieldProxyProtocol:
+		return m.ProxyProtocol()
 	}
 	return nil, false
 }
@@ -455,6 +637,12 @@ func (m *DomainMutation) OldField(ctx context.Context, name string) (ent.Value, 
 		return m.OldUpdatedAt(ctx)
 	case domain.FieldPolicy:
 		return m.OldPolicy(ctx)
+	case domain.FieldMode:
+		return m.OldMode(ctx)
+	case domain.FieldTCPPort:
+		return m.OldTCPPort(ctx)
+	case domain.FieldProxyProtocol:
+		return m.OldProxyProtocol(ctx)
 	}
 	return nil, fmt.Errorf("unknown Domain field %s", name)
 }
@@ -506,6 +694,27 @@ func (m *DomainMutation) SetField(name string, value ent.Value) error {
 		}
 		m.SetPolicy(v)
 		return nil
+	case domain.FieldMode:
+		v, ok := value.(string)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetMode(v)
+		return nil
+	case domain.FieldTCPPort:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetTCPPort(v)
+		return nil
+	case domain.FieldProxyProtocol:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetProxyProtocol(v)
+		return nil
 	}
 	return fmt.Errorf("unknown Domain field %s", name)
 }
@@ -513,13 +722,26 @@ func (m *DomainMutation) SetField(name string, value ent.Value) error {
 // AddedFields returns all numeric fields that were incremented/decremented during
 // this mutation.
 func (m *DomainMutation) AddedFields() []string {
-	return nil
+	var fields []string
+	if m.addtcp_port != nil {
+		fields = append(fields, domain.FieldTCPPort)
+	}
+	if m.addproxy_protocol != nil {
+		fields = append(fields, domain.FieldProxyProtocol)
+	}
+	return fields
 }
 
 // AddedField returns the numeric value that was incremented/decremented on a field
 // with the given name. The second boolean return value indicates that this field
 // was not set, or was not defined in the schema.
 func (m *DomainMutation) AddedField(name string) (ent.Value, bool) {
+	switch name {
+	case domain.FieldTCPPort:
+		return m.AddedTCPPort()
+	case domain.FieldProxyProtocol:
+		return m.AddedProxyProtocol()
+	}
 	return nil, false
 }
 
@@ -528,6 +750,20 @@ func (m *DomainMutation) AddedField(name string) (ent.Value, bool) {
 // type.
 func (m *DomainMutation) AddField(name string, value ent.Value) error {
 	switch name {
+	case domain.FieldTCPPort:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.AddTCPPort(v)
+		return nil
+	case domain.FieldProxyProtocol:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.AddProxyProtocol(v)
+		return nil
 	}
 	return fmt.Errorf("unknown Domain numeric field %s", name)
 }
@@ -535,7 +771,11 @@ func (m *DomainMutation) AddField(name string, value ent.Value) error {
 // ClearedFields returns all nullable fields that were cleared during this
 // mutation.
 func (m *DomainMutation) ClearedFields() []string {
-	return nil
+	var fields []string
+	if m.FieldCleared(domain.FieldTCPPort) {
+		fields = append(fields, domain.FieldTCPPort)
+	}
+	return fields
 }
 
 // FieldCleared returns a boolean indicating if a field with the given name was
@@ -548,6 +788,11 @@ func (m *DomainMutation) FieldCleared(name string) bool {
 // ClearField clears the value of the field with the given name. It returns an
 // error if the field is not defined in the schema.
 func (m *DomainMutation) ClearField(name string) error {
+	switch name {
+	case domain.FieldTCPPort:
+		m.ClearTCPPort()
+		return nil
+	}
 	return fmt.Errorf("unknown Domain nullable field %s", name)
 }
 
@@ -572,6 +817,15 @@ func (m *DomainMutation) ResetField(name string) error {
 		return nil
 	case domain.FieldPolicy:
 		m.ResetPolicy()
+		return nil
+	case domain.FieldMode:
+		m.ResetMode()
+		return nil
+	case domain.FieldTCPPort:
+		m.ResetTCPPort()
+		return nil
+	case domain.FieldProxyProtocol:
+		m.ResetProxyProtocol()
 		return nil
 	}
 	return fmt.Errorf("unknown Domain field %s", name)

@@ -52,6 +52,14 @@ func init() {
 	domainDescPolicy := domainFields[5].Descriptor()
 	// domain.DefaultPolicy holds the default value on creation for the policy field.
 	domain.DefaultPolicy = domainDescPolicy.Default.(string)
+	// domainDescMode is the schema descriptor for mode field.
+	domainDescMode := domainFields[6].Descriptor()
+	// domain.DefaultMode holds the default value on creation for the mode field.
+	domain.DefaultMode = domainDescMode.Default.(string)
+	// domainDescProxyProtocol is the schema descriptor for proxy_protocol field.
+	domainDescProxyProtocol := domainFields[8].Descriptor()
+	// domain.DefaultProxyProtocol holds the default value on creation for the proxy_protocol field.
+	domain.DefaultProxyProtocol = domainDescProxyProtocol.Default.(int)
 	gatewaysecretFields := schema.GatewaySecret{}.Fields()
 	_ = gatewaysecretFields
 	// gatewaysecretDescValue is the schema descriptor for value field.

@@ -121,11 +121,33 @@ func TestUp(t *testing.T) {
 				}
 			}
 
-			// Down to version 1 and up again: the domain stays, its policy starts empty, and the
-			// secrets table comes back empty.
+			// A domain is an HTTP one by default; a TCP port belongs to one domain at most.
+			var mode string
+			if err := db.QueryRowContext(ctx, "SELECT mode FROM domains").Scan(&mode); err != nil || mode != "http" {
+				t.Fatalf("mode default = %q, %v; want http", mode, err)
+			}
+			for i, stmt := range []string{
+				"INSERT INTO domains (name, key_hash, created_at, updated_at, mode, tcp_port) VALUES ('t1.example.com', 'h', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'tcp', 20000)",
+				"INSERT INTO domains (name, key_hash, created_at, updated_at, mode, tcp_port) VALUES ('t2.example.com', 'h', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'tcp', 20000)",
+			} {
+				if _, err := db.ExecContext(ctx, stmt); (err == nil) != (i == 0) {
+					t.Fatalf("insert %d of a domain on port 20000: %v", i+1, err)
+				}
+			}
+			if _, err := db.ExecContext(ctx, "INSERT INTO domains (name, key_hash, created_at, updated_at, mode) VALUES ('u.example.com', 'h', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'udp')"); err == nil {
+				t.Fatal("mode udp accepted")
+			}
+			if _, err := db.ExecContext(ctx, "DELETE FROM domains WHERE name = 't1.example.com'"); err != nil {
+				t.Fatal(err)
+			}
+
+			// Down to version 1 and up again: the domain stays, its policy starts empty, its mode
+			// http, and the secrets table comes back empty.
 			fsys, _ := migrations.FS(dc.dialect)
+			exec(t, db, fsys, "000003_domain_modes.down.sql")
+			checkColumns(t, db, "domains", entmigrate.DomainsColumns[:len(entmigrate.DomainsColumns)-3])
 			exec(t, db, fsys, "000002_access_policy.down.sql")
-			checkColumns(t, db, "domains", entmigrate.DomainsColumns[:len(entmigrate.DomainsColumns)-1])
+			checkColumns(t, db, "domains", entmigrate.DomainsColumns[:len(entmigrate.DomainsColumns)-4])
 			if _, err := db.ExecContext(ctx, "SELECT 1 FROM gateway_secrets"); err == nil {
 				t.Fatal("gateway_secrets still exists after the down migration")
 			}
@@ -136,7 +158,7 @@ func TestUp(t *testing.T) {
 				t.Fatalf("Up from version 1 = %d, %v; want %d", v, err, latest)
 			}
 			var n int
-			if err := db.QueryRowContext(ctx, "SELECT count(*) FROM domains WHERE name = 'a.example.com' AND policy = ''").Scan(&n); err != nil || n != 1 {
+			if err := db.QueryRowContext(ctx, "SELECT count(*) FROM domains WHERE name = 'a.example.com' AND policy = '' AND mode = 'http' AND tcp_port IS NULL").Scan(&n); err != nil || n != 1 {
 				t.Fatalf("after the upgrade %d rows of the domain with an empty policy (%v), want 1", n, err)
 			}
 			if err := db.QueryRowContext(ctx, "SELECT count(*) FROM gateway_secrets").Scan(&n); err != nil || n != 0 {
@@ -161,9 +183,10 @@ func TestUp(t *testing.T) {
 			}
 
 			// The down migrations, newest first, remove what the up ones created.
-			if _, err := db.ExecContext(ctx, "UPDATE schema_migrations SET version = 2, dirty = false"); err != nil {
+			if _, err := db.ExecContext(ctx, "UPDATE schema_migrations SET version = 3, dirty = false"); err != nil {
 				t.Fatal(err)
 			}
+			exec(t, db, fsys, "000003_domain_modes.down.sql")
 			exec(t, db, fsys, "000002_access_policy.down.sql")
 			exec(t, db, fsys, "000001_create_domains.down.sql")
 			if _, err := db.ExecContext(ctx, "SELECT 1 FROM domains"); err == nil {

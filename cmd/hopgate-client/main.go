@@ -1,5 +1,6 @@
 // Command hopgate-client is the agent: it opens the tunnel to hopgate-server and serves its requests
-// from a local target, so the private host needs no open port.
+// (and, for a tcp:// target, its TCP and TLS-passthrough streams) from a local target, so the
+// private host needs no open port.
 package main
 
 import (

@@ -25,6 +25,12 @@ const (
 	FieldUpdatedAt = "updated_at"
 	// FieldPolicy holds the string denoting the policy field in the database.
 	FieldPolicy = "policy"
+	// FieldMode holds the string denoting the mode field in the database.
+	FieldMode = "mode"
+	// FieldTCPPort holds the string denoting the tcp_port field in the database.
+	FieldTCPPort = "tcp_port"
+	// FieldProxyProtocol holds the string denoting the proxy_protocol field in the database.
+	FieldProxyProtocol = "proxy_protocol"
 	// Table holds the table name of the domain in the database.
 	Table = "domains"
 )
@@ -38,6 +44,9 @@ var Columns = []string{
 	FieldCreatedAt,
 	FieldUpdatedAt,
 	FieldPolicy,
+	FieldMode,
+	FieldTCPPort,
+	FieldProxyProtocol,
 }
 
 // ValidColumn reports if the column name is valid (part of the table columns).
@@ -63,6 +72,10 @@ var (
 	UpdateDefaultUpdatedAt func() time.Time
 	// DefaultPolicy holds the default value on creation for the "policy" field.
 	DefaultPolicy string
+	// DefaultMode holds the default value on creation for the "mode" field.
+	DefaultMode string
+	// DefaultProxyProtocol holds the default value on creation for the "proxy_protocol" field.
+	DefaultProxyProtocol int
 )
 
 // OrderOption defines the ordering options for the Domain queries.
@@ -101,4 +114,19 @@ func ByUpdatedAt(opts ...sql.OrderTermOption) OrderOption {
 // ByPolicy orders the results by the policy field.
 func ByPolicy(opts ...sql.OrderTermOption) OrderOption {
 	return sql.OrderByField(FieldPolicy, opts...).ToFunc()
+}
+
+// ByMode orders the results by the mode field.
+func ByMode(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldMode, opts...).ToFunc()
+}
+
+// ByTCPPort orders the results by the tcp_port field.
+func ByTCPPort(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldTCPPort, opts...).ToFunc()
+}
+
+// ByProxyProtocol orders the results by the proxy_protocol field.
+func ByProxyProtocol(opts ...sql.OrderTermOption) OrderOption {
+	return sql.OrderByField(FieldProxyProtocol, opts...).ToFunc()
 }

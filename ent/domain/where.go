@@ -79,6 +79,21 @@ func UpdatedAt(v time.Time) predicate.Domain {
 	return predicate.Domain(sql.FieldEQ(FieldUpdatedAt, v))
 }
 
+// Mode applies equality check predicate on the "mode" field. It's identical to ModeEQ.
+func Mode(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldEQ(FieldMode, v))
+}
+
+// TCPPort applies equality check predicate on the "tcp_port" field. It's identical to TCPPortEQ.
+func TCPPort(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldEQ(FieldTCPPort, v))
+}
+
+// ProxyProtocol applies equality check predicate on the "proxy_protocol" field. It's identical to ProxyProtocolEQ.
+func ProxyProtocol(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldEQ(FieldProxyProtocol, v))
+}
+
 // NameEQ applies the EQ predicate on the "name" field.
 func NameEQ(v string) predicate.Domain {
 	return predicate.Domain(sql.FieldEQ(FieldName, v))
@@ -417,6 +432,161 @@ func PolicyEqualFold(v string) predicate.Domain {
 // PolicyContainsFold applies the ContainsFold predicate on the "policy" field.
 func PolicyContainsFold(v string) predicate.Domain {
 	return predicate.Domain(sql.FieldContainsFold(FieldPolicy, v))
+}
+
+// ModeEQ applies the EQ predicate on the "mode" field.
+func ModeEQ(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldEQ(FieldMode, v))
+}
+
+// ModeNEQ applies the NEQ predicate on the "mode" field.
+func ModeNEQ(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldNEQ(FieldMode, v))
+}
+
+// ModeIn applies the In predicate on the "mode" field.
+func ModeIn(vs ...string) predicate.Domain {
+	return predicate.Domain(sql.FieldIn(FieldMode, vs...))
+}
+
+// ModeNotIn applies the NotIn predicate on the "mode" field.
+func ModeNotIn(vs ...string) predicate.Domain {
+	return predicate.Domain(sql.FieldNotIn(FieldMode, vs...))
+}
+
+// ModeGT applies the GT predicate on the "mode" field.
+func ModeGT(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldGT(FieldMode, v))
+}
+
+// ModeGTE applies the GTE predicate on the "mode" field.
+func ModeGTE(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldGTE(FieldMode, v))
+}
+
+// ModeLT applies the LT predicate on the "mode" field.
+func ModeLT(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldLT(FieldMode, v))
+}
+
+// ModeLTE applies the LTE predicate on the "mode" field.
+func ModeLTE(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldLTE(FieldMode, v))
+}
+
+// ModeContains applies the Contains predicate on the "mode" field.
+func ModeContains(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldContains(FieldMode, v))
+}
+
+// ModeHasPrefix applies the HasPrefix predicate on the "mode" field.
+func ModeHasPrefix(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldHasPrefix(FieldMode, v))
+}
+
+// ModeHasSuffix applies the HasSuffix predicate on the "mode" field.
+func ModeHasSuffix(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldHasSuffix(FieldMode, v))
+}
+
+// ModeEqualFold applies the EqualFold predicate on the "mode" field.
+func ModeEqualFold(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldEqualFold(FieldMode, v))
+}
+
+// ModeContainsFold applies the ContainsFold predicate on the "mode" field.
+func ModeContainsFold(v string) predicate.Domain {
+	return predicate.Domain(sql.FieldContainsFold(FieldMode, v))
+}
+
+// TCPPortEQ applies the EQ predicate on the "tcp_port" field.
+func TCPPortEQ(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldEQ(FieldTCPPort, v))
+}
+
+// TCPPortNEQ applies the NEQ predicate on the "tcp_port" field.
+func TCPPortNEQ(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldNEQ(FieldTCPPort, v))
+}
+
+// TCPPortIn applies the In predicate on the "tcp_port" field.
+func TCPPortIn(vs ...int) predicate.Domain {
+	return predicate.Domain(sql.FieldIn(FieldTCPPort, vs...))
+}
+
+// TCPPortNotIn applies the NotIn predicate on the "tcp_port" field.
+func TCPPortNotIn(vs ...int) predicate.Domain {
+	return predicate.Domain(sql.FieldNotIn(FieldTCPPort, vs...))
+}
+
+// TCPPortGT applies the GT predicate on the "tcp_port" field.
+func TCPPortGT(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldGT(FieldTCPPort, v))
+}
+
+// TCPPortGTE applies the GTE predicate on the "tcp_port" field.
+func TCPPortGTE(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldGTE(FieldTCPPort, v))
+}
+
+// TCPPortLT applies the LT predicate on the "tcp_port" field.
+func TCPPortLT(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldLT(FieldTCPPort, v))
+}
+
+// TCPPortLTE applies the LTE predicate on the "tcp_port" field.
+func TCPPortLTE(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldLTE(FieldTCPPort, v))
+}
+
+// TCPPortIsNil applies the IsNil predicate on the "tcp_port" field.
+func TCPPortIsNil() predicate.Domain {
+	return predicate.Domain(sql.FieldIsNull(FieldTCPPort))
+}
+
+// TCPPortNotNil applies the NotNil predicate on the "tcp_port" field.
+func TCPPortNotNil() predicate.Domain {
+	return predicate.Domain(sql.FieldNotNull(FieldTCPPort))
+}
+
+// ProxyProtocolEQ applies the EQ predicate on the "proxy_protocol" field.
+func ProxyProtocolEQ(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldEQ(FieldProxyProtocol, v))
+}
+
+// ProxyProtocolNEQ applies the NEQ predicate on the "proxy_protocol" field.
+func ProxyProtocolNEQ(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldNEQ(FieldProxyProtocol, v))
+}
+
+// ProxyProtocolIn applies the In predicate on the "proxy_protocol" field.
+func ProxyProtocolIn(vs ...int) predicate.Domain {
+	return predicate.Domain(sql.FieldIn(FieldProxyProtocol, vs...))
+}
+
+// ProxyProtocolNotIn applies the NotIn predicate on the "proxy_protocol" field.
+func ProxyProtocolNotIn(vs ...int) predicate.Domain {
+	return predicate.Domain(sql.FieldNotIn(FieldProxyProtocol, vs...))
+}
+
+// ProxyProtocolGT applies the GT predicate on the "proxy_protocol" field.
+func ProxyProtocolGT(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldGT(FieldProxyProtocol, v))
+}
+
+// ProxyProtocolGTE applies the GTE predicate on the "proxy_protocol" field.
+func ProxyProtocolGTE(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldGTE(FieldProxyProtocol, v))
+}
+
+// ProxyProtocolLT applies the LT predicate on the "proxy_protocol" field.
+func ProxyProtocolLT(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldLT(FieldProxyProtocol, v))
+}
+
+// ProxyProtocolLTE applies the LTE predicate on the "proxy_protocol" field.
+func ProxyProtocolLTE(v int) predicate.Domain {
+	return predicate.Domain(sql.FieldLTE(FieldProxyProtocol, v))
 }
 
 // And groups predicates with the AND operator between them.

@@ -18,6 +18,9 @@ var (
 		{Name: "created_at", Type: field.TypeTime},
 		{Name: "updated_at", Type: field.TypeTime},
 		{Name: "policy", Type: field.TypeString, Size: 2147483647, Default: ""},
+		{Name: "mode", Type: field.TypeString, Default: "http"},
+		{Name: "tcp_port", Type: field.TypeInt, Unique: true, Nullable: true},
+		{Name: "proxy_protocol", Type: field.TypeInt, Default: 0},
 	}
 	// DomainsTable holds the schema information for the "domains" table.
 	DomainsTable = &schema.Table{

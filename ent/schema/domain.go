@@ -39,5 +39,18 @@ func (Domain) Fields() []ent.Field {
 		field.Text("policy").
 			Default("").
 			Sensitive(),
+		// What the domain carries: "http" (the reverse proxy), "tls-passthrough" (TLS connections on
+		// the HTTPS port, by SNI, untouched) or "tcp" (the connections of tcp_port).
+		field.String("mode").
+			Default("http"),
+		// The public port of a "tcp" domain; nil otherwise. Unique across the database, so that
+		// gateways sharing it never hand one port to two domains.
+		field.Int("tcp_port").
+			Optional().
+			Nillable().
+			Unique(),
+		// PROXY protocol version (1 or 2) the agent writes to the target first; 0 none.
+		field.Int("proxy_protocol").
+			Default(0),
 	}
 }

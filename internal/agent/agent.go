@@ -24,6 +24,7 @@ import (
 	"github.com/hopgate/hopgate/internal/agent/ingress"
 	"github.com/hopgate/hopgate/internal/agent/local"
 	"github.com/hopgate/hopgate/internal/agent/metrics"
+	"github.com/hopgate/hopgate/internal/agent/rawlocal"
 	"github.com/hopgate/hopgate/internal/agent/supervisor"
 	"github.com/hopgate/hopgate/internal/config"
 	"github.com/hopgate/hopgate/internal/tunnel"
@@ -110,10 +111,16 @@ func (a *Agent) ReloadOn(ch <-chan os.Signal) { a.reload = ch }
 func (a *Agent) serve(st *tunnel.Stream) { a.routes.Load().Serve(st) }
 
 // buildRoutes makes the routing table of services, reusing the proxies of targets it already has
-// and adding the new ones to a.proxies.
+// and adding the new ones to a.proxies. A tcp:// service gets a relay of its own: it keeps no
+// connections between streams, so there is nothing to share.
 func (a *Agent) buildRoutes(services []config.Service) (*ingress.Table, error) {
 	rules := make([]ingress.Rule, 0, len(services))
 	for _, s := range services {
+		if s.Raw() {
+			relay := rawlocal.New(s.Target, rawlocal.Options{Logger: a.log})
+			rules = append(rules, ingress.Rule{Hostname: s.Hostname, Raw: true, Serve: relay.ServeStream})
+			continue
+		}
 		p, err := a.proxyFor(s)
 		if err != nil {
 			return nil, err
@@ -154,7 +161,9 @@ func (a *Agent) targetTLS(s config.Service) *tls.Config {
 func (a *Agent) dropUnused(services []config.Service) {
 	used := map[proxyKey]bool{}
 	for _, s := range services {
-		used[proxyKey{target: s.Target.String(), skip: s.TLSSkipVerify, caFile: s.CAFile}] = true
+		if !s.Raw() {
+			used[proxyKey{target: s.Target.String(), skip: s.TLSSkipVerify, caFile: s.CAFile}] = true
+		}
 	}
 	for k, p := range a.proxies {
 		if !used[k] {
@@ -213,8 +222,12 @@ func (a *Agent) Check(ctx context.Context, w io.Writer) check.Result {
 	for _, s := range a.cfg.Services {
 		o := a.base
 		o.Domain, o.APIKey, o.Target = s.Hostname, s.APIKey, s.Target.String()
-		p, _ := a.proxyFor(s) // New built it already: cannot fail
-		r := check.Run(ctx, check.Options{Agent: o, Target: s.Target, TargetTLS: p.tls}, w)
+		var targetTLS *tls.Config
+		if !s.Raw() {
+			p, _ := a.proxyFor(s) // New built it already: cannot fail
+			targetTLS = p.tls
+		}
+		r := check.Run(ctx, check.Options{Agent: o, Target: s.Target, TargetTLS: targetTLS}, w)
 		res.Passed = res.Passed && r.Passed
 		res.Refused = res.Refused || r.Refused
 	}

@@ -26,8 +26,9 @@ type Client struct {
 	APIKey     string // secret: the domain's client API key, from the setting or read from APIKeyFile
 	APIKeyFile string // where APIKey was read from; empty when given directly
 
-	// LocalTarget is where requests go: scheme http or https and a host; a
-	// plain host:port setting becomes http://host:port.
+	// LocalTarget is where requests go: scheme http or https and a host (a plain host:port
+	// setting becomes http://host:port), unix with a socket path, or tcp with host:port for raw
+	// byte streams (TCP tunnels, TLS passthrough).
 	LocalTarget *url.URL
 
 	// Debug skips verification of the server certificate, unless CAFile is
@@ -85,7 +86,7 @@ func clientSettings(c *Client) []setting {
 			usage: "file holding the client API key (Docker and Kubernetes secrets), trailing whitespace trimmed; instead of --api-key",
 			bind:  bind(&c.APIKeyFile, "file", parseString)},
 		{env: "HOP_CLIENT_LOCAL_TARGET", flag: "local-target", required: true,
-			usage: "the private service: host:port (plain HTTP), an http:// or https:// URL (its path prefixes every request path) or unix:///path.sock",
+			usage: "the private service: host:port (plain HTTP), an http:// or https:// URL (its path prefixes every request path), unix:///path.sock, or tcp://host:port for a TCP service (the gateway's TCP ports and TLS passthrough: bytes are relayed as they are)",
 			bind:  bind(&c.LocalTarget, "target", parseLocalTarget)},
 		{env: "HOP_CLIENT_DEBUG", flag: "debug", def: "false",
 			usage: "skip verification of the server certificate (ignored when --ca-file is set: the CA file wins)",
@@ -204,6 +205,15 @@ func (c *Client) singleService(settings []setting) []error {
 		}
 		c.APIKey = key
 	}
+	if c.LocalTarget != nil && c.LocalTarget.Scheme == "tcp" {
+		// The agent relays a tcp:// target's bytes as they are: it makes no TLS connection to it.
+		if c.LocalCAFile != "" {
+			errs = append(errs, find(settings, "HOP_CLIENT_LOCAL_CA_FILE").errorf("applies to an https:// target only, not to the tcp:// target of HOP_CLIENT_LOCAL_TARGET"))
+		}
+		if c.LocalInsecureSkipVerify {
+			errs = append(errs, find(settings, "HOP_CLIENT_LOCAL_INSECURE_SKIP_VERIFY").errorf("applies to an https:// target only, not to the tcp:// target of HOP_CLIENT_LOCAL_TARGET"))
+		}
+	}
 	if len(errs) == 0 && c.Domain != "" && c.LocalTarget != nil {
 		c.Services = []Service{{Hostname: c.Domain, Target: c.LocalTarget, APIKey: c.APIKey,
 			TLSSkipVerify: c.LocalInsecureSkipVerify, CAFile: c.LocalCAFile, Where: "flags"}}
@@ -267,12 +277,14 @@ func readConfigFile(path string) ([]byte, error) {
 // default and meaning.
 func ClientUsage(w io.Writer) {
 	usage(w, "hopgate-client",
-		"Private end of HopGate: keeps a tunnel to the gateway open and passes the requests for\n--domain to --local-target, or those of each service of --config to its target.\n"+
+		"Private end of HopGate: keeps a tunnel to the gateway open and passes the requests for\n--domain to --local-target, or those of each service of --config to its target. A tcp://\n"+
+			"target takes the gateway's raw streams instead (a TCP port, or TLS passed through by name).\n"+
 			"Exit codes: 0 stopped by a signal (SIGTERM, SIGINT), or after --help/--version; 1 failed for\n"+
 			"another reason; 2 bad configuration; 3 the server refused the domain or key (with --config:\n"+
 			"the keys of every hostname). SIGHUP re-reads the configuration (the services of --config).\n\n"+
 			"  --check   verify the configuration and exit: the server resolves and its certificate is\n"+
-			"            trusted, the gateway accepts --domain and --api-key, the local target answers.\n"+
+			"            trusted, the gateway accepts --domain and --api-key, the local target answers\n"+
+			"            (an HTTP GET, or a TCP connect to a tcp:// target).\n"+
 			"            Exit 0 when all pass, 3 when the gateway refuses the domain or key, 1 otherwise.\n"+
 			"  --version print the version and exit.",
 		clientSettings(&Client{}))

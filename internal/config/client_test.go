@@ -139,6 +139,8 @@ func TestClientPrecedence(t *testing.T) {
 		{name: "dotenv", dotenv: v + "=localhost:1\n", want: "http://localhost:1"},
 		{name: "env over dotenv", env: env{v: "localhost:2"}, dotenv: v + "=localhost:1\n", want: "http://localhost:2"},
 		{name: "flag over env", args: []string{"--local-target=http://localhost:3"}, env: env{v: "localhost:2"}, dotenv: v + "=localhost:1\n", want: "http://localhost:3"},
+		{name: "tcp flag", args: []string{"--local-target", "TCP://db.internal:5432"}, want: "tcp://db.internal:5432"},
+		{name: "tcp env", env: env{v: "tcp://[::1]:22"}, want: "tcp://[::1]:22"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -198,6 +200,14 @@ func TestLoadClientErrors(t *testing.T) {
 			want: []string{`HOP_CLIENT_DOMAIN (--domain): "app example" is not a domain name`}},
 		{name: "bad local target", set: env{"HOP_CLIENT_LOCAL_TARGET": "ftp://nas:21"},
 			want: []string{`HOP_CLIENT_LOCAL_TARGET (--local-target): "ftp://nas:21" is not a local target`}},
+		{name: "tcp target without port", set: env{"HOP_CLIENT_LOCAL_TARGET": "tcp://db.internal"},
+			want: []string{`HOP_CLIENT_LOCAL_TARGET (--local-target): "tcp://db.internal" is not a TCP target`}},
+		{name: "tcp target with path", args: []string{"--local-target", "tcp://db.internal:5432/x"},
+			want: []string{`HOP_CLIENT_LOCAL_TARGET (--local-target): "tcp://db.internal:5432/x" is not a TCP target`}},
+		{name: "tcp target with local CA file", set: env{"HOP_CLIENT_LOCAL_TARGET": "tcp://db.internal:5432", "HOP_CLIENT_LOCAL_CA_FILE": os.Args[0]},
+			want: []string{"HOP_CLIENT_LOCAL_CA_FILE (--local-ca-file): applies to an https:// target only"}},
+		{name: "tcp target with skip verify", args: []string{"--local-target", "tcp://db.internal:5432", "--local-insecure-skip-verify"},
+			want: []string{"HOP_CLIENT_LOCAL_INSECURE_SKIP_VERIFY (--local-insecure-skip-verify): applies to an https:// target only"}},
 		{name: "bad debug", args: []string{"--debug=please"}, want: []string{`HOP_CLIENT_DEBUG (--debug): "please" is not a boolean`}},
 		{name: "missing CA file", set: env{"HOP_CLIENT_CA_FILE": "/nonexistent/ca.pem"},
 			want: []string{`HOP_CLIENT_CA_FILE (--ca-file): "/nonexistent/ca.pem" is not a readable file`}},

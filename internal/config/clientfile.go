@@ -18,7 +18,8 @@ import (
 )
 
 // Service is one ingress rule of the agent: requests for Hostname whose path is under Path go to
-// Target. The single-service flags make one Service; a config file makes as many as it lists.
+// Target, or, for a tcp:// Target (see Raw), the raw streams (TCP, TLS passthrough) for Hostname.
+// The single-service flags make one Service; a config file makes as many as it lists.
 type Service struct {
 	Hostname string // canonical: lowercase, no trailing dot
 	// Path is a path prefix matched on segment boundaries ("/api" matches /api and /api/x, not
@@ -36,6 +37,10 @@ type Service struct {
 	// Where is "FILE:LINE" of the rule in the config file, or "flags".
 	Where string
 }
+
+// Raw tells whether s takes raw streams: its target is tcp://host:port. A raw service has no Path,
+// no TLS settings and no health path (its check is a TCP connect).
+func (s Service) Raw() bool { return s.Target != nil && s.Target.Scheme == "tcp" }
 
 // Health is how a service's target is checked: an HTTP GET of Path, or a TCP connect when Path is
 // empty, every Interval.
@@ -269,7 +274,7 @@ func (p *fileParser) service(i int, y *serviceYAML) (Service, bool) {
 		}
 		s.Target = u
 	} else if unset(&y.Target) {
-		p.errorf(first, key("target"), "required: host:port, http(s)://host:port[/base] or unix:///path.sock")
+		p.errorf(first, key("target"), "required: host:port, http(s)://host:port[/base], unix:///path.sock or tcp://host:port")
 	}
 	if v, ok := p.scalar(key("path"), &y.Path); ok {
 		path, err := parsePathPrefix(v)
@@ -318,6 +323,9 @@ func (p *fileParser) service(i int, y *serviceYAML) (Service, bool) {
 			p.errorf(&y.CAFile, key("ca_file"), "applies to an https:// target only")
 		}
 	}
+	if s.Raw() && !unset(&y.Path) {
+		p.errorf(&y.Path, key("path"), "a tcp:// target takes no path: its streams are bytes, not HTTP requests")
+	}
 	if y.Health != nil {
 		h := &Health{Interval: defaultHealthInterval}
 		if v, ok := p.scalar(key("health.path"), &y.Health.Path); ok {
@@ -325,6 +333,9 @@ func (p *fileParser) service(i int, y *serviceYAML) (Service, bool) {
 				p.errorf(&y.Health.Path, key("health.path"), "%q is not a path like /healthz", v)
 			}
 			h.Path = v
+			if s.Raw() {
+				p.errorf(&y.Health.Path, key("health.path"), "a tcp:// target is checked by a TCP connect: give only health.interval")
+			}
 		}
 		if v, ok := p.scalar(key("health.interval"), &y.Health.Interval); ok {
 			d, err := parsePositiveDuration(v)
@@ -362,17 +373,25 @@ func parsePathPrefix(s string) (string, error) {
 }
 
 // validateServices checks the rules across services: one key per hostname and no duplicate rule.
+// A hostname's HTTP rules and its tcp:// rule are apart: a stream is either an HTTP request or raw.
 func validateServices(services []Service) []error {
 	var errs []error
 	type keyAt struct{ key, where string }
+	type ruleKey struct {
+		host, path string
+		raw        bool
+	}
 	keys := map[string]keyAt{}
-	rules := map[[2]string]string{}
+	rules := map[ruleKey]string{}
 	var hosts []string
 	for _, s := range services {
-		rule := [2]string{s.Hostname, s.Path}
-		if at, dup := rules[rule]; dup {
+		rule := ruleKey{s.Hostname, s.Path, s.Raw()}
+		switch at, dup := rules[rule]; {
+		case dup && rule.raw:
+			errs = append(errs, fmt.Errorf("%s: target: hostname %s already has a tcp:// target at %s: one per hostname", s.Where, s.Hostname, at))
+		case dup:
 			errs = append(errs, fmt.Errorf("%s: path: hostname %s with path %q is already a rule at %s", s.Where, s.Hostname, displayPath(s.Path), at))
-		} else {
+		default:
 			rules[rule] = s.Where
 		}
 		if _, seen := keys[s.Hostname]; !seen {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -54,6 +55,18 @@ func TestParseClientFile(t *testing.T) {
 		{name: "health", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: https://127.0.0.1:80\n    health: {path: /h, interval: 5s}\n"},
 		{name: "bad health interval", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: 127.0.0.1:80\n    health: {interval: -5s}\n", want: "f.yaml:5: services[0].health.interval:"},
 		{name: "list for a value", yaml: "server_addr: [a, b]\nservices:\n  - hostname: a.example.com\n    api_key: k\n    target: 127.0.0.1:80\n", want: "f.yaml:1: server_addr: want a single value"},
+		{name: "tcp target", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: tcp://127.0.0.1:5432\n"},
+		{name: "tcp target with a connect check", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: tcp://127.0.0.1:5432\n    health: {interval: 3s}\n"},
+		{name: "tcp and http services of one hostname", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: 127.0.0.1:80\n  - hostname: a.example.com\n    target: tcp://127.0.0.1:5432\n"},
+		{name: "tcp target under a wildcard", yaml: "services:\n  - hostname: \"*.apps.example.com\"\n    api_key: k\n    target: tcp://127.0.0.1:8443\n"},
+		{name: "tcp target without port", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: tcp://127.0.0.1\n", want: "f.yaml:4: services[0].target: \"tcp://127.0.0.1\" is not a TCP target"},
+		{name: "tcp target with path in the URL", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: tcp://127.0.0.1:1/x\n", want: "f.yaml:4: services[0].target:"},
+		{name: "tcp target with path", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    path: /api\n    target: tcp://127.0.0.1:5432\n", want: "f.yaml:4: services[0].path: a tcp:// target takes no path"},
+		{name: "tcp target with path /", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    path: /\n    target: tcp://127.0.0.1:5432\n", want: "f.yaml:4: services[0].path: a tcp:// target takes no path"},
+		{name: "tcp target with tls_skip_verify", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: tcp://127.0.0.1:5432\n    tls_skip_verify: true\n", want: "f.yaml:5: services[0].tls_skip_verify: applies to an https:// target only"},
+		{name: "tcp target with ca_file", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: tcp://127.0.0.1:5432\n    ca_file: ca.pem\n", want: "f.yaml:5: services[0].ca_file: applies to an https:// target only"},
+		{name: "tcp target with health path", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: tcp://127.0.0.1:5432\n    health:\n      path: /healthz\n", want: "f.yaml:6: services[0].health.path: a tcp:// target is checked by a TCP connect"},
+		{name: "two tcp targets of one hostname", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: tcp://127.0.0.1:5432\n  - hostname: a.example.com\n    target: tcp://127.0.0.1:5433\n", want: "f.yaml:5: target: hostname a.example.com already has a tcp:// target at f.yaml:2"},
 		{name: "two documents", yaml: "services: []\n---\nx: 1\n", want: "second YAML document"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -93,10 +106,14 @@ func checkValid(t *testing.T, f *clientFile) {
 			t.Fatalf("hostname %s has two keys", s.Hostname)
 		}
 		keys[s.Hostname] = s.APIKey
-		if rules[s.Hostname+" "+s.Path] {
+		rule := fmt.Sprint(s.Hostname, " ", s.Path, " ", s.Raw())
+		if rules[rule] {
 			t.Fatalf("duplicate rule %s %s", s.Hostname, s.Path)
 		}
-		rules[s.Hostname+" "+s.Path] = true
+		rules[rule] = true
+		if s.Raw() && (s.Path != "" || s.TLSSkipVerify || s.CAFile != "" || (s.Health != nil && s.Health.Path != "")) {
+			t.Fatalf("tcp:// service with HTTP settings: %+v", s)
+		}
 		if s.Path != "" && (!strings.HasPrefix(s.Path, "/") || strings.HasSuffix(s.Path, "/")) {
 			t.Fatalf("path %q not normalised", s.Path)
 		}
@@ -201,6 +218,7 @@ func FuzzParseClientFile(f *testing.F) {
 	f.Add([]byte("services: [{hostname: b.example.com, api_key_file: k, target: 'h:1'}, {hostname: b.example.com, path: /, target: 'h:2'}]"))
 	f.Add([]byte("services:\n  - &a {hostname: a.example.com, api_key: ${K}, target: 'h:1'}\n  - *a\n"))
 	f.Add([]byte("x: !!binary AAAA\n"))
+	f.Add([]byte("services:\n  - hostname: a.example.com\n    api_key: ${K}\n    target: tcp://h:1\n    health: {interval: 1s}\n  - hostname: a.example.com\n    target: 'h:2'\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := parseClientFile("f.yaml", data, env{"K": canaryKey}.lookup, fakeFiles)
 		if err != nil {

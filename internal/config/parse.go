@@ -181,6 +181,54 @@ func validPort(port string, lowest int) bool {
 	return err == nil && n >= lowest && n <= 65535 && port == strconv.Itoa(n)
 }
 
+// PortRange is an inclusive range of TCP ports; the zero range is empty.
+type PortRange struct{ Low, High int }
+
+// Empty tells whether r holds no port.
+func (r PortRange) Empty() bool { return r.Low == 0 }
+
+// Contains tells whether port is in r.
+func (r PortRange) Contains(port int) bool { return !r.Empty() && port >= r.Low && port <= r.High }
+
+func (r PortRange) String() string {
+	switch {
+	case r.Empty():
+		return ""
+	case r.Low == r.High:
+		return strconv.Itoa(r.Low)
+	}
+	return fmt.Sprintf("%d-%d", r.Low, r.High)
+}
+
+// parsePortRange reads "low-high" or one port.
+func parsePortRange(s string) (PortRange, error) {
+	bad := fmt.Errorf("%q is not a port range like 20000-20999 (ports 1 to 65535, low first) or one port", s)
+	lo, hi, ok := strings.Cut(strings.TrimSpace(s), "-")
+	if !ok {
+		hi = lo
+	}
+	lo, hi = strings.TrimSpace(lo), strings.TrimSpace(hi)
+	if !validPort(lo, 1) || !validPort(hi, 1) {
+		return PortRange{}, bad
+	}
+	r := PortRange{}
+	r.Low, _ = strconv.Atoi(lo)
+	r.High, _ = strconv.Atoi(hi)
+	if r.Low > r.High {
+		return PortRange{}, bad
+	}
+	return r, nil
+}
+
+// parseListenHost reads an IP address to listen on.
+func parseListenHost(s string) (string, error) {
+	a, err := netip.ParseAddr(strings.Trim(s, "[]"))
+	if err != nil || a.Zone() != "" {
+		return "", fmt.Errorf("%q is not an IP address to listen on, like 0.0.0.0, :: or 127.0.0.1", s)
+	}
+	return a.String(), nil
+}
+
 // parseHTTPURL reads an absolute http:// or https:// URL with a host.
 func parseHTTPURL(s string) (string, error) {
 	u, err := url.Parse(s)
@@ -191,9 +239,10 @@ func parseHTTPURL(s string) (string, error) {
 }
 
 // parseLocalTarget reads where the agent sends requests: host:port (plain
-// HTTP) or an http:// or https:// URL.
+// HTTP), an http:// or https:// URL (its path is a base path), unix:///path.sock, or tcp://host:port
+// for raw byte streams (TCP tunnels and TLS passthrough).
 func parseLocalTarget(s string) (*url.URL, error) {
-	bad := fmt.Errorf("%q is not a local target host:port like 127.0.0.1:8080 or a URL like http://localhost:8080", s)
+	bad := fmt.Errorf("%q is not a local target host:port like 127.0.0.1:8080, a URL like http://localhost:8080 or a TCP target like tcp://127.0.0.1:5432", s)
 	if !strings.Contains(s, "://") {
 		if _, err := parseDialAddr(s); err != nil {
 			return nil, bad
@@ -209,6 +258,9 @@ func parseLocalTarget(s string) (*url.URL, error) {
 		u.Scheme = "unix"
 		return u, nil
 	}
+	if err == nil && strings.EqualFold(u.Scheme, "tcp") {
+		return parseTCPTarget(s, u)
+	}
 	if err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return nil, bad
 	}
@@ -220,6 +272,18 @@ func parseLocalTarget(s string) (*url.URL, error) {
 		return nil, bad
 	}
 	return u, nil
+}
+
+// parseTCPTarget checks a tcp:// target: a host and a port, nothing else. A byte stream has no path
+// to prefix and no default port to fall back on.
+func parseTCPTarget(s string, u *url.URL) (*url.URL, error) {
+	if u.Opaque != "" || u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.Path != "" {
+		return nil, fmt.Errorf("%q is not a TCP target like tcp://127.0.0.1:5432 (host and port only: no path, query or user)", s)
+	}
+	if _, err := parseDialAddr(u.Host); err != nil {
+		return nil, fmt.Errorf("%q is not a TCP target like tcp://127.0.0.1:5432 (a host and a port 1-65535 are required)", s)
+	}
+	return &url.URL{Scheme: "tcp", Host: u.Host}, nil
 }
 
 func parseLogLevel(s string) (slog.Level, error) {

@@ -282,6 +282,22 @@ func TestParseLocalTarget(t *testing.T) {
 		{in: "unix://host/run/app.sock", wantErr: "is not a unix socket target"},
 		{in: "unix://", wantErr: "is not a unix socket target"},
 		{in: "unix:///run/app.sock?x=1", wantErr: "is not a unix socket target"},
+		{in: "tcp://127.0.0.1:5432", want: &url.URL{Scheme: "tcp", Host: "127.0.0.1:5432"}},
+		{in: "TCP://db.internal:5432", want: &url.URL{Scheme: "tcp", Host: "db.internal:5432"}},
+		{in: "tcp://[::1]:22", want: &url.URL{Scheme: "tcp", Host: "[::1]:22"}},
+		{in: "tcp://127.0.0.1", wantErr: "is not a TCP target"},
+		{in: "tcp://127.0.0.1:", wantErr: "is not a TCP target"},
+		{in: "tcp://127.0.0.1:0", wantErr: "is not a TCP target"},
+		{in: "tcp://127.0.0.1:99999", wantErr: "is not a TCP target"},
+		{in: "tcp://:5432", wantErr: "is not a TCP target"},
+		{in: "tcp://", wantErr: "is not a TCP target"},
+		{in: "tcp:127.0.0.1:5432", wantErr: bad},
+		{in: "tcp://127.0.0.1:5432/", wantErr: "no path"},
+		{in: "tcp://127.0.0.1:5432/db", wantErr: "no path"},
+		{in: "tcp://127.0.0.1:5432?x=1", wantErr: "no path, query"},
+		{in: "tcp://127.0.0.1:5432?", wantErr: "no path, query"},
+		{in: "tcp://127.0.0.1:5432#x", wantErr: "no path, query"},
+		{in: "tcp://u:p@127.0.0.1:5432", wantErr: "or user"},
 	})
 }
 
@@ -476,5 +492,23 @@ func TestParseTenantDomain(t *testing.T) {
 		if err != nil || got != want {
 			t.Errorf("%q: %q, %v; want %q", in, got, err, want)
 		}
+	}
+}
+
+func TestParsePortRange(t *testing.T) {
+	for in, want := range map[string]PortRange{"20000-20999": {20000, 20999}, " 22 ": {22, 22}, "1-65535": {1, 65535}, "5 - 6": {5, 6}} {
+		got, err := parsePortRange(in)
+		if err != nil || got != want {
+			t.Errorf("parsePortRange(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"0-10", "10-5", "1-65536", "a-b", "20000-", "-1", "020000-20001", "1-2-3"} {
+		if got, err := parsePortRange(in); err == nil {
+			t.Errorf("parsePortRange(%q) = %v; want an error", in, got)
+		}
+	}
+	r := PortRange{20000, 20002}
+	if !r.Contains(20002) || r.Contains(20003) || (PortRange{}).Contains(0) || r.String() != "20000-20002" {
+		t.Errorf("PortRange methods wrong for %v", r)
 	}
 }

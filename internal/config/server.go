@@ -39,6 +39,20 @@ type Server struct {
 	// front of the gateway); everyone else's are replaced.
 	TrustedProxies []netip.Prefix
 
+	// TCPPorts is the range of public ports the admin API hands to TCP-mode domains; the zero range
+	// turns TCP tunnels off.
+	TCPPorts PortRange
+	// TCPListenHost is the address TCP-mode ports listen on ("" = every interface).
+	TCPListenHost string
+	// TCPMaxConnsPerDomain caps the open connections of one TCP or TLS-passthrough domain (0 = no cap).
+	TCPMaxConnsPerDomain int
+	// TCPIdleTimeout closes a TCP or passthrough connection after this long without a byte either way.
+	TCPIdleTimeout time.Duration
+	// ProxyProtocolFrom are load balancers whose PROXY protocol header (v1 or v2) every public
+	// listener requires and believes; from anyone else a PROXY header is refused. Empty: no
+	// listener reads PROXY headers.
+	ProxyProtocolFrom []netip.Prefix
+
 	// Limits. 0 means no limit.
 	MaxStreamsPerTunnel int // concurrent requests on one tunnel; more get 503 at once
 	MaxAgentsPerDomain  int // tunnels one domain may hold
@@ -124,6 +138,21 @@ func serverSettings(s *Server) []setting {
 		{env: "HOP_SERVER_TRUSTED_PROXIES", flag: "trusted-proxies",
 			usage: "CSV of CIDRs whose X-Forwarded-For/-Proto/-Host and X-Real-IP are trusted; empty trusts nobody",
 			bind:  bind(&s.TrustedProxies, "CIDR list", parseCIDRs)},
+		{env: "HOP_SERVER_TCP_PORTS", flag: "tcp-ports",
+			usage: "range of public ports for TCP-mode domains, like 20000-20999 (or one port); empty turns TCP tunnels off",
+			bind:  bind(&s.TCPPorts, "low-high", parsePortRange)},
+		{env: "HOP_SERVER_TCP_LISTEN_HOST", flag: "tcp-listen-host",
+			usage: "address the TCP-mode ports listen on; empty listens on every interface",
+			bind:  bind(&s.TCPListenHost, "address", parseListenHost)},
+		{env: "HOP_SERVER_TCP_MAX_CONNS_PER_DOMAIN", flag: "tcp-max-conns-per-domain", def: "1000",
+			usage: "open connections one TCP or TLS-passthrough domain may have; more are closed at once (0: no limit)",
+			bind:  bind(&s.TCPMaxConnsPerDomain, "count", parseNonNegativeInt)},
+		{env: "HOP_SERVER_TCP_IDLE_TIMEOUT", flag: "tcp-idle-timeout", def: "1h",
+			usage: "a TCP or TLS-passthrough connection with no byte either way for this long is closed",
+			bind:  bind(&s.TCPIdleTimeout, "duration", parsePositiveDuration)},
+		{env: "HOP_SERVER_PROXY_PROTOCOL_FROM", flag: "proxy-protocol-from",
+			usage: "CSV of CIDRs of load balancers that send a PROXY protocol header (v1 or v2) on every connection; their header is required and believed, anyone else's refused; empty reads no PROXY headers",
+			bind:  bind(&s.ProxyProtocolFrom, "CIDR list", parseCIDRs)},
 		{env: "HOP_SERVER_MAX_STREAMS_PER_TUNNEL", flag: "max-streams-per-tunnel", def: "1000",
 			usage: "concurrent requests one tunnel carries; more are answered 503 at once (0: no limit)",
 			bind:  bind(&s.MaxStreamsPerTunnel, "count", parseNonNegativeInt)},

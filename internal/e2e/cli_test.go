@@ -294,8 +294,8 @@ func TestCLDomains(t *testing.T) {
 	}
 
 	code, out = clAdmin(t, g, "list")
-	if code != 0 || !regexp.MustCompile(`(?m)^DOMAIN\s+AGENTS\s+CREATED\s+UPDATED\s+MEMO$`).MatchString(out) ||
-		!regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(domain)+`\s+1\s+\S+\s+\S+\s+from the CLI$`).MatchString(out) {
+	if code != 0 || !regexp.MustCompile(`(?m)^DOMAIN\s+MODE\s+AGENTS\s+CREATED\s+UPDATED\s+MEMO$`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(domain)+`\s+http\s+1\s+\S+\s+\S+\s+from the CLI$`).MatchString(out) {
 		t.Errorf("list: exit %d\n%s", code, out)
 	}
 

@@ -97,7 +97,10 @@ func newCertSource(ctx context.Context, cfg *config.Server, store *registry.Stor
 		return nil, fmt.Errorf("list domains for certificates: %w", err)
 	}
 	for _, d := range domains {
-		names = append(names, d.Name)
+		// A passthrough name's certificate is its target's, and a TCP port has none.
+		if d.Mode.Mode == registry.ModeHTTP {
+			names = append(names, d.Name)
+		}
 	}
 	mgr.Manage(ctx, names...)
 	log.Info("certificates: ACME", "ca", cfg.ACMECADir, "names", len(names), "cache", cfg.ACMECacheDir,

@@ -30,6 +30,7 @@ import (
 	"github.com/hopgate/hopgate/internal/gateway/metrics"
 	"github.com/hopgate/hopgate/internal/gateway/overload"
 	"github.com/hopgate/hopgate/internal/gateway/proxy"
+	"github.com/hopgate/hopgate/internal/gateway/rawedge"
 	"github.com/hopgate/hopgate/internal/gateway/registry"
 	"github.com/hopgate/hopgate/internal/gateway/site"
 	"github.com/hopgate/hopgate/internal/gateway/tunnelsvc"
@@ -46,6 +47,8 @@ type Gateway struct {
 	tunnels *tunnelsvc.Service
 	certs   *certSource
 	mem     *overload.Watcher
+	// raw carries the TCP-mode ports and the TLS-passthrough names.
+	raw *rawedge.Edge
 	// edgeOpts is everything the listeners need; Listen binds them.
 	edgeOpts edge.Options
 	edge     *edge.Server
@@ -133,12 +136,27 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 	if g.certs, err = newCertSource(ctx, cfg, g.store, m, log); err != nil {
 		return nil, err
 	}
+	registered := newUnknownCache(domains{g.store})
+	g.raw = rawedge.New(rawedge.Options{
+		Source:            rawRoutes{g.store},
+		Agents:            rawAgents{hub},
+		Access:            guard,
+		Registered:        registered.Registered,
+		ListenHost:        cfg.TCPListenHost,
+		Ports:             cfg.TCPPorts,
+		TrustedLB:         cfg.ProxyProtocolFrom,
+		MaxConnsPerDomain: cfg.TCPMaxConnsPerDomain,
+		IdleTimeout:       cfg.TCPIdleTimeout,
+		HeaderTimeout:     cfg.ProxyTimeout,
+		Metrics:           m,
+		Logger:            log,
+	})
 	var adminAPI http.Handler
 	if cfg.AdminAPIKey == "" {
 		log.Warn("admin API disabled: HOP_ADMIN_API_KEY is empty")
 	} else {
 		opts := []admin.Option{admin.Reserved(cfg.Domain), admin.WithOIDCClient(oidcClient), admin.OnPolicyChange(guard.Invalidate),
-			admin.OnSessionKeyRotated(func() { keyGeneration.Add(1) }), admin.WithAgentHealth(agentHealth(hub))}
+			admin.OnSessionKeyRotated(func() { keyGeneration.Add(1) }), admin.WithAgentHealth(agentHealth(hub)), admin.WithPorts(g.raw)}
 		if g.certs.acme != nil {
 			opts = append(opts, admin.WithCertificates(adminCerts{g.certs.acme}))
 		}
@@ -163,7 +181,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 	}
 	tenants := proxy.New(proxy.Options{
 		Agents:         hubAgents{hub},
-		Domains:        newUnknownCache(domains{g.store}),
+		Domains:        registered,
 		HeaderTimeout:  cfg.ProxyTimeout,
 		TrustedProxies: cfg.TrustedProxies,
 		Overloaded:     g.mem.Overloaded,
@@ -173,18 +191,20 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		Logger:         log,
 	})
 	g.edgeOpts = edge.Options{
-		HTTPSAddr:     cfg.HTTPSListen,
-		HTTPAddr:      cfg.HTTPListen,
-		TLSConfig:     g.certs.tls,
-		GatewayDomain: cfg.Domain,
-		Tunnels:       g.tunnels,
-		Gateway:       site.New(site.Options{Ready: g.store.Ping, Admin: adminAPI, Errors: pages, Logger: log}),
-		Tenants:       tenants,
-		PlainTenants:  cfg.HTTPProxy,
-		MaxConns:      cfg.MaxConnections,
-		Events:        connEvents{m},
-		Errors:        pages,
-		Logger:        log,
+		HTTPSAddr:         cfg.HTTPSListen,
+		HTTPAddr:          cfg.HTTPListen,
+		TLSConfig:         g.certs.tls,
+		GatewayDomain:     cfg.Domain,
+		Tunnels:           g.tunnels,
+		Gateway:           site.New(site.Options{Ready: g.store.Ping, Admin: adminAPI, Errors: pages, Logger: log}),
+		Tenants:           tenants,
+		Passthrough:       g.raw,
+		PlainTenants:      cfg.HTTPProxy,
+		ProxyProtocolFrom: cfg.ProxyProtocolFrom,
+		MaxConns:          cfg.MaxConnections,
+		Events:            connEvents{m},
+		Errors:            pages,
+		Logger:            log,
 	}
 	if g.certs.acme != nil {
 		// Both ACME challenges are answered on our own listeners: HTTP-01 before anything else on the
@@ -219,6 +239,9 @@ func (g *Gateway) Listen() error {
 		g.log.Info("metrics listening", "addr", ln.Addr().String())
 	}
 	g.edge = srv
+	// The stored TCP-mode ports are bound now; one that cannot be is logged and tried again at each
+	// refresh, without holding up the rest of the gateway.
+	g.raw.Start(g.background)
 	if a, ok := srv.HTTPSAddr().(*net.TCPAddr); ok {
 		g.httpsPort.Store(strconv.Itoa(a.Port))
 	}
@@ -335,6 +358,10 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		if g.edge != nil {
 			g.edge.StopAccepting()
 		}
+		// The TCP ports stop accepting at once; their connections, streams of the tunnels, end
+		// with them or at ctx's deadline.
+		rawDone := make(chan error, 1)
+		go func() { rawDone <- g.raw.Shutdown(ctx) }()
 		if err := g.tunnels.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("drain tunnels: %w", err))
 		}
@@ -342,6 +369,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 			if err := g.edge.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("drain requests: %w", err))
 			}
+		}
+		if err := <-rawDone; err != nil {
+			errs = append(errs, fmt.Errorf("drain TCP connections: %w", err))
 		}
 		if g.metricsS != nil {
 			_ = g.metricsS.Close()

@@ -58,6 +58,10 @@ const CapInlineBody = "inline-body"
 // not sending keeps its logs and its bytes clean).
 const CapHealth = "health"
 
+// CapRawStreams: the agent serves raw streams (RequestHead.mode TCP or TLS passthrough). The gateway
+// opens none to an agent that did not announce it: an older agent would take one for an HTTP request.
+const CapRawStreams = "raw-streams"
+
 // InlineBodyMax is the largest body an agent sends with its response head. A head travels on the
 // control queue, ahead of bulk data, so this stays small.
 const InlineBodyMax = 16 << 10

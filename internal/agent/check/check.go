@@ -1,6 +1,6 @@
-// Package agentcheck verifies an agent's configuration before it runs: the gateway is reachable and
-// trusted, it accepts the domain and key, and the local target answers; and says what is wrong in
-// plain words.
+// Package check verifies an agent's configuration before it runs: the gateway is reachable and
+// trusted, it accepts the domain and key, and the local target answers (or, a tcp:// one, accepts
+// a connection); and says what is wrong in plain words.
 package check
 
 import (
@@ -136,9 +136,18 @@ func checkServer(ctx context.Context, addr string, conf *tls.Config) (string, er
 	return detail, nil
 }
 
-// checkTarget sends GET to the target: any answer, whatever its status, means it is reachable.
+// checkTarget sends GET to the target: any answer, whatever its status, means it is reachable. A
+// tcp:// target speaks no HTTP: a TCP connect is all that can be checked.
 func checkTarget(ctx context.Context, target *url.URL, conf *tls.Config) (string, error) {
 	dialer := &net.Dialer{}
+	if target.Scheme == "tcp" {
+		conn, err := dialer.DialContext(ctx, "tcp", target.Host)
+		if err != nil {
+			return "", err
+		}
+		_ = conn.Close()
+		return "accepts a TCP connection", nil
+	}
 	tr := &http.Transport{DialContext: dialer.DialContext, TLSClientConfig: conf, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
 	u := *target

@@ -87,6 +87,10 @@ func TestRun(t *testing.T) {
 			want: []string{"✗ server " + closed + ": connection refused", "✓ local target unix://" + sock + ": answers GET / with 200 OK"}},
 		{name: "target down", server: closed, tls: &tls.Config{}, target: &url.URL{Scheme: "http", Host: closed},
 			want: []string{"✗ local target http://" + closed + ": connection refused: nothing listens there (is the service running"}},
+		{name: "tcp target", server: closed, tls: &tls.Config{}, target: &url.URL{Scheme: "tcp", Host: silent.Addr().String()},
+			want: []string{"✓ local target tcp://" + silent.Addr().String() + ": accepts a TCP connection"}},
+		{name: "tcp target down", server: closed, tls: &tls.Config{}, target: &url.URL{Scheme: "tcp", Host: closed},
+			want: []string{"✗ local target tcp://" + closed + ": connection refused: nothing listens there"}},
 		{name: "missing socket", server: closed, tls: &tls.Config{}, target: &url.URL{Scheme: "unix", Path: sock + ".gone"},
 			want: []string{"no such socket file"}},
 	}

@@ -2,7 +2,7 @@
 //
 // One checker runs per distinct check (target, health path, interval, TLS settings), however many
 // services share it. A check is a TCP connect to the target's address (a connect to a unix socket's
-// path), or with a health path an HTTP GET of it that must answer 2xx or 3xx (redirects are not
+// path; always for a tcp:// target), or with a health path an HTTP GET of it that must answer 2xx or 3xx (redirects are not
 // followed). A target starts up, turns down after FailThreshold failures in a row and up again after
 // one success: a single lost connect must not move traffic, and a target that answers again should
 // get it back at once.
@@ -224,15 +224,17 @@ func (m *Monitor) notifyLocked() {
 	}
 }
 
-// Paths is the state of host's services, one per path prefix ("/" for a service without a path),
-// sorted by path, and a channel closed at the next change.
+// Paths is the state of host's HTTP services, one per path prefix ("/" for a service without a
+// path), sorted by path, and a channel closed at the next change. A tcp:// service has no path: the
+// gateway reads these paths for HTTP requests, which never reach it, so it is left out (its checks
+// still count in OnChange and the logs).
 func (m *Monitor) Paths(host string) ([]*tunnelv1.PathHealth, <-chan struct{}) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	seen := map[string]bool{}
 	var out []*tunnelv1.PathHealth
 	for _, s := range m.services {
-		if s.Hostname != host || s.Target == nil {
+		if s.Hostname != host || s.Target == nil || s.Raw() {
 			continue
 		}
 		p := s.Path

@@ -226,3 +226,57 @@ func TestTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestTCPTarget: a tcp:// target is checked by a TCP connect (the check counts in OnChange), and it
+// stays out of the HTTP paths the tunnel reports, where it would shadow the hostname's "/" service.
+func TestTCPTarget(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan struct{}, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+			select {
+			case accepted <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	type state struct{ targets, down int }
+	states := make(chan state, 16)
+	web := httptest.NewServer(http.NotFoundHandler())
+	defer web.Close()
+	m := New([]config.Service{
+		service(t, "a.test", "", web.URL, ""),
+		service(t, "a.test", "", "tcp://"+ln.Addr().String(), ""),
+	}, Options{OnChange: func(targets, down int) { states <- state{targets, down} }})
+	run(t, m)
+	select {
+	case <-accepted:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the tcp:// target was never connected to")
+	}
+	if paths, _ := m.Paths("a.test"); len(paths) != 1 || paths[0].Path != "/" || !paths[0].Up {
+		t.Fatalf("paths %v, want the HTTP service's / only", paths)
+	}
+	ln.Close()
+	for deadline := time.After(3 * time.Second); ; {
+		select {
+		case s := <-states:
+			if s == (state{2, 1}) {
+				if paths, _ := m.Paths("a.test"); len(paths) != 1 || !paths[0].Up {
+					t.Errorf("paths %v: the tcp:// target's state leaked into the HTTP paths", paths)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("the closed tcp:// target never turned down")
+		}
+	}
+}

@@ -1,9 +1,11 @@
 // Package ingress is the agent's routing table: it picks the service of a tunnel stream by the
-// request's hostname and the longest path prefix that matches it, and answers 404 when none does.
+// request's hostname and the longest path prefix that matches it (or, for a raw stream, the
+// hostname's tcp:// service), and answers 404 (or refuses a raw stream) when none does.
 package ingress
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"sort"
 	"strings"
@@ -19,6 +21,9 @@ type Rule struct {
 	// Path is a prefix matched on whole segments: "/api" matches /api and /api/x but not /apix;
 	// "" matches every path. It has no trailing slash.
 	Path string
+	// Raw marks a rule for raw streams (TCP, TLS passthrough: a tcp:// target). A raw stream
+	// matches only raw rules and an HTTP request only the others; Path does not apply to raw rules.
+	Raw bool
 	// Serve handles a stream of this rule (the local proxy to the rule's target).
 	Serve func(*tunnel.Stream)
 }
@@ -42,14 +47,24 @@ func New(rules []Rule) *Table {
 	return t
 }
 
-// Match returns the rule for host (as the request sent it: any case, maybe a port) and path (the
-// request target: path and maybe a query).
+// Match returns the HTTP rule for host (as the request sent it: any case, maybe a port) and path
+// (the request target: path and maybe a query).
 func (t *Table) Match(host, path string) (Rule, bool) {
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		path = path[:i]
 	}
 	for _, r := range t.rulesFor(CanonicalHost(host)) {
-		if under(path, r.Path) {
+		if !r.Raw && under(path, r.Path) {
+			return r, true
+		}
+	}
+	return Rule{}, false
+}
+
+// MatchRaw returns the raw rule for host (a raw stream's service name: the domain or the SNI name).
+func (t *Table) MatchRaw(host string) (Rule, bool) {
+	for _, r := range t.rulesFor(CanonicalHost(host)) {
+		if r.Raw {
 			return r, true
 		}
 	}
@@ -61,7 +76,8 @@ func (t *Table) Has(host string) bool { return len(t.rulesFor(CanonicalHost(host
 
 // rulesFor returns the rules of host, or of the wildcard one label above it ("*.apps.example.com"
 // for x.apps.example.com) when host has none of its own: the gateway sends such names to a
-// wildcard domain's agents, and an exact hostname wins there too.
+// wildcard domain's agents, and an exact hostname wins there too. Its rules of either kind count:
+// a hostname with only HTTP rules does not hand its raw streams to the wildcard's tcp:// target.
 func (t *Table) rulesFor(host string) []Rule {
 	if rs, ok := t.hosts[host]; ok {
 		return rs
@@ -88,14 +104,29 @@ func CanonicalHost(host string) string {
 	return strings.TrimSuffix(strings.ToLower(host), ".")
 }
 
-// Serve routes st by the table, or answers 404 itself.
+// Serve routes st by the table, or answers 404 itself (refuses a raw stream).
 func (t *Table) Serve(st *tunnel.Stream) {
 	h := st.Request()
+	if h.Mode != tunnelv1.StreamMode_STREAM_MODE_UNSPECIFIED {
+		if r, ok := t.MatchRaw(h.Host); ok {
+			r.Serve(st)
+			return
+		}
+		Refuse(st)
+		return
+	}
 	if r, ok := t.Match(h.Host, h.Path); ok {
 		r.Serve(st)
 		return
 	}
 	NotFound(st)
+}
+
+// Refuse resets a raw stream no rule takes: it has no status to answer with, and the gateway closes
+// the visitor's connection.
+func Refuse(st *tunnel.Stream) {
+	st.Reset(tunnelv1.ResetReason_RESET_REASON_REFUSED,
+		fmt.Sprintf("this agent has no TCP service for %s", CanonicalHost(st.Request().Host)))
 }
 
 // notFoundText is the agent's answer when no service matches: the gateway passes it through, so

@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -124,4 +125,105 @@ func headerOf(h *tunnelv1.ResponseHead, name string) string {
 		}
 	}
 	return ""
+}
+
+// TestMatchRaw: a raw stream matches only its hostname's tcp:// rule (or the wildcard's, for a name
+// with no rule of its own, ignoring any path) and an HTTP request only the other rules.
+func TestMatchRaw(t *testing.T) {
+	table := New([]Rule{
+		{Hostname: "app.example.com"},
+		{Hostname: "app.example.com", Raw: true},
+		{Hostname: "web.example.com", Path: "/api"},
+		{Hostname: "db.example.com", Raw: true},
+		{Hostname: "*.apps.example.com", Raw: true},
+		{Hostname: "own.apps.example.com"},
+	})
+	for _, tc := range []struct {
+		host     string
+		raw, web bool // whether MatchRaw, and Match of "/", find a rule
+	}{
+		{"app.example.com", true, true},
+		{"APP.example.com:443", true, true},
+		{"db.example.com", true, false},
+		{"web.example.com", false, false}, // only /api is served over HTTP
+		{"x.apps.example.com", true, false},
+		{"a.b.apps.example.com", false, false},
+		{"own.apps.example.com", false, true}, // an exact hostname wins, of either kind
+		{"other.example.com", false, false},
+	} {
+		r, ok := table.MatchRaw(tc.host)
+		if ok != tc.raw || (ok && !r.Raw) {
+			t.Errorf("MatchRaw(%q) = %+v, %v; want a raw rule: %v", tc.host, r, ok, tc.raw)
+		}
+		r, ok = table.Match(tc.host, "/")
+		if ok != tc.web || r.Raw {
+			t.Errorf("Match(%q, /) = %+v, %v; want an HTTP rule: %v", tc.host, r, ok, tc.web)
+		}
+	}
+	if r, ok := table.Match("web.example.com", "/api/x"); !ok || r.Raw || r.Path != "/api" {
+		t.Errorf("Match(web.example.com, /api/x) = %+v, %v", r, ok)
+	}
+}
+
+// TestServeRaw: a raw stream goes to the raw rule of its host; one with no raw rule is refused
+// with a reset naming the host; an HTTP request for a host with only a tcp:// service gets the 404.
+func TestServeRaw(t *testing.T) {
+	served := make(chan string, 2)
+	answer := func(kind string) func(*tunnel.Stream) {
+		return func(st *tunnel.Stream) {
+			defer st.Close()
+			served <- kind + " " + st.Request().Host
+			_ = st.SendResponse(&tunnelv1.ResponseHead{Status: 200, EndStream: true})
+		}
+	}
+	table := New([]Rule{
+		{Hostname: "app.example.com", Serve: answer("http")},
+		{Hostname: "app.example.com", Raw: true, Serve: answer("raw")},
+		{Hostname: "db.example.com", Raw: true, Serve: answer("raw")},
+		{Hostname: "*.apps.example.com", Raw: true, Serve: answer("raw")},
+	})
+	p := tunneltest.NewPair(t, table.Serve)
+	open := func(host string, mode tunnelv1.StreamMode) (*tunnelv1.ResponseHead, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := p.Server.OpenStream(ctx, &tunnelv1.RequestHead{Host: host, Mode: mode, RemoteAddr: "192.0.2.1:5000", LocalAddr: "198.51.100.1:443"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		return st.AwaitResponse(ctx)
+	}
+	for _, tc := range []struct {
+		host string
+		mode tunnelv1.StreamMode
+		want string
+	}{
+		{"app.example.com", tunnelv1.StreamMode_STREAM_MODE_TCP, "raw app.example.com"},
+		{"db.example.com", tunnelv1.StreamMode_STREAM_MODE_TCP, "raw db.example.com"},
+		{"x.apps.example.com", tunnelv1.StreamMode_STREAM_MODE_TLS_PASSTHROUGH, "raw x.apps.example.com"},
+	} {
+		if head, err := open(tc.host, tc.mode); err != nil || head.Status != 200 {
+			t.Fatalf("%s %s: %v, %v", tc.mode, tc.host, head, err)
+		}
+		if got := <-served; got != tc.want {
+			t.Errorf("%s %s served by %q, want %q", tc.mode, tc.host, got, tc.want)
+		}
+	}
+
+	_, err := open("Nope.Example.com", tunnelv1.StreamMode_STREAM_MODE_TLS_PASSTHROUGH)
+	var reset *tunnel.ResetError
+	if !errors.As(err, &reset) || reset.Reason != tunnelv1.ResetReason_RESET_REASON_REFUSED ||
+		reset.Message != "this agent has no TCP service for nope.example.com" {
+		t.Errorf("raw stream without a rule: %v, want a REFUSED reset naming the host", err)
+	}
+
+	head, body := roundTrip(t, p.Server, "db.example.com", "/", "")
+	if head.Status != 404 || !strings.Contains(string(body), "no service for this hostname") {
+		t.Errorf("HTTP request to a tcp:// service: %d %q, want the 404", head.Status, body)
+	}
+	select {
+	case got := <-served:
+		t.Errorf("unexpectedly served %q", got)
+	default:
+	}
 }

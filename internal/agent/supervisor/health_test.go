@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -14,16 +15,25 @@ import (
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
 
-// fakeGateway accepts one tunnel with the given capabilities and hands on every frame after Hello.
+// fakeGateway accepts one tunnel with the given capabilities and hands on every frame after Hello
+// (and the Hello to hellos, if set).
 type fakeGateway struct {
 	tunnelv1.UnimplementedTunnelServiceServer
 	caps   []string
 	frames chan *tunnelv1.TunnelFrame
+	hellos chan *tunnelv1.Hello
 }
 
 func (g *fakeGateway) OpenTunnel(stream tunnelv1.TunnelService_OpenTunnelServer) error {
-	if _, err := stream.Recv(); err != nil {
+	first, err := stream.Recv()
+	if err != nil {
 		return err
+	}
+	if g.hellos != nil {
+		select {
+		case g.hellos <- first.GetHello():
+		default:
+		}
 	}
 	if err := stream.Send(&tunnelv1.TunnelFrame{Kind: &tunnelv1.TunnelFrame_Accepted{Accepted: &tunnelv1.Accepted{
 		SessionId: "s", InitialWindow: tunnel.DefaultInitialWindow, Capabilities: g.caps,
@@ -122,5 +132,40 @@ func TestHealthCapability(t *testing.T) {
 				t.Fatalf("report after the change = %v, want / down", h)
 			}
 		})
+	}
+}
+
+// TestHelloAnnouncesRawStreams: the agent tells the gateway it serves raw streams, so that the
+// gateway opens TCP and TLS-passthrough streams to it (and to no older agent).
+func TestHelloAnnouncesRawStreams(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	g := &fakeGateway{frames: make(chan *tunnelv1.TunnelFrame, 16), hellos: make(chan *tunnelv1.Hello, 1)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(tunnel.ServerOptions()...)
+	tunnelv1.RegisterTunnelServiceServer(srv, g)
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Stop()
+	conn, err := grpc.NewClient(ln.Addr().String(), append(tunnel.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, Options{Domain: "app.test", Conn: conn, DrainTimeout: time.Second}) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	select {
+	case h := <-g.hellos:
+		if !slices.Contains(h.GetCapabilities(), tunnel.CapRawStreams) {
+			t.Errorf("Hello capabilities %q lack %q", h.GetCapabilities(), tunnel.CapRawStreams)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no Hello")
 	}
 }

@@ -216,6 +216,9 @@ func open(ctx context.Context, o Options) (*call, error) {
 		AgentId:       o.AgentID,
 		Version:       o.Version,
 		InitialWindow: tunnel.DefaultInitialWindow,
+		// Every agent serves raw streams: one without a tcp:// service for the stream's name
+		// refuses it, as it answers 404 to a request it has no service for.
+		Capabilities: []string{tunnel.CapRawStreams},
 	}
 	if err := c.stream.Send(&tunnelv1.TunnelFrame{Kind: &tunnelv1.TunnelFrame_Hello{Hello: hello}}); err != nil && !errors.Is(err, io.EOF) {
 		return fail(err)

@@ -163,20 +163,8 @@ func (g *Guard) Admit(w http.ResponseWriter, r *http.Request, domain string, vis
 	if err != nil || p == nil {
 		return err
 	}
-	// A dual-stack listener reports IPv4 visitors as ::ffff:a.b.c.d, while rules (and rate budgets)
-	// name them by their IPv4 address; a zone is local to this host and in no rule.
-	visitor = visitor.Unmap().WithZone("")
-
-	if p.deny.contains(visitor) || p.allowOnly && !p.allow.contains(visitor) {
-		return &Denial{Reason: ReasonIP, Status: http.StatusForbidden,
-			Message: "Your network address may not visit this site."}
-	}
-	if p.limit != nil {
-		if ok, wait := p.limit.allow(visitor, g.now()); !ok {
-			return &Denial{Reason: ReasonRate, Status: http.StatusTooManyRequests,
-				Header:  http.Header{"Retry-After": {strconv.Itoa(retryAfterSeconds(wait))}},
-				Message: "Too many requests from your address; retry in a moment."}
-		}
+	if d := g.checkAddr(p, visitor); d != nil {
+		return d
 	}
 	if p.sso != nil && strings.HasPrefix(r.URL.Path, ReservedPrefix) {
 		if err := p.sso.Reserved(w, r); err != nil {
@@ -205,6 +193,45 @@ func (g *Guard) Admit(w http.ResponseWriter, r *http.Request, domain string, vis
 		}
 		// With basic auth too, the account wins: it names a person, a basic-auth user is often shared.
 		setIdentity(r, id)
+	}
+	return nil
+}
+
+// AdmitAddr checks a raw connection (a TCP port, TLS passthrough) from visitor against domain's
+// policy: its IP rules, and its rate limit with each connection counted as one request. A policy that
+// asks for basic auth or single sign-on refuses every raw connection: a byte stream carries no
+// credentials the gateway could check, and letting it through would open what the policy closes.
+// nil admits; otherwise a *Denial or an error wrapping ErrStoreUnavailable.
+func (g *Guard) AdmitAddr(ctx context.Context, domain string, visitor netip.Addr) error {
+	p, err := g.policy(ctx, domain)
+	if err != nil || p == nil {
+		return err
+	}
+	if d := g.checkAddr(p, visitor); d != nil {
+		return d
+	}
+	if len(p.users) > 0 || p.sso != nil {
+		return &Denial{Reason: ReasonAuth, Status: http.StatusUnauthorized,
+			Message: "This domain's policy asks for a sign-in, which a TCP or passthrough connection cannot give."}
+	}
+	return nil
+}
+
+// checkAddr applies p's IP rules and rate limit to visitor; nil passes.
+func (g *Guard) checkAddr(p *compiled, visitor netip.Addr) *Denial {
+	// A dual-stack listener reports IPv4 visitors as ::ffff:a.b.c.d, while rules (and rate budgets)
+	// name them by their IPv4 address; a zone is local to this host and in no rule.
+	visitor = visitor.Unmap().WithZone("")
+	if p.deny.contains(visitor) || p.allowOnly && !p.allow.contains(visitor) {
+		return &Denial{Reason: ReasonIP, Status: http.StatusForbidden,
+			Message: "Your network address may not visit this site."}
+	}
+	if p.limit != nil {
+		if ok, wait := p.limit.allow(visitor, g.now()); !ok {
+			return &Denial{Reason: ReasonRate, Status: http.StatusTooManyRequests,
+				Header:  http.Header{"Retry-After": {strconv.Itoa(retryAfterSeconds(wait))}},
+				Message: "Too many requests from your address; retry in a moment."}
+		}
 	}
 	return nil
 }

@@ -935,3 +935,47 @@ func TestPrime(t *testing.T) {
 		t.Error("no reload was tried after the TTL: a change made elsewhere would never be seen")
 	}
 }
+
+// TestAdmitAddr: a raw connection (TCP port, TLS passthrough) meets the same IP rules and rate
+// budget as a request, and a policy that asks for credentials refuses it, since a byte stream
+// carries none the gateway could check.
+func TestAdmitAddr(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if err := f.guard.AdmitAddr(ctx, domain, v4); err != nil {
+		t.Fatalf("no policy: %v", err)
+	}
+	f.store.set(domain, policy.Spec{IPAllow: []string{"203.0.113.0/24", "2001:db8::/32"}, IPDeny: []string{"203.0.113.5/32"},
+		RateLimit: &policy.RateLimit{RPS: 0.25, Burst: 2}})
+	f.guard.Invalidate(domain)
+	for _, tc := range []struct {
+		addr netip.Addr
+		want outcome
+	}{
+		{v4, denied(ReasonIP, http.StatusForbidden)},       // denied wins over allowed
+		{v4Mapped, denied(ReasonIP, http.StatusForbidden)}, // by its IPv4 form
+		{v4Other, denied(ReasonIP, http.StatusForbidden)},  // outside the allow list
+		{v6, pass},
+		{v6, pass},
+		{v6, denied(ReasonRate, http.StatusTooManyRequests)}, // the third connection in the burst of 2
+	} {
+		if got := outcomeOf(t, f.guard.AdmitAddr(ctx, domain, tc.addr)); got != tc.want {
+			t.Errorf("AdmitAddr(%s) = %s, want %s", tc.addr, got, tc.want)
+		}
+	}
+	for name, spec := range map[string]policy.Spec{
+		"basic auth": {BasicAuth: []policy.BasicUser{{User: "ops", PasswordHash: hash(t, "pw")}}},
+		"sso":        {OIDC: &policy.OIDC{Issuer: "https://id.example.com", ClientID: "c", ClientSecret: "s", AllowedDomains: []string{"example.com"}}},
+	} {
+		f.store.set(domain, spec)
+		f.guard.Invalidate(domain)
+		if got := outcomeOf(t, f.guard.AdmitAddr(ctx, domain, v6Other)); got != denied(ReasonAuth, http.StatusUnauthorized) {
+			t.Errorf("%s: AdmitAddr = %s, want a refusal", name, got)
+		}
+	}
+	f.store.fail(errors.New("store down"))
+	f.guard.Invalidate(domain)
+	if got := outcomeOf(t, f.guard.AdmitAddr(ctx, domain, v6Other)); got != storeDown {
+		t.Errorf("store down: AdmitAddr = %s, want unavailable", got)
+	}
+}

@@ -31,6 +31,10 @@ const MaxBodyBytes = 1 << 20
 // Registry is the part of the domain store the admin API uses (*registry.Store implements it).
 type Registry interface {
 	Register(ctx context.Context, name, memo string) (registry.Domain, string, error)
+	// RegisterMode and SetMode register a domain of, or switch it to, a mode (http, tls-passthrough,
+	// tcp with its port).
+	RegisterMode(ctx context.Context, name, memo string, m registry.Mode) (registry.Domain, string, error)
+	SetMode(ctx context.Context, name string, m registry.Mode) (registry.Domain, error)
 	Unregister(ctx context.Context, name, key string) error
 	List(ctx context.Context) ([]registry.Domain, error)
 	Get(ctx context.Context, name string) (registry.Domain, error)
@@ -69,6 +73,8 @@ type handler struct {
 	policyChanged    func(domain string)
 	sessionKeyRotate func()
 	agentHealth      func(domain string) []AgentHealth
+	// ports binds TCP-mode ports and serves raw modes; nil: TCP tunnels are off.
+	ports Ports
 }
 
 // Certificates is the view of the certificate manager the admin API needs: registered names get a
@@ -193,6 +199,7 @@ func New(reg Registry, agents Agents, apiKey string, logger *slog.Logger, opts .
 		Prefix + "domains/status":      {http.MethodGet: h.status},
 		Prefix + "domains/exists":      {http.MethodGet: h.exists},
 		Prefix + "domains/rotate-key":  {http.MethodPost: h.rotateKey},
+		Prefix + "domains/mode":        {http.MethodPost: h.setMode},
 		Prefix + "domains/policy":      {http.MethodGet: h.getPolicy, http.MethodPut: h.putPolicy},
 		Prefix + "sessions/rotate-key": {http.MethodPost: h.rotateSessionKey},
 	}
@@ -240,6 +247,7 @@ func (h *handler) authorized(r *http.Request) bool {
 type registerRequest struct {
 	Domain string `json:"domain"`
 	Memo   string `json:"memo"`
+	modeRequest
 }
 
 type registerResponse struct {
@@ -248,6 +256,7 @@ type registerResponse struct {
 	ClientAPIKey string `json:"client_api_key"`
 	Memo         string `json:"memo"`
 	CreatedAt    string `json:"created_at"`
+	modeJSON
 }
 
 func (h *handler) register(w http.ResponseWriter, r *http.Request) {
@@ -274,15 +283,30 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	d, key, err := h.reg.Register(r.Context(), name, req.Memo)
+	m, err := req.parse()
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	var (
+		d   registry.Domain
+		key string
+	)
+	_, err = h.withPort(r.Context(), name, m, func(m registry.Mode) (err error) {
+		d, key, err = h.reg.RegisterMode(r.Context(), name, req.Memo, m)
+		return err
+	})
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	h.log.InfoContext(r.Context(), "domain registered", "domain", d.Name)
-	if h.certs != nil {
+	h.log.InfoContext(r.Context(), "domain registered", "domain", d.Name, "mode", d.Mode.Mode, "tcp_port", d.TCPPort)
+	if h.certs != nil && d.Mode.Mode == registry.ModeHTTP {
 		// Ordering happens in the background: the request does not wait for the CA.
 		h.certs.Manage(context.WithoutCancel(r.Context()), d.Name)
+	}
+	if d.Mode.Mode != registry.ModeHTTP {
+		h.modeChanged(r.Context(), registry.Mode{Mode: registry.ModeHTTP}, d)
 	}
 	jsonapi.Write(w, http.StatusCreated, registerResponse{
 		Success:      true,
@@ -290,6 +314,7 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 		ClientAPIKey: key,
 		Memo:         d.Memo,
 		CreatedAt:    timestamp(d.CreatedAt),
+		modeJSON:     showMode(d.Mode),
 	})
 }
 
@@ -315,6 +340,13 @@ func (h *handler) unregister(w http.ResponseWriter, r *http.Request) {
 	if h.certs != nil {
 		h.certs.Unmanage(name)
 	}
+	if h.ports != nil {
+		// The port is free in the registry with the row; the listener goes now, not at a refresh.
+		h.ports.Release(name)
+		if err := h.ports.Reload(context.WithoutCancel(r.Context())); err != nil {
+			h.log.WarnContext(r.Context(), "raw edge reload failed; the change applies at the next refresh", "domain", name, "err", err)
+		}
+	}
 	// The policy went with the row.
 	h.policyChanged(name)
 	h.log.InfoContext(r.Context(), "domain unregistered", "domain", name)
@@ -330,6 +362,7 @@ type domainJSON struct {
 	CreatedAt string `json:"created_at"`
 	UpdatedAt string `json:"updated_at"`
 	Agents    int    `json:"agents"`
+	modeJSON
 }
 
 func (h *handler) domainJSON(d registry.Domain) domainJSON {
@@ -339,6 +372,7 @@ func (h *handler) domainJSON(d registry.Domain) domainJSON {
 		CreatedAt: timestamp(d.CreatedAt),
 		UpdatedAt: timestamp(d.UpdatedAt),
 		Agents:    h.agents.AgentCount(d.Name),
+		modeJSON:  showMode(d.Mode),
 	}
 }
 
@@ -448,6 +482,9 @@ func (h *handler) rotateKey(w http.ResponseWriter, r *http.Request) {
 
 // fail maps a registry error to its status code; this is the one place that does.
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if h.failMode(w, r, err) {
+		return
+	}
 	switch {
 	case errors.Is(err, registry.ErrInvalidInput):
 		writeInvalid(w, err)

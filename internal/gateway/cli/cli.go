@@ -74,10 +74,17 @@ const usageText = `Usage: hopgate-server domains <command> [arguments] [flags]
 Manage the gateway's domains and their access policies through its admin API.
 
 Commands:
-  add <domain> [--memo M] [--key-file FILE]
+  add <domain> [--memo M] [--key-file FILE] [--mode MODE [--tcp-port N] [--proxy-protocol V]]
                  register a domain; prints its client API key (shown only once), or writes it to
                  FILE. With --key-file, a domain already registered while FILE already holds a key
                  is no error: nothing changes (exit 0), so a setup script can run again
+  mode <domain> --mode MODE [--tcp-port N] [--proxy-protocol V]
+                 switch what the domain carries: http (the reverse proxy, default), tls-passthrough
+                 (TLS connections on the HTTPS port whose SNI is the domain go to the agent's
+                 target untouched; the target holds the certificate) or tcp (the connections of a
+                 public port, --tcp-port N or any free one of HOP_SERVER_TCP_PORTS, go to the
+                 agent's tcp:// target). --proxy-protocol v1 or v2 makes the agent send the
+                 target a PROXY header naming the visitor (tcp and tls-passthrough only)
   remove <domain>
                  unregister a domain; its live tunnels are closed and its access policy removed
   list           list the registered domains and their connected agents
@@ -116,6 +123,9 @@ Flags (the first four also environment variables; flag > environment > .env file
                          0600, replaced atomically) instead of printing it; stdout says where it went.
                          Not with --json
   --file FILE            policy set: the policy document (JSON, at most 64 KiB); - reads stdin
+  --mode MODE            add and mode: http, tls-passthrough or tcp
+  --tcp-port N           add and mode, with --mode tcp: the public port (default 0: any free one)
+  --proxy-protocol V     add and mode: v1 or v2, a PROXY header to the target; none by default
   --insecure             do not verify the gateway's certificate (testing only)
   --json                 print the API's JSON answer as it is
 
@@ -149,7 +159,8 @@ var domainsProgram = &program{
 	name:  "domains",
 	usage: usageText,
 	commands: map[string]command{
-		"add":          {args: 1, memo: true, keyFile: true, run: add},
+		"add":          {args: 1, memo: true, keyFile: true, mode: true, run: add},
+		"mode":         {args: 1, mode: true, run: setMode},
 		"remove":       {args: 1, run: remove},
 		"list":         {args: 0, run: list},
 		"status":       {args: 1, run: status},
@@ -158,7 +169,7 @@ var domainsProgram = &program{
 		"policy set":   {args: 1, file: true, run: policySet},
 		"policy clear": {args: 1, run: policyClear},
 	},
-	names: "add, remove, list, status, rotate-key or policy",
+	names: "add, remove, list, status, rotate-key, mode or policy",
 }
 
 var sessionsProgram = &program{
@@ -204,6 +215,14 @@ type settings struct {
 	memo                     string
 	keyFile                  string
 	file                     string
+	mode                     modeFlags
+}
+
+// modeFlags are --mode, --tcp-port and --proxy-protocol, as the API takes them.
+type modeFlags struct {
+	Mode          string `json:"mode,omitempty"`
+	TCPPort       int    `json:"tcp_port,omitempty"`
+	ProxyProtocol string `json:"proxy_protocol,omitempty"`
 }
 
 // command is one subcommand: how many positional arguments it takes and what it does.
@@ -212,6 +231,7 @@ type command struct {
 	memo    bool
 	keyFile bool // issues a key, which --key-file can take
 	file    bool // takes a document with --file
+	mode    bool // takes --mode, --tcp-port and --proxy-protocol
 	run     func(ctx context.Context, c *client, domain string, s *settings, out IO) error
 }
 
@@ -261,6 +281,11 @@ func (p *program) run(ctx context.Context, args []string, env Env, out IO) error
 	if cmd.file {
 		fset.StringVar(&s.file, "file", "", "")
 	}
+	if cmd.mode {
+		fset.StringVar(&s.mode.Mode, "mode", "", "")
+		fset.IntVar(&s.mode.TCPPort, "tcp-port", 0, "")
+		fset.StringVar(&s.mode.ProxyProtocol, "proxy-protocol", "", "")
+	}
 	positional, err := parseInterspersed(fset, args[1:])
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -277,6 +302,9 @@ func (p *program) run(ctx context.Context, args []string, env Env, out IO) error
 	domain := ""
 	if cmd.args == 1 {
 		domain = positional[0]
+	}
+	if name == "mode" && s.mode.Mode == "" {
+		return usagef("mode needs --mode http, tls-passthrough or tcp")
 	}
 	if s.keyFile != "" && s.json {
 		return usagef("--key-file and --json: choose one (the JSON answer holds the key)")
@@ -467,6 +495,42 @@ type domainInfo struct {
 	CreatedAt string `json:"created_at"`
 	UpdatedAt string `json:"updated_at"`
 	Agents    int    `json:"agents"`
+	modeFlags
+}
+
+// describeMode says what a domain carries, in a few words.
+func describeMode(d domainInfo) string {
+	out := d.Mode
+	if out == "" {
+		out = "http"
+	}
+	if d.TCPPort > 0 {
+		out += fmt.Sprintf(" on port %d", d.TCPPort)
+	}
+	if d.ProxyProtocol != "" {
+		out += ", PROXY protocol " + d.ProxyProtocol
+	}
+	return out
+}
+
+// setMode is `domains mode`.
+func setMode(ctx context.Context, c *client, domain string, s *settings, out IO) error {
+	a, raw, err := c.call(ctx, http.MethodPost, "/api/v1/admin/domains/mode", nil,
+		struct {
+			Domain string `json:"domain"`
+			modeFlags
+		}{domain, s.mode})
+	if s.json && raw != nil {
+		printJSON(out.Stdout, raw)
+	}
+	if err != nil || s.json {
+		return err
+	}
+	fmt.Fprintf(out.Stdout, "%s now carries %s.\n", a.Domain, describeMode(a.domainInfo))
+	if a.TCPPort > 0 {
+		fmt.Fprintf(out.Stdout, "Visitors connect to %s:%d; run the agent with --local-target tcp://<host:port>.\n", c.base.Hostname(), a.TCPPort)
+	}
+	return nil
 }
 
 // call sends a request and decodes the answer. raw is the body as received, for --json. An error
@@ -626,7 +690,11 @@ func add(ctx context.Context, c *client, domain string, s *settings, out IO) err
 		defer kf.discard()
 	}
 	a, raw, err := c.call(ctx, http.MethodPost, "/api/v1/admin/domains/register", nil,
-		map[string]string{"domain": domain, "memo": s.memo})
+		struct {
+			Domain string `json:"domain"`
+			Memo   string `json:"memo"`
+			modeFlags
+		}{domain, s.memo, s.mode})
 	if s.json && raw != nil {
 		printJSON(out.Stdout, raw)
 	}
@@ -646,6 +714,9 @@ func add(ctx context.Context, c *client, domain string, s *settings, out IO) err
 	fmt.Fprintf(out.Stdout, "Registered %s", a.Domain)
 	if a.Memo != "" {
 		fmt.Fprintf(out.Stdout, " (memo %q)", a.Memo)
+	}
+	if a.Mode != "" && a.Mode != "http" {
+		fmt.Fprintf(out.Stdout, ", %s", describeMode(a.domainInfo))
 	}
 	if kf != nil {
 		if err := writeKey(kf, a.ClientAPIKey, a.Domain); err != nil {
@@ -688,9 +759,9 @@ func list(ctx context.Context, c *client, _ string, s *settings, out IO) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(out.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "DOMAIN\tAGENTS\tCREATED\tUPDATED\tMEMO")
+	fmt.Fprintln(tw, "DOMAIN\tMODE\tAGENTS\tCREATED\tUPDATED\tMEMO")
 	for _, d := range a.Domains {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", d.Domain, d.Agents, d.CreatedAt, d.UpdatedAt, oneLine(d.Memo))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", d.Domain, describeMode(d), d.Agents, d.CreatedAt, d.UpdatedAt, oneLine(d.Memo))
 	}
 	return tw.Flush()
 }
@@ -711,6 +782,7 @@ func status(ctx context.Context, c *client, domain string, s *settings, out IO) 
 	}
 	tw := tabwriter.NewWriter(out.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "Domain:\t%s\n", a.Domain)
+	fmt.Fprintf(tw, "Mode:\t%s\n", describeMode(a.domainInfo))
 	fmt.Fprintf(tw, "Agents:\t%d\n", a.Agents)
 	fmt.Fprintf(tw, "Memo:\t%s\n", oneLine(a.Memo))
 	fmt.Fprintf(tw, "Created:\t%s\n", a.CreatedAt)

@@ -13,13 +13,15 @@ import (
 	"github.com/hopgate/hopgate/internal/gateway/errorpage"
 	"github.com/hopgate/hopgate/internal/gateway/h1guard"
 	"github.com/hopgate/hopgate/internal/gateway/h2guard"
+	"github.com/hopgate/hopgate/internal/gateway/lbproxy"
 	"github.com/hopgate/hopgate/internal/tcpopt"
 	"github.com/hopgate/hopgate/internal/tlscork"
 	"github.com/hopgate/hopgate/internal/tunnel"
 )
 
-// handshakeTimeout bounds a TLS handshake, as ReadHeaderTimeout did when net/http ran it.
-const handshakeTimeout = readHeaderTimeout
+// handshakeTimeout bounds a TLS handshake (the ClientHello peek included), as ReadHeaderTimeout did
+// when net/http ran it. A variable only so that tests can wait less.
+var handshakeTimeout = readHeaderTimeout
 
 // acceptTLS accepts on the HTTPS port until it is closed. Handshakes run in their own goroutines so a
 // slow client never holds up the next one.
@@ -52,10 +54,22 @@ func (s *Server) acceptTLS() {
 	}
 }
 
+// handshake runs the TLS handshake on raw, a connection counted in by admit, and hands the result to
+// the server its protocol belongs to; a passthrough domain's connection goes on undecrypted.
 func (s *Server) handshake(raw net.Conn) {
-	// Corked: a response or tunnel flush leaves in one system call instead of one per 16 KiB record.
-	tc := tlscork.Server(raw, s.tlsConf)
 	_ = raw.SetDeadline(time.Now().Add(handshakeTimeout))
+	conn := raw
+	if s.passthrough != nil && s.passthrough.Active() {
+		sni, replay := peekClientHello(raw)
+		if sni != "" && s.passthrough.Claims(sni) {
+			_ = raw.SetDeadline(time.Time{})
+			s.passthrough.ServePassthrough(replay, sni)
+			return
+		}
+		conn = replay
+	}
+	// Corked: a response or tunnel flush leaves in one system call instead of one per 16 KiB record.
+	tc := tlscork.Server(conn, s.tlsConf)
 	if err := tc.HandshakeContext(context.Background()); err != nil {
 		s.log.Debug("TLS handshake failed", "remote", raw.RemoteAddr().String(), "err", err)
 		raw.Close()
@@ -75,10 +89,8 @@ func (s *Server) handshake(raw net.Conn) {
 		}
 		s.h2Conns.Put(&tlsConn{Conn: g, state: state})
 	case p == tunnel.ALPN:
-		if cc, ok := raw.(*countedConn); ok {
-			// Uploads queue in the session, where streams take turns, not in the kernel.
-			_ = tcpopt.SetNotSentLowat(cc.Conn, tcpopt.TunnelNotSentLowat)
-		}
+		// Uploads queue in the session, where streams take turns, not in the kernel.
+		_ = tcpopt.SetNotSentLowat(socketOf(raw), tcpopt.TunnelNotSentLowat)
 		s.tunnels.ServeConn(tc)
 	default:
 		// acme-tls/1: the handshake was the whole validation.
@@ -172,11 +184,23 @@ func (cc *connCount) dropped(reason string) {
 	}
 }
 
+// socketOf returns the socket under c, a connection admit counted in: socket options need the
+// *net.TCPConn, not the counting or PROXY-protocol wrappers around it.
+func socketOf(c net.Conn) net.Conn {
+	if cc, ok := c.(*countedConn); ok {
+		c = cc.Conn
+	}
+	return lbproxy.Raw(c)
+}
+
 type countedConn struct {
 	net.Conn
 	cc   *connCount
 	once sync.Once
 }
+
+// CloseWrite half-closes the socket (a passthrough connection's target finished sending).
+func (c *countedConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 func (c *countedConn) Close() error {
 	c.once.Do(func() {

@@ -87,8 +87,8 @@ func checkTunnelConn(t *testing.T, f *fixture, c *tls.Conn) {
 }
 
 // checkHTTP sends one request on c in proto and expects the tenant handler to answer it with the TLS
-// state of the connection on the request.
-func checkHTTP(t *testing.T, f *fixture, c *tls.Conn, proto, wantALPN string) {
+// state of the connection on the request; it returns what the handler saw.
+func checkHTTP(t *testing.T, f *fixture, c *tls.Conn, proto, wantALPN string) hit {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, "https://"+tenantName+"/alpn", nil)
 	if err != nil {
@@ -129,8 +129,9 @@ func checkHTTP(t *testing.T, f *fixture, c *tls.Conn, proto, wantALPN string) {
 	hits := f.rec.take()
 	wantMajor := map[string]int{"h1": 1, "h2": 2}[proto]
 	if len(hits) != 1 || hits[0].protoMajor != wantMajor || !hits[0].tls || hits[0].alpn != wantALPN {
-		t.Errorf("hits = %+v; want one HTTP/%d request with r.TLS set and ALPN %q", hits, wantMajor, wantALPN)
+		t.Fatalf("hits = %+v; want one HTTP/%d request with r.TLS set and ALPN %q", hits, wantMajor, wantALPN)
 	}
+	return hits[0]
 }
 
 // ambiguousHead carries both framings of a body; the chunked one is complete, so a server that

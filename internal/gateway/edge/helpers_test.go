@@ -3,6 +3,7 @@ package edge_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net"
 	"net/http"
@@ -42,6 +43,7 @@ type hit struct {
 	tls        bool
 	alpn       string // r.TLS.NegotiatedProtocol
 	sni        string // r.TLS.ServerName
+	remote     string // r.RemoteAddr
 }
 
 // recorder backs the fake Gateway, Tenants and Tunnels handlers. Each answers 200 with its name in
@@ -53,7 +55,8 @@ type recorder struct {
 
 func (rc *recorder) handler(name string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := hit{handler: name, host: r.Host, path: r.URL.Path, protoMajor: r.ProtoMajor, tls: r.TLS != nil}
+		h := hit{handler: name, host: r.Host, path: r.URL.Path, protoMajor: r.ProtoMajor, tls: r.TLS != nil,
+			remote: r.RemoteAddr}
 		if r.TLS != nil {
 			h.alpn, h.sni = r.TLS.NegotiatedProtocol, r.TLS.ServerName
 		}
@@ -129,7 +132,7 @@ type fixture struct {
 
 // start runs a server with fake handlers on 127.0.0.1:0; mod may change the options first. The
 // server is shut down, and Serve's end awaited, when the test ends.
-func start(t *testing.T, mod func(*edge.Options)) *fixture {
+func start(t testing.TB, mod func(*edge.Options)) *fixture {
 	t.Helper()
 	ca, err := devcert.NewCA(gatewayName, []string{gatewayName, tenantName}, time.Hour)
 	if err != nil {
@@ -212,4 +215,134 @@ func (f *fixture) client(t *testing.T, sni, proto string) *http.Client {
 	}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 5 * time.Second}
+}
+
+// fakePassthrough is the agent side of TLS-passthrough domains: ServePassthrough terminates TLS
+// itself with its own certificate, echoes, and reports what it read and saw.
+type fakePassthrough struct {
+	active bool
+	names  map[string]bool
+	conf   *tls.Config    // the agent's own certificate
+	roots  *x509.CertPool // trusts that certificate (and not the gateway's)
+	mu     sync.Mutex
+	asked  []string // the names Claims was asked about
+	served chan passthroughCall
+}
+
+// passthroughCall is what one ServePassthrough call got.
+type passthroughCall struct {
+	sni, remote string
+	// read are the bytes the agent's handshake read: the replayed ClientHello first.
+	read []byte
+	err  error // the agent's handshake
+}
+
+func newFakePassthrough(t testing.TB, active bool, names ...string) *fakePassthrough {
+	t.Helper()
+	ca, err := devcert.NewCA("passthrough agent", names, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &fakePassthrough{active: active, names: map[string]bool{}, served: make(chan passthroughCall, 8),
+		conf: &tls.Config{Certificates: []tls.Certificate{ca.Cert}}, roots: ca.Pool}
+	for _, n := range names {
+		p.names[n] = true
+	}
+	return p
+}
+
+func (p *fakePassthrough) Active() bool { return p.active }
+
+func (p *fakePassthrough) Claims(sni string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.asked = append(p.asked, sni)
+	return p.names[sni]
+}
+
+// takeAsked returns the names Claims was asked about so far and forgets them.
+func (p *fakePassthrough) takeAsked() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	a := p.asked
+	p.asked = nil
+	return a
+}
+
+func (p *fakePassthrough) ServePassthrough(c net.Conn, sni string) {
+	defer c.Close()
+	// Bounded, so a test that forgets its client cannot hold up Serve (it waits for this call).
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	rc := &readRecorder{Conn: c}
+	tc := tls.Server(rc, p.conf)
+	err := tc.Handshake()
+	call := passthroughCall{sni: sni, remote: c.RemoteAddr().String(), read: rc.stop(), err: err}
+	select {
+	case p.served <- call:
+	default:
+	}
+	if err == nil {
+		_, _ = io.Copy(tc, tc)
+	}
+}
+
+// readRecorder keeps the bytes read through it until stop.
+type readRecorder struct {
+	net.Conn
+	read    []byte
+	stopped bool
+}
+
+func (r *readRecorder) Read(b []byte) (int, error) {
+	n, err := r.Conn.Read(b)
+	if !r.stopped {
+		r.read = append(r.read, b[:n]...)
+	}
+	return n, err
+}
+
+func (r *readRecorder) stop() []byte {
+	r.stopped = true
+	return r.read
+}
+
+// firstFlight keeps what a client wrote before its first read: a TLS client's ClientHello.
+type firstFlight struct {
+	net.Conn
+	mu      sync.Mutex
+	written []byte
+	reading bool
+}
+
+func (f *firstFlight) Write(b []byte) (int, error) {
+	f.mu.Lock()
+	if !f.reading {
+		f.written = append(f.written, b...)
+	}
+	f.mu.Unlock()
+	return f.Conn.Write(b)
+}
+
+func (f *firstFlight) Read(b []byte) (int, error) {
+	f.mu.Lock()
+	f.reading = true
+	f.mu.Unlock()
+	return f.Conn.Read(b)
+}
+
+func (f *firstFlight) bytes() []byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.written
+}
+
+// dialTCP opens a plain TCP connection to addr, closed when the test ends.
+func dialTCP(t testing.TB, addr net.Addr) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr.String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -13,12 +13,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hopgate/hopgate/internal/gateway/errorpage"
 	"github.com/hopgate/hopgate/internal/gateway/handoff"
+	"github.com/hopgate/hopgate/internal/gateway/lbproxy"
 	"github.com/hopgate/hopgate/internal/tunnel"
 )
 
@@ -59,6 +61,14 @@ type Options struct {
 	// MaxConns caps open connections over both listeners; more are closed as soon as accepted
 	// (0: no cap).
 	MaxConns int
+	// Passthrough, if set, takes TLS connections whose SNI names a TLS-passthrough domain, before
+	// the gateway's own handshake.
+	Passthrough Passthrough
+	// ProxyProtocolFrom are load balancers whose PROXY header is required and believed
+	// (HOP_SERVER_PROXY_PROTOCOL_FROM): on both listeners, a connection from one of them must start
+	// with the header and its source becomes RemoteAddr; anyone else's that starts with one is
+	// refused.
+	ProxyProtocolFrom []netip.Prefix
 	// Events, if set, hears about connections: opened, closed, and dropped by the gateway.
 	Events ConnEvents
 	// Errors writes the gateway's own answers here (400, 404, 421).
@@ -75,6 +85,7 @@ type Server struct {
 	tlsConf              *tls.Config
 	h2Conns, h1Conns     *handoff.Listener
 	tunnels              Tunnels
+	passthrough          Passthrough
 	conns                *connCount
 	log                  *slog.Logger
 	// handshakes are the goroutines acceptTLS started; Serve waits for them.
@@ -90,6 +101,8 @@ type Server struct {
 // protocol belongs and carry a guard that reads its raw bytes (net/http hides them): HTTP/1.1 to a
 // server whose connections carry an h1guard, h2 to one whose connections carry an h2guard,
 // tunnel.ALPN to the tunnel service, ACME's acme-tls/1 closed (the handshake was the validation).
+// Before all of that, a connection whose ClientHello names a TLS-passthrough domain goes to
+// Options.Passthrough undecrypted.
 func Listen(o Options) (*Server, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -101,14 +114,18 @@ func Listen(o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen HTTPS on %s: %w", o.HTTPSAddr, err)
 	}
-	s := &Server{httpsLn: httpsLn, log: o.Logger, tunnels: o.Tunnels, drained: make(chan struct{}),
-		conns: &connCount{max: int64(o.MaxConns), events: o.Events}}
+	// The PROXY header is read on a connection's first read (or RemoteAddr), in the goroutine that
+	// serves it, never in an accept loop: a slow balancer holds up only its own connection.
+	httpsLn = lbproxy.Wrap(httpsLn, o.ProxyProtocolFrom, lbproxy.Reject)
+	s := &Server{httpsLn: httpsLn, log: o.Logger, tunnels: o.Tunnels, passthrough: o.Passthrough,
+		drained: make(chan struct{}), conns: &connCount{max: int64(o.MaxConns), events: o.Events}}
 	if o.HTTPAddr != "" {
-		s.httpLn, err = net.Listen("tcp", o.HTTPAddr)
+		httpLn, err := net.Listen("tcp", o.HTTPAddr)
 		if err != nil {
 			httpsLn.Close()
 			return nil, fmt.Errorf("listen HTTP on %s: %w", o.HTTPAddr, err)
 		}
+		s.httpLn = lbproxy.Wrap(httpLn, o.ProxyProtocolFrom, lbproxy.Reject)
 	}
 	tlsConf := o.TLSConfig.Clone()
 	tlsConf.MinVersion = max(tlsConf.MinVersion, tls.VersionTLS12)

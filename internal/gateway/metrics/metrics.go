@@ -36,7 +36,35 @@ type Metrics struct {
 	// AccessDeniedReasons). The proxy counts each denial once, where it renders the refusal; the
 	// access guard that decides does not, so that a denial is never counted twice.
 	AccessDenied *prometheus.CounterVec
+
+	// Raw connections: TCP-mode ports and TLS passthrough (package rawedge). Labels are mode (one of
+	// TCPModes), result (one of TCPResults) and direction (in: visitor to target, out: back); never a
+	// domain, an address or a port.
+	//
+	// TCPConnectionsOpen is hopgate_tcp_connections_open{mode}: raw connections open now, from
+	// accept to close.
+	TCPConnectionsOpen *prometheus.GaugeVec
+	// TCPConnections is hopgate_tcp_connections_total{mode,result}: raw connections ended, by how
+	// (ok once the agent's target answered, else why it was refused).
+	TCPConnections *prometheus.CounterVec
+	// TCPBytes is hopgate_tcp_bytes_total{mode,direction}: bytes carried on raw connections.
+	TCPBytes *prometheus.CounterVec
+	// TCPDuration is hopgate_tcp_connection_duration_seconds{mode}: how long raw connections that
+	// reached their target lasted, to hours.
+	TCPDuration *prometheus.HistogramVec
 }
+
+// TCPModes is the fixed set of mode values of the hopgate_tcp_* series.
+var TCPModes = []string{"tcp", "tls_passthrough"}
+
+// TCPResults is the fixed set of result values of hopgate_tcp_connections_total: ok (carried to
+// the target), denied (an IP rule or rate limit of the domain's policy), over_limit (the domain's
+// open-connection cap), no_agent (no agent that serves raw streams), agent_error (the stream could
+// not be opened), target_unreachable (the agent could not dial its target), timeout (the agent did
+// not answer in time), forged_proxy_header (a PROXY header from a peer that is not a trusted
+// balancer, or none from one that is), store_unavailable (the policy could not be read).
+var TCPResults = []string{"ok", "denied", "over_limit", "no_agent", "agent_error", "target_unreachable",
+	"timeout", "forged_proxy_header", "store_unavailable"}
 
 // AccessDeniedReasons is the fixed set of reason values of hopgate_access_denied_total: ip (403 by an
 // IP rule), auth (401 from basic auth), rate (429), sso (single sign-on refused or required).
@@ -87,14 +115,39 @@ func New() *Metrics {
 		AccessDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hopgate_access_denied_total", Help: "Requests refused by a domain's access policy, by reason (ip, auth, rate, sso).",
 		}, []string{"reason"}),
+		TCPConnectionsOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hopgate_tcp_connections_open", Help: "Raw connections (TCP ports, TLS passthrough) open now, by mode.",
+		}, []string{"mode"}),
+		TCPConnections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopgate_tcp_connections_total", Help: "Raw connections (TCP ports, TLS passthrough) ended, by mode and result.",
+		}, []string{"mode", "result"}),
+		TCPBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopgate_tcp_bytes_total", Help: "Bytes carried on raw connections, by mode and direction (in: visitor to target).",
+		}, []string{"mode", "direction"}),
+		TCPDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "hopgate_tcp_connection_duration_seconds", Help: "Lifetime of raw connections that reached their target, by mode.",
+			// 10 ms to about 11.6 hours.
+			Buckets: prometheus.ExponentialBuckets(0.01, 4, 12),
+		}, []string{"mode"}),
 	}
 	// Every reason's series exists from the first scrape, so that rate() and alerts see a 0 rather
 	// than nothing before the first denial.
 	for _, r := range AccessDeniedReasons {
 		m.AccessDenied.WithLabelValues(r)
 	}
+	for _, mode := range TCPModes {
+		m.TCPConnectionsOpen.WithLabelValues(mode)
+		m.TCPDuration.WithLabelValues(mode)
+		for _, r := range TCPResults {
+			m.TCPConnections.WithLabelValues(mode, r)
+		}
+		for _, d := range []string{"in", "out"} {
+			m.TCPBytes.WithLabelValues(mode, d)
+		}
+	}
 	reg.MustRegister(m.Requests, m.Duration, m.TunnelsActive, m.TunnelConnects, m.TunnelBytes, m.ProxyErrors, m.CertExpiry, m.CertOrders,
 		m.ConnectionsOpen, m.ConnectionsDropped, m.Overloaded, m.AccessDenied, m.AgentTargetsDown,
+		m.TCPConnectionsOpen, m.TCPConnections, m.TCPBytes, m.TCPDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -312,3 +312,59 @@ func TestAccessDenied(t *testing.T) {
 		t.Errorf("%d series, want 4", n)
 	}
 }
+
+// TestTCPSeries checks the raw-connection series: their types and labels, every mode and result
+// there at 0 from the first scrape, and nothing that could carry a domain or an address.
+func TestTCPSeries(t *testing.T) {
+	m := metrics.New()
+	e := scrape(t, m)
+	tests := []struct {
+		name   string
+		typ    string
+		series string
+		labels []string // sorted
+		count  int
+	}{
+		{name: "hopgate_tcp_connections_open", typ: "gauge", series: "hopgate_tcp_connections_open", labels: []string{"mode"}, count: 2},
+		{name: "hopgate_tcp_connections_total", typ: "counter", series: "hopgate_tcp_connections_total", labels: []string{"mode", "result"}, count: 2 * 9},
+		{name: "hopgate_tcp_bytes_total", typ: "counter", series: "hopgate_tcp_bytes_total", labels: []string{"direction", "mode"}, count: 4},
+		{name: "hopgate_tcp_connection_duration_seconds", typ: "histogram", series: "hopgate_tcp_connection_duration_seconds_count", labels: []string{"mode"}, count: 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := e.types[tc.name]; got != tc.typ {
+				t.Fatalf("TYPE = %q, want %q", got, tc.typ)
+			}
+			samples := e.find(tc.series)
+			if len(samples) != tc.count {
+				t.Fatalf("%d samples, want %d", len(samples), tc.count)
+			}
+			for _, s := range samples {
+				if got := labelNames(s); !slices.Equal(got, tc.labels) {
+					t.Errorf("labels = %q, want %q", got, tc.labels)
+				}
+				if !slices.Contains(metrics.TCPModes, s.labels["mode"]) {
+					t.Errorf("mode %q", s.labels["mode"])
+				}
+				if r, ok := s.labels["result"]; ok && !slices.Contains(metrics.TCPResults, r) {
+					t.Errorf("result %q", r)
+				}
+				if s.value != 0 {
+					t.Errorf("%v = %v before any connection", s.labels, s.value)
+				}
+			}
+		})
+	}
+	// Connections of hours still fall in a bucket of their own.
+	m.TCPDuration.WithLabelValues("tcp").Observe((3 * time.Hour).Seconds())
+	var le []float64
+	for _, s := range scrape(t, m).find("hopgate_tcp_connection_duration_seconds_bucket") {
+		if s.labels["mode"] == "tcp" && s.value == 1 && s.labels["le"] != "+Inf" {
+			v, _ := strconv.ParseFloat(s.labels["le"], 64)
+			le = append(le, v)
+		}
+	}
+	if len(le) == 0 {
+		t.Error("a 3-hour connection is only in the +Inf bucket")
+	}
+}

@@ -60,6 +60,9 @@ type Domain struct {
 	Memo      string
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	// Mode is what the domain carries (ModeHTTP, ModePassthrough or ModeTCP), its TCP port and its
+	// PROXY protocol version towards the target.
+	Mode
 }
 
 // Options select and tune the database.
@@ -168,10 +171,11 @@ func source(o Options) (driverName, dsn string, md migrations.Dialect, entDialec
 // Register adds a domain and returns it with its new client API key, which is not stored and
 // cannot be shown again. Registering a name twice fails with ErrExists, also when both calls race.
 func (s *Store) Register(ctx context.Context, name, memo string) (Domain, string, error) {
-	name, err := canonical(name)
-	if err != nil {
-		return Domain{}, "", err
-	}
+	return s.RegisterMode(ctx, name, memo, Mode{Mode: ModeHTTP})
+}
+
+// register writes a new domain of a checked name and mode.
+func (s *Store) register(ctx context.Context, name, memo string, m Mode) (Domain, string, error) {
 	if err := checkMemo(memo); err != nil {
 		return Domain{}, "", err
 	}
@@ -180,15 +184,27 @@ func (s *Store) Register(ctx context.Context, name, memo string) (Domain, string
 		return Domain{}, "", fmt.Errorf("registry: register %s: %w", name, err)
 	}
 	now := now()
-	d, err := s.client.Domain.Create().
+	c := s.client.Domain.Create().
 		SetName(name).
 		SetKeyHash(hash).
 		SetMemo(memo).
 		SetCreatedAt(now).
 		SetUpdatedAt(now).
-		Save(ctx)
+		SetMode(m.Mode).
+		SetProxyProtocol(m.ProxyProtocol)
+	if m.Mode == ModeTCP {
+		c.SetTCPPort(m.TCPPort)
+	}
+	d, err := c.Save(ctx)
 	if err != nil {
-		return Domain{}, "", classify("registry: register "+name, err)
+		op := "registry: register " + name
+		if m.Mode == ModeTCP && ent.IsConstraintError(err) {
+			// The name or the port: the name is cheap to ask about.
+			if taken, qerr := s.client.Domain.Query().Where(domain.Name(name)).Exist(ctx); qerr == nil && !taken {
+				return Domain{}, "", classifyPort(op, m, err)
+			}
+		}
+		return Domain{}, "", classify(op, err)
 	}
 	return toDomain(d), plain, nil
 }
@@ -397,7 +413,15 @@ func toDomain(d *ent.Domain) Domain {
 		Memo:      d.Memo,
 		CreatedAt: d.CreatedAt.UTC(),
 		UpdatedAt: d.UpdatedAt.UTC(),
+		Mode:      Mode{Mode: d.Mode, TCPPort: derefInt(d.TCPPort), ProxyProtocol: d.ProxyProtocol},
 	}
+}
+
+func derefInt(p *int) int {
+	if p == nil {
+		return 0
+	}
+	return *p
 }
 
 // now is truncated to what Postgres keeps (microseconds), so a value returned by Register equals

@@ -28,6 +28,60 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// StreamMode tells an HTTP request from a raw byte stream.
+type StreamMode int32
+
+const (
+	// STREAM_MODE_UNSPECIFIED: an HTTP request (the default, and all an older agent knows).
+	StreamMode_STREAM_MODE_UNSPECIFIED StreamMode = 0
+	// STREAM_MODE_TCP: a connection to one of the gateway's public TCP ports.
+	StreamMode_STREAM_MODE_TCP StreamMode = 1
+	// STREAM_MODE_TLS_PASSTHROUGH: a TLS connection on the HTTPS port the gateway did not terminate;
+	// the first Data holds the visitor's ClientHello.
+	StreamMode_STREAM_MODE_TLS_PASSTHROUGH StreamMode = 2
+)
+
+// Enum value maps for StreamMode.
+var (
+	StreamMode_name = map[int32]string{
+		0: "STREAM_MODE_UNSPECIFIED",
+		1: "STREAM_MODE_TCP",
+		2: "STREAM_MODE_TLS_PASSTHROUGH",
+	}
+	StreamMode_value = map[string]int32{
+		"STREAM_MODE_UNSPECIFIED":     0,
+		"STREAM_MODE_TCP":             1,
+		"STREAM_MODE_TLS_PASSTHROUGH": 2,
+	}
+)
+
+func (x StreamMode) Enum() *StreamMode {
+	p := new(StreamMode)
+	*p = x
+	return p
+}
+
+func (x StreamMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StreamMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_hopgate_tunnel_v1_tunnel_proto_enumTypes[0].Descriptor()
+}
+
+func (StreamMode) Type() protoreflect.EnumType {
+	return &file_hopgate_tunnel_v1_tunnel_proto_enumTypes[0]
+}
+
+func (x StreamMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StreamMode.Descriptor instead.
+func (StreamMode) EnumDescriptor() ([]byte, []int) {
+	return file_hopgate_tunnel_v1_tunnel_proto_rawDescGZIP(), []int{0}
+}
+
 type ResetReason int32
 
 const (
@@ -79,11 +133,11 @@ func (x ResetReason) String() string {
 }
 
 func (ResetReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_hopgate_tunnel_v1_tunnel_proto_enumTypes[0].Descriptor()
+	return file_hopgate_tunnel_v1_tunnel_proto_enumTypes[1].Descriptor()
 }
 
 func (ResetReason) Type() protoreflect.EnumType {
-	return &file_hopgate_tunnel_v1_tunnel_proto_enumTypes[0]
+	return &file_hopgate_tunnel_v1_tunnel_proto_enumTypes[1]
 }
 
 func (x ResetReason) Number() protoreflect.EnumNumber {
@@ -92,7 +146,7 @@ func (x ResetReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ResetReason.Descriptor instead.
 func (ResetReason) EnumDescriptor() ([]byte, []int) {
-	return file_hopgate_tunnel_v1_tunnel_proto_rawDescGZIP(), []int{0}
+	return file_hopgate_tunnel_v1_tunnel_proto_rawDescGZIP(), []int{1}
 }
 
 type TunnelFrame struct {
@@ -633,8 +687,20 @@ type RequestHead struct {
 	// end_stream is true when no body follows.
 	EndStream bool `protobuf:"varint,7,opt,name=end_stream,json=endStream,proto3" json:"end_stream,omitempty"`
 	// trailer_names lists the request trailers the visitor announced.
-	TrailerNames  []string `protobuf:"bytes,8,rep,name=trailer_names,json=trailerNames,proto3" json:"trailer_names,omitempty"`
-	RemoteAddr    string   `protobuf:"bytes,9,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	TrailerNames []string `protobuf:"bytes,8,rep,name=trailer_names,json=trailerNames,proto3" json:"trailer_names,omitempty"`
+	RemoteAddr   string   `protobuf:"bytes,9,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	// mode is what the stream carries. A raw stream (TCP, TLS passthrough) has no method, path,
+	// headers or body framing: host names the service (the domain, or the SNI name under a wildcard
+	// domain), the agent dials that service's TCP target and answers with a ResponseHead of status 200
+	// (or a Reset), then Data frames carry the connection's bytes both ways and End is its half-close.
+	// Only sent to an agent that announced the "raw-streams" capability.
+	Mode StreamMode `protobuf:"varint,10,opt,name=mode,proto3,enum=hopgate.tunnel.v1.StreamMode" json:"mode,omitempty"`
+	// local_addr is, on a raw stream, the address the visitor connected to (host:port): the
+	// destination of a PROXY protocol header.
+	LocalAddr string `protobuf:"bytes,11,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"`
+	// proxy_protocol is, on a raw stream, the PROXY protocol version (1 or 2) the agent writes to the
+	// target before the visitor's bytes, naming remote_addr and local_addr; 0 writes none.
+	ProxyProtocol uint32 `protobuf:"varint,12,opt,name=proxy_protocol,json=proxyProtocol,proto3" json:"proxy_protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -730,6 +796,27 @@ func (x *RequestHead) GetRemoteAddr() string {
 		return x.RemoteAddr
 	}
 	return ""
+}
+
+func (x *RequestHead) GetMode() StreamMode {
+	if x != nil {
+		return x.Mode
+	}
+	return StreamMode_STREAM_MODE_UNSPECIFIED
+}
+
+func (x *RequestHead) GetLocalAddr() string {
+	if x != nil {
+		return x.LocalAddr
+	}
+	return ""
+}
+
+func (x *RequestHead) GetProxyProtocol() uint32 {
+	if x != nil {
+		return x.ProxyProtocol
+	}
+	return 0
 }
 
 // ResponseHead answers a RequestHead (agent to server).
@@ -1282,7 +1369,7 @@ const file_hopgate_tunnel_v1_tunnel_proto_rawDesc = "" +
 	"\x0einitial_window\x18\x03 \x01(\rR\rinitialWindow\x12\"\n" +
 	"\fcapabilities\x18\x04 \x03(\tR\fcapabilities\"#\n" +
 	"\aRefused\x12\x18\n" +
-	"\amessage\x18\x01 \x01(\tR\amessage\"\xa6\x02\n" +
+	"\amessage\x18\x01 \x01(\tR\amessage\"\x9f\x03\n" +
 	"\vRequestHead\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x16\n" +
 	"\x06scheme\x18\x02 \x01(\tR\x06scheme\x12\x12\n" +
@@ -1294,7 +1381,12 @@ const file_hopgate_tunnel_v1_tunnel_proto_rawDesc = "" +
 	"end_stream\x18\a \x01(\bR\tendStream\x12#\n" +
 	"\rtrailer_names\x18\b \x03(\tR\ftrailerNames\x12\x1f\n" +
 	"\vremote_addr\x18\t \x01(\tR\n" +
-	"remoteAddr\"\xda\x01\n" +
+	"remoteAddr\x121\n" +
+	"\x04mode\x18\n" +
+	" \x01(\x0e2\x1d.hopgate.tunnel.v1.StreamModeR\x04mode\x12\x1d\n" +
+	"\n" +
+	"local_addr\x18\v \x01(\tR\tlocalAddr\x12%\n" +
+	"\x0eproxy_protocol\x18\f \x01(\rR\rproxyProtocol\"\xda\x01\n" +
 	"\fResponseHead\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\rR\x06status\x123\n" +
 	"\aheaders\x18\x02 \x03(\v2\x19.hopgate.tunnel.v1.HeaderR\aheaders\x12%\n" +
@@ -1323,7 +1415,12 @@ const file_hopgate_tunnel_v1_tunnel_proto_rawDesc = "" +
 	"\n" +
 	"PathHealth\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x0e\n" +
-	"\x02up\x18\x02 \x01(\bR\x02up*\xdf\x01\n" +
+	"\x02up\x18\x02 \x01(\bR\x02up*_\n" +
+	"\n" +
+	"StreamMode\x12\x1b\n" +
+	"\x17STREAM_MODE_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fSTREAM_MODE_TCP\x10\x01\x12\x1f\n" +
+	"\x1bSTREAM_MODE_TLS_PASSTHROUGH\x10\x02*\xdf\x01\n" +
 	"\vResetReason\x12\x1c\n" +
 	"\x18RESET_REASON_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13RESET_REASON_CANCEL\x10\x01\x12#\n" +
@@ -1348,53 +1445,55 @@ func file_hopgate_tunnel_v1_tunnel_proto_rawDescGZIP() []byte {
 	return file_hopgate_tunnel_v1_tunnel_proto_rawDescData
 }
 
-var file_hopgate_tunnel_v1_tunnel_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_hopgate_tunnel_v1_tunnel_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_hopgate_tunnel_v1_tunnel_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_hopgate_tunnel_v1_tunnel_proto_goTypes = []any{
-	(ResetReason)(0),     // 0: hopgate.tunnel.v1.ResetReason
-	(*TunnelFrame)(nil),  // 1: hopgate.tunnel.v1.TunnelFrame
-	(*Header)(nil),       // 2: hopgate.tunnel.v1.Header
-	(*Hello)(nil),        // 3: hopgate.tunnel.v1.Hello
-	(*Accepted)(nil),     // 4: hopgate.tunnel.v1.Accepted
-	(*Refused)(nil),      // 5: hopgate.tunnel.v1.Refused
-	(*RequestHead)(nil),  // 6: hopgate.tunnel.v1.RequestHead
-	(*ResponseHead)(nil), // 7: hopgate.tunnel.v1.ResponseHead
-	(*Data)(nil),         // 8: hopgate.tunnel.v1.Data
-	(*End)(nil),          // 9: hopgate.tunnel.v1.End
-	(*Reset)(nil),        // 10: hopgate.tunnel.v1.Reset
-	(*WindowUpdate)(nil), // 11: hopgate.tunnel.v1.WindowUpdate
-	(*Ping)(nil),         // 12: hopgate.tunnel.v1.Ping
-	(*Pong)(nil),         // 13: hopgate.tunnel.v1.Pong
-	(*GoAway)(nil),       // 14: hopgate.tunnel.v1.GoAway
-	(*Health)(nil),       // 15: hopgate.tunnel.v1.Health
-	(*PathHealth)(nil),   // 16: hopgate.tunnel.v1.PathHealth
+	(StreamMode)(0),      // 0: hopgate.tunnel.v1.StreamMode
+	(ResetReason)(0),     // 1: hopgate.tunnel.v1.ResetReason
+	(*TunnelFrame)(nil),  // 2: hopgate.tunnel.v1.TunnelFrame
+	(*Header)(nil),       // 3: hopgate.tunnel.v1.Header
+	(*Hello)(nil),        // 4: hopgate.tunnel.v1.Hello
+	(*Accepted)(nil),     // 5: hopgate.tunnel.v1.Accepted
+	(*Refused)(nil),      // 6: hopgate.tunnel.v1.Refused
+	(*RequestHead)(nil),  // 7: hopgate.tunnel.v1.RequestHead
+	(*ResponseHead)(nil), // 8: hopgate.tunnel.v1.ResponseHead
+	(*Data)(nil),         // 9: hopgate.tunnel.v1.Data
+	(*End)(nil),          // 10: hopgate.tunnel.v1.End
+	(*Reset)(nil),        // 11: hopgate.tunnel.v1.Reset
+	(*WindowUpdate)(nil), // 12: hopgate.tunnel.v1.WindowUpdate
+	(*Ping)(nil),         // 13: hopgate.tunnel.v1.Ping
+	(*Pong)(nil),         // 14: hopgate.tunnel.v1.Pong
+	(*GoAway)(nil),       // 15: hopgate.tunnel.v1.GoAway
+	(*Health)(nil),       // 16: hopgate.tunnel.v1.Health
+	(*PathHealth)(nil),   // 17: hopgate.tunnel.v1.PathHealth
 }
 var file_hopgate_tunnel_v1_tunnel_proto_depIdxs = []int32{
-	3,  // 0: hopgate.tunnel.v1.TunnelFrame.hello:type_name -> hopgate.tunnel.v1.Hello
-	4,  // 1: hopgate.tunnel.v1.TunnelFrame.accepted:type_name -> hopgate.tunnel.v1.Accepted
-	5,  // 2: hopgate.tunnel.v1.TunnelFrame.refused:type_name -> hopgate.tunnel.v1.Refused
-	6,  // 3: hopgate.tunnel.v1.TunnelFrame.request_head:type_name -> hopgate.tunnel.v1.RequestHead
-	7,  // 4: hopgate.tunnel.v1.TunnelFrame.response_head:type_name -> hopgate.tunnel.v1.ResponseHead
-	8,  // 5: hopgate.tunnel.v1.TunnelFrame.data:type_name -> hopgate.tunnel.v1.Data
-	9,  // 6: hopgate.tunnel.v1.TunnelFrame.end:type_name -> hopgate.tunnel.v1.End
-	10, // 7: hopgate.tunnel.v1.TunnelFrame.reset:type_name -> hopgate.tunnel.v1.Reset
-	11, // 8: hopgate.tunnel.v1.TunnelFrame.window_update:type_name -> hopgate.tunnel.v1.WindowUpdate
-	12, // 9: hopgate.tunnel.v1.TunnelFrame.ping:type_name -> hopgate.tunnel.v1.Ping
-	13, // 10: hopgate.tunnel.v1.TunnelFrame.pong:type_name -> hopgate.tunnel.v1.Pong
-	14, // 11: hopgate.tunnel.v1.TunnelFrame.goaway:type_name -> hopgate.tunnel.v1.GoAway
-	15, // 12: hopgate.tunnel.v1.TunnelFrame.health:type_name -> hopgate.tunnel.v1.Health
-	2,  // 13: hopgate.tunnel.v1.RequestHead.headers:type_name -> hopgate.tunnel.v1.Header
-	2,  // 14: hopgate.tunnel.v1.ResponseHead.headers:type_name -> hopgate.tunnel.v1.Header
-	2,  // 15: hopgate.tunnel.v1.End.trailers:type_name -> hopgate.tunnel.v1.Header
-	0,  // 16: hopgate.tunnel.v1.Reset.reason:type_name -> hopgate.tunnel.v1.ResetReason
-	16, // 17: hopgate.tunnel.v1.Health.paths:type_name -> hopgate.tunnel.v1.PathHealth
-	1,  // 18: hopgate.tunnel.v1.TunnelService.OpenTunnel:input_type -> hopgate.tunnel.v1.TunnelFrame
-	1,  // 19: hopgate.tunnel.v1.TunnelService.OpenTunnel:output_type -> hopgate.tunnel.v1.TunnelFrame
-	19, // [19:20] is the sub-list for method output_type
-	18, // [18:19] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	4,  // 0: hopgate.tunnel.v1.TunnelFrame.hello:type_name -> hopgate.tunnel.v1.Hello
+	5,  // 1: hopgate.tunnel.v1.TunnelFrame.accepted:type_name -> hopgate.tunnel.v1.Accepted
+	6,  // 2: hopgate.tunnel.v1.TunnelFrame.refused:type_name -> hopgate.tunnel.v1.Refused
+	7,  // 3: hopgate.tunnel.v1.TunnelFrame.request_head:type_name -> hopgate.tunnel.v1.RequestHead
+	8,  // 4: hopgate.tunnel.v1.TunnelFrame.response_head:type_name -> hopgate.tunnel.v1.ResponseHead
+	9,  // 5: hopgate.tunnel.v1.TunnelFrame.data:type_name -> hopgate.tunnel.v1.Data
+	10, // 6: hopgate.tunnel.v1.TunnelFrame.end:type_name -> hopgate.tunnel.v1.End
+	11, // 7: hopgate.tunnel.v1.TunnelFrame.reset:type_name -> hopgate.tunnel.v1.Reset
+	12, // 8: hopgate.tunnel.v1.TunnelFrame.window_update:type_name -> hopgate.tunnel.v1.WindowUpdate
+	13, // 9: hopgate.tunnel.v1.TunnelFrame.ping:type_name -> hopgate.tunnel.v1.Ping
+	14, // 10: hopgate.tunnel.v1.TunnelFrame.pong:type_name -> hopgate.tunnel.v1.Pong
+	15, // 11: hopgate.tunnel.v1.TunnelFrame.goaway:type_name -> hopgate.tunnel.v1.GoAway
+	16, // 12: hopgate.tunnel.v1.TunnelFrame.health:type_name -> hopgate.tunnel.v1.Health
+	3,  // 13: hopgate.tunnel.v1.RequestHead.headers:type_name -> hopgate.tunnel.v1.Header
+	0,  // 14: hopgate.tunnel.v1.RequestHead.mode:type_name -> hopgate.tunnel.v1.StreamMode
+	3,  // 15: hopgate.tunnel.v1.ResponseHead.headers:type_name -> hopgate.tunnel.v1.Header
+	3,  // 16: hopgate.tunnel.v1.End.trailers:type_name -> hopgate.tunnel.v1.Header
+	1,  // 17: hopgate.tunnel.v1.Reset.reason:type_name -> hopgate.tunnel.v1.ResetReason
+	17, // 18: hopgate.tunnel.v1.Health.paths:type_name -> hopgate.tunnel.v1.PathHealth
+	2,  // 19: hopgate.tunnel.v1.TunnelService.OpenTunnel:input_type -> hopgate.tunnel.v1.TunnelFrame
+	2,  // 20: hopgate.tunnel.v1.TunnelService.OpenTunnel:output_type -> hopgate.tunnel.v1.TunnelFrame
+	20, // [20:21] is the sub-list for method output_type
+	19, // [19:20] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_hopgate_tunnel_v1_tunnel_proto_init() }
@@ -1422,7 +1521,7 @@ func file_hopgate_tunnel_v1_tunnel_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hopgate_tunnel_v1_tunnel_proto_rawDesc), len(file_hopgate_tunnel_v1_tunnel_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
