@@ -306,7 +306,7 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 		h.certs.Manage(context.WithoutCancel(r.Context()), d.Name)
 	}
 	if d.Mode.Mode != registry.ModeHTTP {
-		h.modeChanged(r.Context(), registry.Mode{Mode: registry.ModeHTTP}, d)
+		h.reloadRaw(r.Context(), d.Name)
 	}
 	jsonapi.Write(w, http.StatusCreated, registerResponse{
 		Success:      true,
@@ -343,9 +343,7 @@ func (h *handler) unregister(w http.ResponseWriter, r *http.Request) {
 	if h.ports != nil {
 		// The port is free in the registry with the row; the listener goes now, not at a refresh.
 		h.ports.Release(name)
-		if err := h.ports.Reload(context.WithoutCancel(r.Context())); err != nil {
-			h.log.WarnContext(r.Context(), "raw edge reload failed; the change applies at the next refresh", "domain", name, "err", err)
-		}
+		h.reloadRaw(r.Context(), name)
 	}
 	// The policy went with the row.
 	h.policyChanged(name)

@@ -73,10 +73,6 @@ func (mr modeRequest) parse() (registry.Mode, error) {
 	if m.TCPPort < 0 || m.TCPPort > 65535 {
 		return m, fmt.Errorf("tcp_port %d is not a port (1 to 65535, or 0 for any free one)", m.TCPPort)
 	}
-	if m.Mode == registry.ModeTCP && m.TCPPort == 0 {
-		// Any free port: a placeholder that passes the registry's check until Assign picks one.
-		m.TCPPort = -1
-	}
 	return m, nil
 }
 
@@ -92,8 +88,7 @@ func (h *handler) withPort(ctx context.Context, name string, m registry.Mode, wr
 	if h.ports == nil {
 		return m, errTCPOff
 	}
-	want := max(m.TCPPort, 0)
-	port, err := h.ports.Assign(ctx, name, want, func(port int) error {
+	port, err := h.ports.Assign(ctx, name, m.TCPPort, func(port int) error {
 		m.TCPPort = port
 		err := write(m)
 		if errors.Is(err, registry.ErrPortTaken) {
@@ -129,16 +124,14 @@ func (h *handler) setMode(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	if m.Mode == registry.ModeTCP && old.Mode.Mode == registry.ModeTCP && (m.TCPPort == -1 || m.TCPPort == old.TCPPort) {
-		// Same port (only the PROXY version may change): nothing to bind.
-		m.TCPPort = old.TCPPort
-	}
 	var d registry.Domain
 	write := func(m registry.Mode) (err error) {
 		d, err = h.reg.SetMode(ctx, name, m)
 		return err
 	}
-	if m.Mode == registry.ModeTCP && m.TCPPort == old.TCPPort {
+	if m.Mode == registry.ModeTCP && old.Mode.Mode == registry.ModeTCP && (m.TCPPort == 0 || m.TCPPort == old.TCPPort) {
+		// Same port (only the PROXY version may change): nothing to bind.
+		m.TCPPort = old.TCPPort
 		err = write(m)
 	} else {
 		_, err = h.withPort(ctx, name, m, write)
@@ -164,10 +157,8 @@ func (h *handler) setMode(w http.ResponseWriter, r *http.Request) {
 // modeChanged makes the gateway serve d's new mode: the raw edge reloads, and only HTTP-mode names
 // hold certificates (a passthrough name's certificate is its target's; a TCP port has none).
 func (h *handler) modeChanged(ctx context.Context, old registry.Mode, d registry.Domain) {
-	if h.ports != nil && (old.Mode != registry.ModeHTTP || d.Mode.Mode != registry.ModeHTTP) {
-		if err := h.ports.Reload(context.WithoutCancel(ctx)); err != nil {
-			h.log.WarnContext(ctx, "raw edge reload failed; the change applies at the next refresh", "domain", d.Name, "err", err)
-		}
+	if old.Mode != registry.ModeHTTP || d.Mode.Mode != registry.ModeHTTP {
+		h.reloadRaw(ctx, d.Name)
 	}
 	if h.certs == nil || old.Mode == d.Mode.Mode {
 		return
@@ -177,6 +168,17 @@ func (h *handler) modeChanged(ctx context.Context, old registry.Mode, d registry
 		h.certs.Manage(context.WithoutCancel(ctx), d.Name)
 	case old.Mode == registry.ModeHTTP || old.Mode == "":
 		h.certs.Unmanage(d.Name)
+	}
+}
+
+// reloadRaw makes the raw edge serve the stored modes now, after a change to domain's. A failed
+// reload loses nothing: the edge's periodic refresh applies the change.
+func (h *handler) reloadRaw(ctx context.Context, domain string) {
+	if h.ports == nil {
+		return
+	}
+	if err := h.ports.Reload(context.WithoutCancel(ctx)); err != nil {
+		h.log.WarnContext(ctx, "raw edge reload failed; the change applies at the next refresh", "domain", domain, "err", err)
 	}
 }
 
