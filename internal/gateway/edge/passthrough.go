@@ -6,6 +6,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/hopgate/hopgate/internal/gateway/lbproxy"
 )
 
 // Passthrough takes the TLS connections of TLS-passthrough domains: their agents terminate TLS
@@ -90,10 +92,11 @@ func (c *replayConn) Read(p []byte) (int, error) {
 // output reaches the visitor as end of input instead of closing the connection.
 func (c *replayConn) CloseWrite() error { return closeWrite(c.Conn) }
 
-// closeWrite half-closes c when it, or what it wraps, can.
+// closeWrite half-closes c when it, or the socket under a trusted balancer's PROXY header, can;
+// otherwise it closes c.
 func closeWrite(c net.Conn) error {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
+	if ok, err := lbproxy.CloseWrite(c); ok {
+		return err
 	}
 	return c.Close()
 }

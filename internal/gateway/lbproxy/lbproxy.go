@@ -86,6 +86,17 @@ func IsHeaderStart(b []byte) (header, done bool) {
 	return false, true
 }
 
+// CloseWrite half-closes c, looking through a PROXY-protocol wrapper (which has no CloseWrite of
+// its own and writes straight to the socket under it). ok is false when neither can be half-closed.
+func CloseWrite(c net.Conn) (ok bool, err error) {
+	for _, conn := range []net.Conn{c, Raw(c)} {
+		if cw, can := conn.(interface{ CloseWrite() error }); can {
+			return true, cw.CloseWrite()
+		}
+	}
+	return false, nil
+}
+
 // Raw returns the connection under a PROXY-protocol wrapper (for socket options), or c itself.
 func Raw(c net.Conn) net.Conn {
 	if pc, ok := c.(*proxyproto.Conn); ok {

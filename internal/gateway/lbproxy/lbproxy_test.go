@@ -1,6 +1,7 @@
 package lbproxy
 
 import (
+	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -58,5 +59,51 @@ func TestIsTrusted(t *testing.T) {
 	}
 	if isTrusted(&net.UnixAddr{Name: "x"}, trusted) {
 		t.Error("a unix address is trusted")
+	}
+}
+
+// TestCloseWriteThroughTheHeader: behind a trusted balancer the gateway still half-closes, so the
+// visitor reads end of output and can go on sending (a full close would lose what it sends next).
+func TestCloseWriteThroughTheHeader(t *testing.T) {
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := Wrap(raw, []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, Reject)
+	defer ln.Close()
+	client, err := net.Dial("tcp", raw.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, err := client.Write([]byte("PROXY TCP4 203.0.113.7 127.0.0.1 4000 443\r\nping")); err != nil {
+		t.Fatal(err)
+	}
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(server, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+	if got := server.RemoteAddr().String(); got != "203.0.113.7:4000" {
+		t.Fatalf("RemoteAddr = %s, want the header's address", got)
+	}
+	if ok, err := CloseWrite(server); !ok || err != nil {
+		t.Fatalf("CloseWrite = %v, %v; want a half-close of the socket under the header", ok, err)
+	}
+	if n, err := client.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("client read after half-close = %d, %v; want EOF", n, err)
+	}
+	if _, err := client.Write([]byte("more")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(server, buf); err != nil || string(buf) != "more" {
+		t.Fatalf("after half-close the server read %q, %v; the visitor's side must stay open", buf, err)
+	}
+	if ok, _ := CloseWrite(struct{ net.Conn }{server}); ok {
+		t.Fatal("CloseWrite reported a half-close of a conn that has none")
 	}
 }

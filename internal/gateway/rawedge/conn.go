@@ -307,12 +307,7 @@ func (c *conn) downstream(st *tunnel.Stream) {
 
 // closeWrite half-closes the visitor's side, or closes it when it cannot be half-closed.
 func (c *conn) closeWrite() {
-	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
-		return
-	}
-	if cw, ok := lbproxy.Raw(c.nc).(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
+	if ok, _ := lbproxy.CloseWrite(c.nc); ok {
 		return
 	}
 	c.ownClose.Store(true)
