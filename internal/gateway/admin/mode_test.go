@@ -13,6 +13,7 @@ import (
 	"github.com/hopgate/hopgate/internal/gateway/admin"
 	"github.com/hopgate/hopgate/internal/gateway/rawedge"
 	"github.com/hopgate/hopgate/internal/gateway/registry"
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
 
@@ -44,31 +45,11 @@ func (noRawAgents) Release(rawedge.Agent)     {}
 // afterwards, which the test would then see as a 409).
 func freeRange(t *testing.T, n int) config.PortRange {
 	t.Helper()
-	for range 50 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		low := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if low+n-1 > 65535 {
-			continue
-		}
-		ok := true
-		for p := low; p < low+n && ok; p++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-			if err != nil {
-				ok = false
-				continue
-			}
-			l.Close()
-		}
-		if ok {
-			return config.PortRange{Low: low, High: low + n - 1}
-		}
+	low, high, err := hoptest.FreePortRange(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port range")
-	return config.PortRange{}
+	return config.PortRange{Low: low, High: high}
 }
 
 // TestModes drives register and domains/mode against a real raw edge: ports are bound before they

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/hopgate/hopgate/internal/config"
 	"github.com/hopgate/hopgate/internal/gateway/metrics"
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 	"github.com/hopgate/hopgate/internal/tunnel"
 	"github.com/hopgate/hopgate/internal/tunnel/tunneltest"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
@@ -199,23 +199,11 @@ func rawAgent(addr string, heads chan<- *tunnelv1.RequestHead) func(*tunnel.Stre
 // freeRange finds n consecutive ports on 127.0.0.1 that nothing holds now.
 func freeRange(t *testing.T, n int) config.PortRange {
 	t.Helper()
-	for try := 0; try < 50; try++ {
-		low := 20000 + rand.IntN(30000)
-		ok := true
-		for p := low; p < low+n && ok; p++ {
-			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-			if err != nil {
-				ok = false
-				continue
-			}
-			ln.Close()
-		}
-		if ok {
-			return config.PortRange{Low: low, High: low + n - 1}
-		}
+	low, high, err := hoptest.FreePortRange(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port range")
-	return config.PortRange{}
+	return config.PortRange{Low: low, High: high}
 }
 
 // fixture is an edge with one tcp domain served by one agent in front of a target.
