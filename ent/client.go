@@ -15,6 +15,7 @@ import (
 	"entgo.io/ent/dialect"
 	"entgo.io/ent/dialect/sql"
 	"github.com/hopgate/hopgate/ent/domain"
+	"github.com/hopgate/hopgate/ent/gatewayagent"
 	"github.com/hopgate/hopgate/ent/gatewaysecret"
 )
 
@@ -25,6 +26,8 @@ type Client struct {
 	Schema *migrate.Schema
 	// Domain is the client for interacting with the Domain builders.
 	Domain *DomainClient
+	// GatewayAgent is the client for interacting with the GatewayAgent builders.
+	GatewayAgent *GatewayAgentClient
 	// GatewaySecret is the client for interacting with the GatewaySecret builders.
 	GatewaySecret *GatewaySecretClient
 }
@@ -39,6 +42,7 @@ func NewClient(opts ...Option) *Client {
 func (c *Client) init() {
 	c.Schema = migrate.NewSchema(c.driver)
 	c.Domain = NewDomainClient(c.config)
+	c.GatewayAgent = NewGatewayAgentClient(c.config)
 	c.GatewaySecret = NewGatewaySecretClient(c.config)
 }
 
@@ -133,6 +137,7 @@ func (c *Client) Tx(ctx context.Context) (*Tx, error) {
 		ctx:           ctx,
 		config:        cfg,
 		Domain:        NewDomainClient(cfg),
+		GatewayAgent:  NewGatewayAgentClient(cfg),
 		GatewaySecret: NewGatewaySecretClient(cfg),
 	}, nil
 }
@@ -154,6 +159,7 @@ func (c *Client) BeginTx(ctx context.Context, opts *sql.TxOptions) (*Tx, error) 
 		ctx:           ctx,
 		config:        cfg,
 		Domain:        NewDomainClient(cfg),
+		GatewayAgent:  NewGatewayAgentClient(cfg),
 		GatewaySecret: NewGatewaySecretClient(cfg),
 	}, nil
 }
@@ -184,6 +190,7 @@ func (c *Client) Close() error {
 // In order to add hooks to a specific client, call: `client.Node.Use(...)`.
 func (c *Client) Use(hooks ...Hook) {
 	c.Domain.Use(hooks...)
+	c.GatewayAgent.Use(hooks...)
 	c.GatewaySecret.Use(hooks...)
 }
 
@@ -191,6 +198,7 @@ func (c *Client) Use(hooks ...Hook) {
 // In order to add interceptors to a specific client, call: `client.Node.Intercept(...)`.
 func (c *Client) Intercept(interceptors ...Interceptor) {
 	c.Domain.Intercept(interceptors...)
+	c.GatewayAgent.Intercept(interceptors...)
 	c.GatewaySecret.Intercept(interceptors...)
 }
 
@@ -199,6 +207,8 @@ func (c *Client) Mutate(ctx context.Context, m Mutation) (Value, error) {
 	switch m := m.(type) {
 	case *DomainMutation:
 		return c.Domain.mutate(ctx, m)
+	case *GatewayAgentMutation:
+		return c.GatewayAgent.mutate(ctx, m)
 	case *GatewaySecretMutation:
 		return c.GatewaySecret.mutate(ctx, m)
 	default:
@@ -339,6 +349,139 @@ func (c *DomainClient) mutate(ctx context.Context, m *DomainMutation) (Value, er
 	}
 }
 
+// GatewayAgentClient is a client for the GatewayAgent schema.
+type GatewayAgentClient struct {
+	config
+}
+
+// NewGatewayAgentClient returns a client for the GatewayAgent from the given config.
+func NewGatewayAgentClient(c config) *GatewayAgentClient {
+	return &GatewayAgentClient{config: c}
+}
+
+// Use adds a list of mutation hooks to the hooks stack.
+// A call to `Use(f, g, h)` equals to `gatewayagent.Hooks(f(g(h())))`.
+func (c *GatewayAgentClient) Use(hooks ...Hook) {
+	c.hooks.GatewayAgent = append(c.hooks.GatewayAgent, hooks...)
+}
+
+// Intercept adds a list of query interceptors to the interceptors stack.
+// A call to `Intercept(f, g, h)` equals to `gatewayagent.Intercept(f(g(h())))`.
+func (c *GatewayAgentClient) Intercept(interceptors ...Interceptor) {
+	c.inters.GatewayAgent = append(c.inters.GatewayAgent, interceptors...)
+}
+
+// Create returns a builder for creating a GatewayAgent entity.
+func (c *GatewayAgentClient) Create() *GatewayAgentCreate {
+	mutation := newGatewayAgentMutation(c.config, OpCreate)
+	return &GatewayAgentCreate{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// CreateBulk returns a builder for creating a bulk of GatewayAgent entities.
+func (c *GatewayAgentClient) CreateBulk(builders ...*GatewayAgentCreate) *GatewayAgentCreateBulk {
+	return &GatewayAgentCreateBulk{config: c.config, builders: builders}
+}
+
+// MapCreateBulk creates a bulk creation builder from the given slice. For each item in the slice, the function creates
+// a builder and applies setFunc on it.
+func (c *GatewayAgentClient) MapCreateBulk(slice any, setFunc func(*GatewayAgentCreate, int)) *GatewayAgentCreateBulk {
+	rv := reflect.ValueOf(slice)
+	if rv.Kind() != reflect.Slice {
+		return &GatewayAgentCreateBulk{err: fmt.Errorf("calling to GatewayAgentClient.MapCreateBulk with wrong type %T, need slice", slice)}
+	}
+	builders := make([]*GatewayAgentCreate, rv.Len())
+	for i := 0; i < rv.Len(); i++ {
+		builders[i] = c.Create()
+		setFunc(builders[i], i)
+	}
+	return &GatewayAgentCreateBulk{config: c.config, builders: builders}
+}
+
+// Update returns an update builder for GatewayAgent.
+func (c *GatewayAgentClient) Update() *GatewayAgentUpdate {
+	mutation := newGatewayAgentMutation(c.config, OpUpdate)
+	return &GatewayAgentUpdate{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// UpdateOne returns an update builder for the given entity.
+func (c *GatewayAgentClient) UpdateOne(_m *GatewayAgent) *GatewayAgentUpdateOne {
+	mutation := newGatewayAgentMutation(c.config, OpUpdateOne, withGatewayAgent(_m))
+	return &GatewayAgentUpdateOne{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// UpdateOneID returns an update builder for the given id.
+func (c *GatewayAgentClient) UpdateOneID(id int) *GatewayAgentUpdateOne {
+	mutation := newGatewayAgentMutation(c.config, OpUpdateOne, withGatewayAgentID(id))
+	return &GatewayAgentUpdateOne{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// Delete returns a delete builder for GatewayAgent.
+func (c *GatewayAgentClient) Delete() *GatewayAgentDelete {
+	mutation := newGatewayAgentMutation(c.config, OpDelete)
+	return &GatewayAgentDelete{config: c.config, hooks: c.Hooks(), mutation: mutation}
+}
+
+// DeleteOne returns a builder for deleting the given entity.
+func (c *GatewayAgentClient) DeleteOne(_m *GatewayAgent) *GatewayAgentDeleteOne {
+	return c.DeleteOneID(_m.ID)
+}
+
+// DeleteOneID returns a builder for deleting the given entity by its id.
+func (c *GatewayAgentClient) DeleteOneID(id int) *GatewayAgentDeleteOne {
+	builder := c.Delete().Where(gatewayagent.ID(id))
+	builder.mutation.id = &id
+	builder.mutation.op = OpDeleteOne
+	return &GatewayAgentDeleteOne{builder}
+}
+
+// Query returns a query builder for GatewayAgent.
+func (c *GatewayAgentClient) Query() *GatewayAgentQuery {
+	return &GatewayAgentQuery{
+		config: c.config,
+		ctx:    &QueryContext{Type: TypeGatewayAgent},
+		inters: c.Interceptors(),
+	}
+}
+
+// Get returns a GatewayAgent entity by its id.
+func (c *GatewayAgentClient) Get(ctx context.Context, id int) (*GatewayAgent, error) {
+	return c.Query().Where(gatewayagent.ID(id)).Only(ctx)
+}
+
+// GetX is like Get, but panics if an error occurs.
+func (c *GatewayAgentClient) GetX(ctx context.Context, id int) *GatewayAgent {
+	obj, err := c.Get(ctx, id)
+	if err != nil {
+		panic(err)
+	}
+	return obj
+}
+
+// Hooks returns the client hooks.
+func (c *GatewayAgentClient) Hooks() []Hook {
+	return c.hooks.GatewayAgent
+}
+
+// Interceptors returns the client interceptors.
+func (c *GatewayAgentClient) Interceptors() []Interceptor {
+	return c.inters.GatewayAgent
+}
+
+func (c *GatewayAgentClient) mutate(ctx context.Context, m *GatewayAgentMutation) (Value, error) {
+	switch m.Op() {
+	case OpCreate:
+		return (&GatewayAgentCreate{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpUpdate:
+		return (&GatewayAgentUpdate{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpUpdateOne:
+		return (&GatewayAgentUpdateOne{config: c.config, hooks: c.Hooks(), mutation: m}).Save(ctx)
+	case OpDelete, OpDeleteOne:
+		return (&GatewayAgentDelete{config: c.config, hooks: c.Hooks(), mutation: m}).Exec(ctx)
+	default:
+		return nil, fmt.Errorf("ent: unknown GatewayAgent mutation op: %q", m.Op())
+	}
+}
+
 // GatewaySecretClient is a client for the GatewaySecret schema.
 type GatewaySecretClient struct {
 	config
@@ -475,9 +618,9 @@ func (c *GatewaySecretClient) mutate(ctx context.Context, m *GatewaySecretMutati
 // hooks and interceptors per client, for fast access.
 type (
 	hooks struct {
-		Domain, GatewaySecret []ent.Hook
+		Domain, GatewayAgent, GatewaySecret []ent.Hook
 	}
 	inters struct {
-		Domain, GatewaySecret []ent.Interceptor
+		Domain, GatewayAgent, GatewaySecret []ent.Interceptor
 	}
 )

@@ -13,6 +13,7 @@ import (
 	"entgo.io/ent/dialect/sql"
 	"entgo.io/ent/dialect/sql/sqlgraph"
 	"github.com/hopgate/hopgate/ent/domain"
+	"github.com/hopgate/hopgate/ent/gatewayagent"
 	"github.com/hopgate/hopgate/ent/gatewaysecret"
 )
 
@@ -75,6 +76,7 @@ func checkColumn(t, c string) error {
 	initCheck.Do(func() {
 		columnCheck = sql.NewColumnCheck(map[string]func(string) bool{
 			domain.Table:        domain.ValidColumn,
+			gatewayagent.Table:  gatewayagent.ValidColumn,
 			gatewaysecret.Table: gatewaysecret.ValidColumn,
 		})
 	})

@@ -12,6 +12,7 @@ import (
 	"entgo.io/ent"
 	"entgo.io/ent/dialect/sql"
 	"github.com/hopgate/hopgate/ent/domain"
+	"github.com/hopgate/hopgate/ent/gatewayagent"
 	"github.com/hopgate/hopgate/ent/gatewaysecret"
 	"github.com/hopgate/hopgate/ent/predicate"
 )
@@ -26,6 +27,7 @@ const (
 
 	// Node types.
 	TypeDomain        = "Domain"
+	TypeGatewayAgent  = "GatewayAgent"
 	TypeGatewaySecret = "GatewaySecret"
 )
 
@@ -877,6 +879,530 @@ func (m *DomainMutation) ClearEdge(name string) error {
 // It returns an error if the edge is not defined in the schema.
 func (m *DomainMutation) ResetEdge(name string) error {
 	return fmt.Errorf("unknown Domain edge %s", name)
+}
+
+// GatewayAgentMutation represents an operation that mutates the GatewayAgent nodes in the graph.
+type GatewayAgentMutation struct {
+	config
+	op            Op
+	typ           string
+	id            *int
+	gateway_id    *string
+	domain        *string
+	agents        *int
+	addagents     *int
+	heartbeat_at  *time.Time
+	clearedFields map[string]struct{}
+	done          bool
+	oldValue      func(context.Context) (*GatewayAgent, error)
+	predicates    []predicate.GatewayAgent
+}
+
+var _ ent.Mutation = (*GatewayAgentMutation)(nil)
+
+// gatewayagentOption allows management of the mutation configuration using functional options.
+type gatewayagentOption func(*GatewayAgentMutation)
+
+// newGatewayAgentMutation creates new mutation for the GatewayAgent entity.
+func newGatewayAgentMutation(c config, op Op, opts ...gatewayagentOption) *GatewayAgentMutation {
+	m := &GatewayAgentMutation{
+		config:        c,
+		op:            op,
+		typ:           TypeGatewayAgent,
+		clearedFields: make(map[string]struct{}),
+	}
+	for _, opt := range opts {
+		opt(m)
+	}
+	return m
+}
+
+// withGatewayAgentID sets the ID field of the mutation.
+func withGatewayAgentID(id int) gatewayagentOption {
+	return func(m *GatewayAgentMutation) {
+		var (
+			err   error
+			once  sync.Once
+			value *GatewayAgent
+		)
+		m.oldValue = func(ctx context.Context) (*GatewayAgent, error) {
+			once.Do(func() {
+				if m.done {
+					err = errors.New("querying old values post mutation is not allowed")
+				} else {
+					value, err = m.Client().GatewayAgent.Get(ctx, id)
+				}
+			})
+			return value, err
+		}
+		m.id = &id
+	}
+}
+
+// withGatewayAgent sets the old GatewayAgent of the mutation.
+func withGatewayAgent(node *GatewayAgent) gatewayagentOption {
+	return func(m *GatewayAgentMutation) {
+		m.oldValue = func(context.Context) (*GatewayAgent, error) {
+			return node, nil
+		}
+		m.id = &node.ID
+	}
+}
+
+// Client returns a new `ent.Client` from the mutation. If the mutation was
+// executed in a transaction (ent.Tx), a transactional client is returned.
+func (m GatewayAgentMutation) Client() *Client {
+	client := &Client{config: m.config}
+	client.init()
+	return client
+}
+
+// Tx returns an `ent.Tx` for mutations that were executed in transactions;
+// it returns an error otherwise.
+func (m GatewayAgentMutation) Tx() (*Tx, error) {
+	if _, ok := m.driver.(*txDriver); !ok {
+		return nil, errors.New("ent: mutation is not running in a transaction")
+	}
+	tx := &Tx{config: m.config}
+	tx.init()
+	return tx, nil
+}
+
+// ID returns the ID value in the mutation. Note that the ID is only available
+// if it was provided to the builder or after it was returned from the database.
+func (m *GatewayAgentMutation) ID() (id int, exists bool) {
+	if m.id == nil {
+		return
+	}
+	return *m.id, true
+}
+
+// IDs queries the database and returns the entity ids that match the mutation's predicate.
+// That means, if the mutation is applied within a transaction with an isolation level such
+// as sql.LevelSerializable, the returned ids match the ids of the rows that will be updated
+// or updated by the mutation.
+func (m *GatewayAgentMutation) IDs(ctx context.Context) ([]int, error) {
+	switch {
+	case m.op.Is(OpUpdateOne | OpDeleteOne):
+		id, exists := m.ID()
+		if exists {
+			return []int{id}, nil
+		}
+		fallthrough
+	case m.op.Is(OpUpdate | OpDelete):
+		return m.Client().GatewayAgent.Query().Where(m.predicates...).IDs(ctx)
+	default:
+		return nil, fmt.Errorf("IDs is not allowed on %s operations", m.op)
+	}
+}
+
+// SetGatewayID sets the "gateway_id" field.
+func (m *GatewayAgentMutation) SetGatewayID(s string) {
+	m.gateway_id = &s
+}
+
+// GatewayID returns the value of the "gateway_id" field in the mutation.
+func (m *GatewayAgentMutation) GatewayID() (r string, exists bool) {
+	v := m.gateway_id
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldGatewayID returns the old "gateway_id" field's value of the GatewayAgent entity.
+// If the GatewayAgent object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *GatewayAgentMutation) OldGatewayID(ctx context.Context) (v string, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldGatewayID is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldGatewayID requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldGatewayID: %w", err)
+	}
+	return oldValue.GatewayID, nil
+}
+
+// ResetGatewayID resets all changes to the "gateway_id" field.
+func (m *GatewayAgentMutation) ResetGatewayID() {
+	m.gateway_id = nil
+}
+
+// SetDomain sets the "domain" field.
+func (m *GatewayAgentMutation) SetDomain(s string) {
+	m.domain = &s
+}
+
+// Domain returns the value of the "domain" field in the mutation.
+func (m *GatewayAgentMutation) Domain() (r string, exists bool) {
+	v := m.domain
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldDomain returns the old "domain" field's value of the GatewayAgent entity.
+// If the GatewayAgent object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *GatewayAgentMutation) OldDomain(ctx context.Context) (v string, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldDomain is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldDomain requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldDomain: %w", err)
+	}
+	return oldValue.Domain, nil
+}
+
+// ResetDomain resets all changes to the "domain" field.
+func (m *GatewayAgentMutation) ResetDomain() {
+	m.domain = nil
+}
+
+// SetAgents sets the "agents" field.
+func (m *GatewayAgentMutation) SetAgents(i int) {
+	m.agents = &i
+	m.addagents = nil
+}
+
+// Agents returns the value of the "agents" field in the mutation.
+func (m *GatewayAgentMutation) Agents() (r int, exists bool) {
+	v := m.agents
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldAgents returns the old "agents" field's value of the GatewayAgent entity.
+// If the GatewayAgent object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *GatewayAgentMutation) OldAgents(ctx context.Context) (v int, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldAgents is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldAgents requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldAgents: %w", err)
+	}
+	return oldValue.Agents, nil
+}
+
+// AddAgents adds i to the "agents" field.
+func (m *GatewayAgentMutation) AddAgents(i int) {
+	if m.addagents != nil {
+		*m.addagents += i
+	} else {
+		m.addagents = &i
+	}
+}
+
+// AddedAgents returns the value that was added to the "agents" field in this mutation.
+func (m *GatewayAgentMutation) AddedAgents() (r int, exists bool) {
+	v := m.addagents
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// ResetAgents resets all changes to the "agents" field.
+func (m *GatewayAgentMutation) ResetAgents() {
+	m.agents = nil
+	m.addagents = nil
+}
+
+// SetHeartbeatAt sets the "heartbeat_at" field.
+func (m *GatewayAgentMutation) SetHeartbeatAt(t time.Time) {
+	m.heartbeat_at = &t
+}
+
+// HeartbeatAt returns the value of the "heartbeat_at" field in the mutation.
+func (m *GatewayAgentMutation) HeartbeatAt() (r time.Time, exists bool) {
+	v := m.heartbeat_at
+	if v == nil {
+		return
+	}
+	return *v, true
+}
+
+// OldHeartbeatAt returns the old "heartbeat_at" field's value of the GatewayAgent entity.
+// If the GatewayAgent object wasn't provided to the builder, the object is fetched from the database.
+// An error is returned if the mutation operation is not UpdateOne, or the database query fails.
+func (m *GatewayAgentMutation) OldHeartbeatAt(ctx context.Context) (v time.Time, err error) {
+	if !m.op.Is(OpUpdateOne) {
+		return v, errors.New("OldHeartbeatAt is only allowed on UpdateOne operations")
+	}
+	if m.id == nil || m.oldValue == nil {
+		return v, errors.New("OldHeartbeatAt requires an ID field in the mutation")
+	}
+	oldValue, err := m.oldValue(ctx)
+	if err != nil {
+		return v, fmt.Errorf("querying old value for OldHeartbeatAt: %w", err)
+	}
+	return oldValue.HeartbeatAt, nil
+}
+
+// ResetHeartbeatAt resets all changes to the "heartbeat_at" field.
+func (m *GatewayAgentMutation) ResetHeartbeatAt() {
+	m.heartbeat_at = nil
+}
+
+// Where appends a list predicates to the GatewayAgentMutation builder.
+func (m *GatewayAgentMutation) Where(ps ...predicate.GatewayAgent) {
+	m.predicates = append(m.predicates, ps...)
+}
+
+// WhereP appends storage-level predicates to the GatewayAgentMutation builder. Using this method,
+// users can use type-assertion to append predicates that do not depend on any generated package.
+func (m *GatewayAgentMutation) WhereP(ps ...func(*sql.Selector)) {
+	p := make([]predicate.GatewayAgent, len(ps))
+	for i := range ps {
+		p[i] = ps[i]
+	}
+	m.Where(p...)
+}
+
+// Op returns the operation name.
+func (m *GatewayAgentMutation) Op() Op {
+	return m.op
+}
+
+// SetOp allows setting the mutation operation.
+func (m *GatewayAgentMutation) SetOp(op Op) {
+	m.op = op
+}
+
+// Type returns the node type of this mutation (GatewayAgent).
+func (m *GatewayAgentMutation) Type() string {
+	return m.typ
+}
+
+// Fields returns all fields that were changed during this mutation. Note that in
+// order to get all numeric fields that were incremented/decremented, call
+// AddedFields().
+func (m *GatewayAgentMutation) Fields() []string {
+	fields := make([]string, 0, 4)
+	if m.gateway_id != nil {
+		fields = append(fields, gatewayagent.FieldGatewayID)
+	}
+	if m.domain != nil {
+		fields = append(fields, gatewayagent.FieldDomain)
+	}
+	if m.agents != nil {
+		fields = append(fields, gatewayagent.FieldAgents)
+	}
+	if m.heartbeat_at != nil {
+		fields = append(fields, gatewayagent.FieldHeartbeatAt)
+	}
+	return fields
+}
+
+// Field returns the value of a field with the given name. The second boolean
+// return value indicates that this field was not set, or was not defined in the
+// schema.
+func (m *GatewayAgentMutation) Field(name string) (ent.Value, bool) {
+	switch name {
+	case gatewayagent.FieldGatewayID:
+		return m.GatewayID()
+	case gatewayagent.FieldDomain:
+		return m.Domain()
+	case gatewayagent.FieldAgents:
+		return m.Agents()
+	case gatewayagent.FieldHeartbeatAt:
+		return m.HeartbeatAt()
+	}
+	return nil, false
+}
+
+// OldField returns the old value of the field from the database. An error is
+// returned if the mutation operation is not UpdateOne, or the query to the
+// database failed.
+func (m *GatewayAgentMutation) OldField(ctx context.Context, name string) (ent.Value, error) {
+	switch name {
+	case gatewayagent.FieldGatewayID:
+		return m.OldGatewayID(ctx)
+	case gatewayagent.FieldDomain:
+		return m.OldDomain(ctx)
+	case gatewayagent.FieldAgents:
+		return m.OldAgents(ctx)
+	case gatewayagent.FieldHeartbeatAt:
+		return m.OldHeartbeatAt(ctx)
+	}
+	return nil, fmt.Errorf("unknown GatewayAgent field %s", name)
+}
+
+// SetField sets the value of a field with the given name. It returns an error if
+// the field is not defined in the schema, or if the type mismatched the field
+// type.
+func (m *GatewayAgentMutation) SetField(name string, value ent.Value) error {
+	switch name {
+	case gatewayagent.FieldGatewayID:
+		v, ok := value.(string)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetGatewayID(v)
+		return nil
+	case gatewayagent.FieldDomain:
+		v, ok := value.(string)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetDomain(v)
+		return nil
+	case gatewayagent.FieldAgents:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetAgents(v)
+		return nil
+	case gatewayagent.FieldHeartbeatAt:
+		v, ok := value.(time.Time)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.SetHeartbeatAt(v)
+		return nil
+	}
+	return fmt.Errorf("unknown GatewayAgent field %s", name)
+}
+
+// AddedFields returns all numeric fields that were incremented/decremented during
+// this mutation.
+func (m *GatewayAgentMutation) AddedFields() []string {
+	var fields []string
+	if m.addagents != nil {
+		fields = append(fields, gatewayagent.FieldAgents)
+	}
+	return fields
+}
+
+// AddedField returns the numeric value that was incremented/decremented on a field
+// with the given name. The second boolean return value indicates that this field
+// was not set, or was not defined in the schema.
+func (m *GatewayAgentMutation) AddedField(name string) (ent.Value, bool) {
+	switch name {
+	case gatewayagent.FieldAgents:
+		return m.AddedAgents()
+	}
+	return nil, false
+}
+
+// AddField adds the value to the field with the given name. It returns an error if
+// the field is not defined in the schema, or if the type mismatched the field
+// type.
+func (m *GatewayAgentMutation) AddField(name string, value ent.Value) error {
+	switch name {
+	case gatewayagent.FieldAgents:
+		v, ok := value.(int)
+		if !ok {
+			return fmt.Errorf("unexpected type %T for field %s", value, name)
+		}
+		m.AddAgents(v)
+		return nil
+	}
+	return fmt.Errorf("unknown GatewayAgent numeric field %s", name)
+}
+
+// ClearedFields returns all nullable fields that were cleared during this
+// mutation.
+func (m *GatewayAgentMutation) ClearedFields() []string {
+	return nil
+}
+
+// FieldCleared returns a boolean indicating if a field with the given name was
+// cleared in this mutation.
+func (m *GatewayAgentMutation) FieldCleared(name string) bool {
+	_, ok := m.clearedFields[name]
+	return ok
+}
+
+// ClearField clears the value of the field with the given name. It returns an
+// error if the field is not defined in the schema.
+func (m *GatewayAgentMutation) ClearField(name string) error {
+	return fmt.Errorf("unknown GatewayAgent nullable field %s", name)
+}
+
+// ResetField resets all changes in the mutation for the field with the given name.
+// It returns an error if the field is not defined in the schema.
+func (m *GatewayAgentMutation) ResetField(name string) error {
+	switch name {
+	case gatewayagent.FieldGatewayID:
+		m.ResetGatewayID()
+		return nil
+	case gatewayagent.FieldDomain:
+		m.ResetDomain()
+		return nil
+	case gatewayagent.FieldAgents:
+		m.ResetAgents()
+		return nil
+	case gatewayagent.FieldHeartbeatAt:
+		m.ResetHeartbeatAt()
+		return nil
+	}
+	return fmt.Errorf("unknown GatewayAgent field %s", name)
+}
+
+// AddedEdges returns all edge names that were set/added in this mutation.
+func (m *GatewayAgentMutation) AddedEdges() []string {
+	edges := make([]string, 0, 0)
+	return edges
+}
+
+// AddedIDs returns all IDs (to other nodes) that were added for the given edge
+// name in this mutation.
+func (m *GatewayAgentMutation) AddedIDs(name string) []ent.Value {
+	return nil
+}
+
+// RemovedEdges returns all edge names that were removed in this mutation.
+func (m *GatewayAgentMutation) RemovedEdges() []string {
+	edges := make([]string, 0, 0)
+	return edges
+}
+
+// RemovedIDs returns all IDs (to other nodes) that were removed for the edge with
+// the given name in this mutation.
+func (m *GatewayAgentMutation) RemovedIDs(name string) []ent.Value {
+	return nil
+}
+
+// ClearedEdges returns all edge names that were cleared in this mutation.
+func (m *GatewayAgentMutation) ClearedEdges() []string {
+	edges := make([]string, 0, 0)
+	return edges
+}
+
+// EdgeCleared returns a boolean which indicates if the edge with the given name
+// was cleared in this mutation.
+func (m *GatewayAgentMutation) EdgeCleared(name string) bool {
+	return false
+}
+
+// ClearEdge clears the value of the edge with the given name. It returns an error
+// if that edge is not defined in the schema.
+func (m *GatewayAgentMutation) ClearEdge(name string) error {
+	return fmt.Errorf("unknown GatewayAgent unique edge %s", name)
+}
+
+// ResetEdge resets all changes to the edge with the given name in this mutation.
+// It returns an error if the edge is not defined in the schema.
+func (m *GatewayAgentMutation) ResetEdge(name string) error {
+	return fmt.Errorf("unknown GatewayAgent edge %s", name)
 }
 
 // GatewaySecretMutation represents an operation that mutates the GatewaySecret nodes in the graph.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hopgate/hopgate/ent/domain"
+	"github.com/hopgate/hopgate/ent/gatewayagent"
 	"github.com/hopgate/hopgate/ent/gatewaysecret"
 	"github.com/hopgate/hopgate/ent/schema"
 )
@@ -60,6 +61,42 @@ func init() {
 	domainDescProxyProtocol := domainFields[8].Descriptor()
 	// domain.DefaultProxyProtocol holds the default value on creation for the proxy_protocol field.
 	domain.DefaultProxyProtocol = domainDescProxyProtocol.Default.(int)
+	gatewayagentFields := schema.GatewayAgent{}.Fields()
+	_ = gatewayagentFields
+	// gatewayagentDescGatewayID is the schema descriptor for gateway_id field.
+	gatewayagentDescGatewayID := gatewayagentFields[0].Descriptor()
+	// gatewayagent.GatewayIDValidator is a validator for the "gateway_id" field. It is called by the builders before save.
+	gatewayagent.GatewayIDValidator = func() func(string) error {
+		validators := gatewayagentDescGatewayID.Validators
+		fns := [...]func(string) error{
+			validators[0].(func(string) error),
+			validators[1].(func(string) error),
+		}
+		return func(gateway_id string) error {
+			for _, fn := range fns {
+				if err := fn(gateway_id); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}()
+	// gatewayagentDescDomain is the schema descriptor for domain field.
+	gatewayagentDescDomain := gatewayagentFields[1].Descriptor()
+	// gatewayagent.DefaultDomain holds the default value on creation for the domain field.
+	gatewayagent.DefaultDomain = gatewayagentDescDomain.Default.(string)
+	// gatewayagent.DomainValidator is a validator for the "domain" field. It is called by the builders before save.
+	gatewayagent.DomainValidator = gatewayagentDescDomain.Validators[0].(func(string) error)
+	// gatewayagentDescAgents is the schema descriptor for agents field.
+	gatewayagentDescAgents := gatewayagentFields[2].Descriptor()
+	// gatewayagent.DefaultAgents holds the default value on creation for the agents field.
+	gatewayagent.DefaultAgents = gatewayagentDescAgents.Default.(int)
+	// gatewayagent.AgentsValidator is a validator for the "agents" field. It is called by the builders before save.
+	gatewayagent.AgentsValidator = gatewayagentDescAgents.Validators[0].(func(int) error)
+	// gatewayagentDescHeartbeatAt is the schema descriptor for heartbeat_at field.
+	gatewayagentDescHeartbeatAt := gatewayagentFields[3].Descriptor()
+	// gatewayagent.DefaultHeartbeatAt holds the default value on creation for the heartbeat_at field.
+	gatewayagent.DefaultHeartbeatAt = gatewayagentDescHeartbeatAt.Default.(func() time.Time)
 	gatewaysecretFields := schema.GatewaySecret{}.Fields()
 	_ = gatewaysecretFields
 	// gatewaysecretDescValue is the schema descriptor for value field.

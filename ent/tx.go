@@ -14,6 +14,8 @@ type Tx struct {
 	config
 	// Domain is the client for interacting with the Domain builders.
 	Domain *DomainClient
+	// GatewayAgent is the client for interacting with the GatewayAgent builders.
+	GatewayAgent *GatewayAgentClient
 	// GatewaySecret is the client for interacting with the GatewaySecret builders.
 	GatewaySecret *GatewaySecretClient
 
@@ -148,6 +150,7 @@ func (tx *Tx) Client() *Client {
 
 func (tx *Tx) init() {
 	tx.Domain = NewDomainClient(tx.config)
+	tx.GatewayAgent = NewGatewayAgentClient(tx.config)
 	tx.GatewaySecret = NewGatewaySecretClient(tx.config)
 }
 

@@ -21,6 +21,18 @@ func (f DomainFunc) Mutate(ctx context.Context, m ent.Mutation) (ent.Value, erro
 	return nil, fmt.Errorf("unexpected mutation type %T. expect *ent.DomainMutation", m)
 }
 
+// The GatewayAgentFunc type is an adapter to allow the use of ordinary
+// function as GatewayAgent mutator.
+type GatewayAgentFunc func(context.Context, *ent.GatewayAgentMutation) (ent.Value, error)
+
+// Mutate calls f(ctx, m).
+func (f GatewayAgentFunc) Mutate(ctx context.Context, m ent.Mutation) (ent.Value, error) {
+	if mv, ok := m.(*ent.GatewayAgentMutation); ok {
+		return f(ctx, mv)
+	}
+	return nil, fmt.Errorf("unexpected mutation type %T. expect *ent.GatewayAgentMutation", m)
+}
+
 // The GatewaySecretFunc type is an adapter to allow the use of ordinary
 // function as GatewaySecret mutator.
 type GatewaySecretFunc func(context.Context, *ent.GatewaySecretMutation) (ent.Value, error)

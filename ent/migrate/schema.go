@@ -28,6 +28,32 @@ var (
 		Columns:    DomainsColumns,
 		PrimaryKey: []*schema.Column{DomainsColumns[0]},
 	}
+	// GatewayAgentsColumns holds the columns for the "gateway_agents" table.
+	GatewayAgentsColumns = []*schema.Column{
+		{Name: "id", Type: field.TypeInt, Increment: true},
+		{Name: "gateway_id", Type: field.TypeString, Size: 64},
+		{Name: "domain", Type: field.TypeString, Size: 253, Default: ""},
+		{Name: "agents", Type: field.TypeInt, Default: 0},
+		{Name: "heartbeat_at", Type: field.TypeTime},
+	}
+	// GatewayAgentsTable holds the schema information for the "gateway_agents" table.
+	GatewayAgentsTable = &schema.Table{
+		Name:       "gateway_agents",
+		Columns:    GatewayAgentsColumns,
+		PrimaryKey: []*schema.Column{GatewayAgentsColumns[0]},
+		Indexes: []*schema.Index{
+			{
+				Name:    "gatewayagent_gateway_id_domain",
+				Unique:  true,
+				Columns: []*schema.Column{GatewayAgentsColumns[1], GatewayAgentsColumns[2]},
+			},
+			{
+				Name:    "gatewayagent_heartbeat_at",
+				Unique:  false,
+				Columns: []*schema.Column{GatewayAgentsColumns[4]},
+			},
+		},
+	}
 	// GatewaySecretsColumns holds the columns for the "gateway_secrets" table.
 	GatewaySecretsColumns = []*schema.Column{
 		{Name: "name", Type: field.TypeString, Size: 64},
@@ -43,11 +69,15 @@ var (
 	// Tables holds all the tables in the schema.
 	Tables = []*schema.Table{
 		DomainsTable,
+		GatewayAgentsTable,
 		GatewaySecretsTable,
 	}
 )
 
 func init() {
+	GatewayAgentsTable.Annotation = &entsql.Annotation{
+		Table: "gateway_agents",
+	}
 	GatewaySecretsTable.Annotation = &entsql.Annotation{
 		Table: "gateway_secrets",
 	}

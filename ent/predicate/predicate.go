@@ -9,5 +9,8 @@ import (
 // Domain is the predicate function for domain builders.
 type Domain func(*sql.Selector)
 
+// GatewayAgent is the predicate function for gatewayagent builders.
+type GatewayAgent func(*sql.Selector)
+
 // GatewaySecret is the predicate function for gatewaysecret builders.
 type GatewaySecret func(*sql.Selector)

@@ -1,7 +1,7 @@
 // Package agent assembles hopgate-client, in the same phases as the gateway: New builds the TLS
 // set-ups, the local proxies, the routing table and the metrics from the configuration (and fails
-// on bad input; nothing is dialled yet), Run keeps one tunnel call per hostname up until its
-// context ends, Check tries the configuration once.
+// on bad input; nothing is dialled yet), Run keeps one tunnel call per hostname up to every gateway
+// until its context ends, Check tries the configuration once.
 package agent
 
 import (
@@ -38,8 +38,8 @@ var ErrRefused = supervisor.ErrRefused
 // metricsCloseTimeout bounds how long a stop waits for scrapes in flight.
 const metricsCloseTimeout = 5 * time.Second
 
-// Agent is a hopgate-client: one supervised tunnel call per hostname over one connection, the
-// routing table that sends each stream to its service's local proxy, and its metrics.
+// Agent is a hopgate-client: one supervised tunnel call per hostname over one connection to each
+// gateway, the routing table that sends each stream to its service's local proxy, and its metrics.
 type Agent struct {
 	cfg *config.Client
 	log *slog.Logger
@@ -53,6 +53,9 @@ type Agent struct {
 	// health checks the services' targets; each hostname's tunnel reports its paths' state.
 	health *health.Monitor
 	reload <-chan os.Signal
+	// resolve looks up the gateways' names every resolveEvery; tests replace both.
+	resolve      resolveFunc
+	resolveEvery time.Duration
 }
 
 // proxyKey tells targets apart: two services with the same target and trust share a proxy (and
@@ -80,7 +83,8 @@ func New(cfg *config.Client, log *slog.Logger) (*Agent, error) {
 	if len(cfg.Services) == 0 {
 		return nil, errors.New("no service: give --domain, --api-key and --local-target, or --config with services")
 	}
-	a := &Agent{cfg: cfg, log: log, proxies: map[proxyKey]*targetProxy{}}
+	a := &Agent{cfg: cfg, log: log, proxies: map[proxyKey]*targetProxy{},
+		resolve: net.DefaultResolver.LookupHost, resolveEvery: defaultResolveEvery}
 	table, err := a.buildRoutes(cfg.Services)
 	if err != nil {
 		return nil, err
@@ -92,7 +96,6 @@ func New(cfg *config.Client, log *slog.Logger) (*Agent, error) {
 		agentID = defaultAgentID()
 	}
 	a.base = supervisor.Options{
-		ServerAddr:   cfg.ServerAddr,
 		AgentID:      agentID,
 		Version:      version.Version,
 		TLS:          serverTLS,
@@ -173,13 +176,14 @@ func (a *Agent) dropUnused(services []config.Service) {
 	}
 }
 
-// Run serves the agent's metrics (if configured) and keeps a tunnel call up for each hostname until
-// ctx ends (then drains and returns nil) or the gateway refuses every hostname (an error wrapping
-// ErrRefused).
+// Run serves the agent's metrics (if configured) and keeps a tunnel call up for each hostname to
+// each gateway until ctx ends (then drains and returns nil) or the gateways refuse every hostname
+// (an error wrapping ErrRefused).
 func (a *Agent) Run(ctx context.Context) error {
 	opts := a.base
+	var m *metrics.Metrics
 	if a.cfg.MetricsListen != "" {
-		m := metrics.New()
+		m = metrics.New()
 		srv, err := m.Listen(a.cfg.MetricsListen, a.cfg.Pprof)
 		if err != nil {
 			return fmt.Errorf("serve metrics: %w", err)
@@ -206,30 +210,27 @@ func (a *Agent) Run(ctx context.Context) error {
 		stopHealth()
 		<-healthDone
 	}()
-	conn, err := supervisor.Dial(opts)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	opts.Conn = conn
-	return a.runTunnels(ctx, opts)
+	return a.runTunnels(ctx, opts, m)
 }
 
-// Check tries the server, the tunnel and the local target of each service once, writing one line
-// per step to w.
+// Check tries the server, the tunnel and the local target of each service once, with each entry
+// of --server-addr, writing one line per step to w.
 func (a *Agent) Check(ctx context.Context, w io.Writer) check.Result {
 	res := check.Result{Passed: true}
-	for _, s := range a.cfg.Services {
-		o := a.base
-		o.Domain, o.APIKey, o.Target = s.Hostname, s.APIKey, s.Target.String()
-		var targetTLS *tls.Config
-		if !s.Raw() {
-			p, _ := a.proxyFor(s) // New built it already: cannot fail
-			targetTLS = p.tls
+	for _, addr := range a.cfg.ServerAddrs() {
+		for _, s := range a.cfg.Services {
+			o := a.base
+			o.ServerAddr = addr
+			o.Domain, o.APIKey, o.Target = s.Hostname, s.APIKey, s.Target.String()
+			var targetTLS *tls.Config
+			if !s.Raw() {
+				p, _ := a.proxyFor(s) // New built it already: cannot fail
+				targetTLS = p.tls
+			}
+			r := check.Run(ctx, check.Options{Agent: o, Target: s.Target, TargetTLS: targetTLS}, w)
+			res.Passed = res.Passed && r.Passed
+			res.Refused = res.Refused || r.Refused
 		}
-		r := check.Run(ctx, check.Options{Agent: o, Target: s.Target, TargetTLS: targetTLS}, w)
-		res.Passed = res.Passed && r.Passed
-		res.Refused = res.Refused || r.Refused
 	}
 	return res
 }
@@ -241,10 +242,16 @@ func (a *Agent) Close() {
 	}
 }
 
+// serverTLS is the trust towards the gateways: all of them are verified under one name, the
+// --server-name or the host of the first --server-addr entry, whatever address each is dialled on.
 func serverTLS(cfg *config.Client) (*tls.Config, error) {
-	host, _, err := net.SplitHostPort(cfg.ServerAddr)
+	var first string
+	if addrs := cfg.ServerAddrs(); len(addrs) > 0 {
+		first = addrs[0]
+	}
+	host, _, err := net.SplitHostPort(first)
 	if err != nil {
-		host = cfg.ServerAddr
+		host = first
 	}
 	if cfg.ServerName != "" {
 		host = cfg.ServerName

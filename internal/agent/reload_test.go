@@ -59,7 +59,7 @@ func TestApplyReload(t *testing.T) {
 
 	before := a.routes.Load()
 	write("  - {hostname: a.example.com, api_key: ka, target: \"127.0.0.1:1\"}\n  - {hostname: a.example.com, bogus: 1}\n")
-	a.applyReload(running, map[string]bool{}, start)
+	a.applyReload([]tunnelSet{{running: running, refused: map[string]bool{}, start: start}})
 	if a.routes.Load() != before || len(started) > 0 || len(cancelled) > 0 {
 		t.Error("a bad config changed the running one")
 	}
@@ -71,7 +71,7 @@ func TestApplyReload(t *testing.T) {
   - {hostname: b.example.com, api_key: kb2, target: "127.0.0.1:1"}
   - {hostname: d.example.com, api_key: kd, target: "127.0.0.1:4"}
 `)
-	a.applyReload(running, map[string]bool{}, start)
+	a.applyReload([]tunnelSet{{running: running, refused: map[string]bool{}, start: start}})
 	sort.Strings(started)
 	if strings.Join(started, ",") != "b.example.com=kb2,d.example.com=kd" {
 		t.Errorf("started %v", started)

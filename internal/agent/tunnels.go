@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -11,9 +9,9 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/hopgate/hopgate/internal/agent/metrics"
 	"github.com/hopgate/hopgate/internal/agent/supervisor"
 	"github.com/hopgate/hopgate/internal/config"
-	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
 
 // reloadDebounce gathers the burst of events an editor's save makes (write, rename, chmod) into
@@ -26,53 +24,42 @@ type hostTunnel struct {
 	cancel context.CancelFunc
 }
 
-// tunnelEnded is a supervisor's result; t tells which one, since a hostname may have a draining
-// tunnel and its replacement at the same time.
-type tunnelEnded struct {
-	host string
-	t    *hostTunnel
-	err  error
+// tunnelSet is the tunnels of one gateway, as a reload changes them.
+type tunnelSet struct {
+	running map[string]*hostTunnel
+	refused map[string]bool
+	start   func(host, key string)
 }
 
-// runTunnels keeps one supervisor per hostname of the configuration, all on opts.Conn, and applies
-// reloads until ctx ends or the gateway has refused every hostname.
+// runTunnels keeps one supervisor per hostname of the configuration on each gateway address (see
+// fleet), re-resolves the gateways' names and applies reloads until ctx ends or the gateways have
+// refused every hostname.
 //
 // A refusal of one hostname (unknown domain, wrong or rotated key) is logged and that hostname
-// stays down until a reload; the others keep serving. Only when every configured hostname is
-// refused does Run return ErrRefused (exit 3), as a single-domain agent always did.
-func (a *Agent) runTunnels(ctx context.Context, opts supervisor.Options) error {
-	// Unbuffered: the loop below reads it until every supervisor it started has ended.
-	ended := make(chan tunnelEnded)
-	running := map[string]*hostTunnel{}
-	refused := map[string]bool{}
-	live := 0
-	start := func(host, key string) {
-		tctx, cancel := context.WithCancel(ctx)
-		t := &hostTunnel{key: key, cancel: cancel}
-		running[host] = t
-		o := opts
-		o.Domain, o.APIKey = host, key
-		o.Target = targetsOf(a.cfg.Services, host)
-		o.Logger = a.log.With("domain", host)
-		o.Health = func() ([]*tunnelv1.PathHealth, <-chan struct{}) { return a.health.Paths(host) }
-		live++
+// stays down on that gateway until a reload; the others keep serving. Only when no tunnel is left
+// because every one was refused does Run return ErrRefused (exit 3), as a single-domain agent
+// always did.
+func (a *Agent) runTunnels(ctx context.Context, opts supervisor.Options, m *metrics.Metrics) error {
+	f := &fleet{a: a, ctx: ctx, base: opts, metrics: m, ended: make(chan tunnelEnded), gateways: map[string]*gateway{}}
+	entries := a.cfg.ServerAddrs()
+	rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+	f.reconcile(resolveEntries(rctx, entries, a.resolve))
+	cancel()
+
+	var resolved <-chan []entryAddrs
+	if hasNames(entries) {
+		ch := make(chan []entryAddrs)
+		resolved = ch
+		wctx, stopWatch := context.WithCancel(ctx)
+		watchDone := make(chan struct{})
 		go func() {
-			err := supervisor.Run(tctx, o)
-			cancel()
-			ended <- tunnelEnded{host: host, t: t, err: err}
+			defer close(watchDone)
+			a.watchGateways(wctx, ch)
 		}()
-	}
-	// stop drains every tunnel (each within the shutdown timeout) and waits for them.
-	stop := func() {
-		for _, t := range running {
-			t.cancel()
-		}
-		for ; live > 0; live-- {
-			<-ended
-		}
-	}
-	for _, host := range config.Hostnames(a.cfg.Services) {
-		start(host, keyOf(a.cfg.Services, host))
+		defer func() {
+			stopWatch()
+			<-watchDone
+		}()
 	}
 
 	var events <-chan fsnotify.Event
@@ -96,24 +83,17 @@ func (a *Agent) runTunnels(ctx context.Context, opts supervisor.Options) error {
 	for {
 		select {
 		case <-ctx.Done():
-			stop()
+			f.stop()
 			return nil
-		case e := <-ended:
-			live--
-			if running[e.host] != e.t {
-				continue // a replaced or removed hostname finished draining
+		case e := <-f.ended:
+			if err := f.tunnelEnded(e); err != nil {
+				f.stop()
+				return err
 			}
-			delete(running, e.host)
-			if errors.Is(e.err, ErrRefused) {
-				refused[e.host] = true
-				if len(running) == 0 {
-					stop()
-					return fmt.Errorf("every hostname of this agent was refused: %w", e.err)
-				}
-				a.log.Error("the gateway refused this hostname; serving the others (fix its key, then reload)", "domain", e.host, "err", e.err)
-			}
+		case res := <-resolved:
+			f.reconcile(res)
 		case <-a.reload:
-			a.applyReload(running, refused, start)
+			a.applyReload(f.tunnelSets())
 		case ev := <-events:
 			if a.isConfigEvent(ev) {
 				debounce.Reset(reloadDebounce)
@@ -121,7 +101,7 @@ func (a *Agent) runTunnels(ctx context.Context, opts supervisor.Options) error {
 		case err := <-watchErrs:
 			a.log.Warn("config file watch", "err", err)
 		case <-debounce.C:
-			a.applyReload(running, refused, start)
+			a.applyReload(f.tunnelSets())
 		}
 	}
 }
@@ -136,9 +116,10 @@ func (a *Agent) isConfigEvent(ev fsnotify.Event) bool {
 }
 
 // applyReload reads the configuration again and, if it is valid, swaps the routing table (streams
-// in flight finish on their old rule), starts a tunnel for each new hostname, drains the tunnels of
-// removed ones and reconnects a hostname whose key changed. A bad configuration changes nothing.
-func (a *Agent) applyReload(running map[string]*hostTunnel, refused map[string]bool, start func(host, key string)) {
+// in flight finish on their old rule) and, on every gateway's set, starts a tunnel for each new
+// hostname, drains the tunnels of removed ones and reconnects a hostname whose key changed. A bad
+// configuration changes nothing.
+func (a *Agent) applyReload(sets []tunnelSet) {
 	next, err := a.cfg.Reload()
 	if err != nil {
 		a.log.Error("config reload refused; the running configuration stays", "err", err)
@@ -164,34 +145,45 @@ func (a *Agent) applyReload(running map[string]*hostTunnel, refused map[string]b
 	for _, h := range hosts {
 		want[h] = keyOf(next.Services, h)
 	}
-	var added, removed, rekeyed []string
-	for host, t := range running {
-		key, ok := want[host]
-		switch {
-		case !ok:
-			// GoAway: the gateway sends no new stream; those in flight finish within the
-			// shutdown timeout. Streams that cross the GoAway get the agent's 404.
-			t.cancel()
-			delete(running, host)
-			removed = append(removed, host)
-		case key != t.key:
-			t.cancel()
-			delete(running, host)
-			start(host, key)
-			rekeyed = append(rekeyed, host)
+	// Each list names a hostname once, however many gateways it changed on.
+	changed := map[string]map[string]bool{"added": {}, "removed": {}, "rekeyed": {}}
+	for _, set := range sets {
+		running := set.running
+		for host, t := range running {
+			key, ok := want[host]
+			switch {
+			case !ok:
+				// GoAway: the gateway sends no new stream; those in flight finish within the
+				// shutdown timeout. Streams that cross the GoAway get the agent's 404.
+				t.cancel()
+				delete(running, host)
+				changed["removed"][host] = true
+			case key != t.key:
+				t.cancel()
+				delete(running, host)
+				set.start(host, key)
+				changed["rekeyed"][host] = true
+			}
+		}
+		for host := range set.refused {
+			delete(set.refused, host)
+		}
+		for _, host := range hosts {
+			if running[host] == nil {
+				set.start(host, want[host])
+				changed["added"][host] = true
+			}
 		}
 	}
-	for host := range refused {
-		delete(refused, host)
-	}
-	for _, host := range hosts {
-		if running[host] == nil {
-			start(host, want[host])
-			added = append(added, host)
+	list := func(kind string) []string {
+		out := []string{}
+		for host := range changed[kind] {
+			out = append(out, host)
 		}
+		sort.Strings(out)
+		return out
 	}
-	sort.Strings(removed)
-	sort.Strings(rekeyed)
+	added, removed, rekeyed := list("added"), list("removed"), list("rekeyed")
 	a.log.Info("configuration reloaded", "file", a.cfg.ConfigFile, "services", len(next.Services),
 		"hostnames_started", added, "hostnames_removed", removed, "hostnames_rekeyed", rekeyed)
 }

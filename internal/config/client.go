@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -19,12 +20,18 @@ type Client struct {
 	// --domain, --api-key and --local-target.
 	Services []Service
 
-	ServerAddr string // host:port of the gateway's HTTPS listener; port 443 when the setting has none
-	// ServerName is the TLS name the gateway is verified against; empty: the host of ServerAddr.
+	// ServerAddr is host:port of the gateway's HTTPS listener (port 443 when the setting has none),
+	// or several of them joined by commas: one per gateway, or per DNS name of a set of gateways.
+	// ServerAddrs splits it.
+	ServerAddr string
+	// ServerName is the TLS name every gateway is verified against; empty: the host of the first
+	// entry of ServerAddr.
 	ServerName string
-	Domain     string // the domain this agent serves, lowercase without trailing dot
-	APIKey     string // secret: the domain's client API key, from the setting or read from APIKeyFile
-	APIKeyFile string // where APIKey was read from; empty when given directly
+	// HAConnections caps how many gateway addresses the agent holds tunnels to at once.
+	HAConnections int
+	Domain        string // the domain this agent serves, lowercase without trailing dot
+	APIKey        string // secret: the domain's client API key, from the setting or read from APIKeyFile
+	APIKeyFile    string // where APIKey was read from; empty when given directly
 
 	// LocalTarget is where requests go: scheme http or https and a host (a plain host:port
 	// setting becomes http://host:port), unix with a socket path, or tcp with host:port for raw
@@ -60,6 +67,14 @@ type Client struct {
 	Deprecated []Notice
 }
 
+// ServerAddrs is the entries of ServerAddr, each host:port.
+func (c *Client) ServerAddrs() []string {
+	if c.ServerAddr == "" {
+		return nil
+	}
+	return strings.Split(c.ServerAddr, ",")
+}
+
 // SkipVerify tells whether the agent must skip verification of the server
 // certificate: only with --debug and no --ca-file, because a CA file given
 // on purpose is worth checking even while debugging.
@@ -71,11 +86,14 @@ func clientSettings(c *Client) []setting {
 			usage: "YAML file of the agent's settings and services (hostname, path, target, api_key or api_key_file); SIGHUP or a change of the file reloads its services. The single-service settings (--domain, --api-key, --api-key-file, --local-target, --local-*) are refused beside it; other settings may be given as flags or variables only if the file does not set them",
 			bind:  bind(&c.ConfigFile, "file", parseString)},
 		{env: "HOP_CLIENT_SERVER_ADDR", flag: "server-addr", required: true,
-			usage: "the gateway's HTTPS address: host[:port], port 443 by default, e.g. gateway.example.com or [2001:db8::1]:8443",
-			bind:  bind(&c.ServerAddr, "host[:port]", parseServerAddr)},
+			usage: "the gateway's HTTPS address: host[:port], port 443 by default, e.g. gateway.example.com or [2001:db8::1]:8443; or a comma-separated list of them, gw1.example.com,gw2.example.com:8443. The agent holds a tunnel to every gateway: to each entry, and to each address (A/AAAA) a name resolves to, re-resolved every minute",
+			bind:  bind(&c.ServerAddr, "host[:port][,...]", parseServerAddr)},
 		{env: "HOP_CLIENT_SERVER_NAME", flag: "server-name",
-			usage: "the name the gateway's certificate is verified against, when --server-addr is an IP address or another name than the gateway's (default: the host of --server-addr)",
+			usage: "the name every gateway's certificate is verified against, when --server-addr is an IP address or another name than the gateway's (default: the host of the first entry of --server-addr)",
 			bind:  bind(&c.ServerName, "name", parseDomain)},
+		{env: "HOP_CLIENT_HA_CONNECTIONS", flag: "ha-connections", def: "4",
+			usage: "at most this many gateway addresses to hold tunnels to at once, spread over the entries of --server-addr",
+			bind:  bind(&c.HAConnections, "n", parsePositiveInt)},
 		{env: "HOP_CLIENT_DOMAIN", flag: "domain", required: true,
 			usage: "the registered domain this agent serves",
 			bind:  bind(&c.Domain, "name", parseTenantDomain)},
@@ -150,7 +168,7 @@ func LoadClient(args []string, lookupEnv func(string) (string, bool), dotenvPath
 	if c.ConfigFile != "" {
 		errs = append(errs, c.applyFile(settings, got, lookupEnv)...)
 		if c.ServerAddr == "" {
-			errs = append(errs, fmt.Errorf("%s: server_addr: required (or HOP_CLIENT_SERVER_ADDR, --server-addr): the gateway's host[:port]", c.ConfigFile))
+			errs = append(errs, fmt.Errorf("%s: server_addr: required (or HOP_CLIENT_SERVER_ADDR, --server-addr): the gateway's host[:port], or a comma-separated list of them", c.ConfigFile))
 		}
 	} else {
 		for _, s := range settings {

@@ -31,6 +31,7 @@ func TestLoadClientDefaults(t *testing.T) {
 	}
 	want := &Client{
 		ServerAddr:      "gate.example.com:443",
+		HAConnections:   4,
 		Domain:          "app.example.com",
 		APIKey:          "client-key",
 		LocalTarget:     &url.URL{Scheme: "http", Host: "127.0.0.1:8080"},
@@ -57,6 +58,7 @@ func TestLoadClientEveryFlag(t *testing.T) {
 	args := []string{
 		"--server-addr", "127.0.0.1:8443",
 		"--server-name", "Gate.Example.com",
+		"--ha-connections", "3",
 		"--domain", "App.Example.com.",
 		"--api-key", "flag-key",
 		"--local-target", "https://app.internal:8443",
@@ -85,6 +87,7 @@ func TestLoadClientEveryFlag(t *testing.T) {
 	want := &Client{
 		ServerAddr:              "127.0.0.1:8443",
 		ServerName:              "gate.example.com",
+		HAConnections:           3,
 		Domain:                  "app.example.com",
 		APIKey:                  "flag-key",
 		LocalTarget:             &url.URL{Scheme: "https", Host: "app.internal:8443"},
@@ -275,7 +278,7 @@ func TestClientUsage(t *testing.T) {
 			"      client API key of the domain, as shown once by the admin API; give it or --api-key-file\n" +
 			"      secret: never printed or logged\n",
 		"  --api-key-file file\n      env HOP_CLIENT_API_KEY_FILE, default (empty)\n",
-		"  --server-addr host[:port]\n      env HOP_CLIENT_SERVER_ADDR, default (required)\n",
+		"  --server-addr host[:port][,...]\n      env HOP_CLIENT_SERVER_ADDR, default (required)\n",
 		"port 443 by default",
 		`env HOP_CLIENT_PING_INTERVAL, default "15s"`,
 		"the CA file wins",
@@ -422,5 +425,62 @@ func TestClientSecretsRedacted(t *testing.T) {
 	}
 	if out := jsonLog.String(); !strings.Contains(out, `"api_key":"[redacted]"`) || !strings.Contains(out, `"local_target":"http://127.0.0.1:8080"`) {
 		t.Errorf("json log: %s", out)
+	}
+}
+
+// TestParseServerAddrList: a comma-separated --server-addr is a list of gateways, each entry read
+// as one address (port 443 by default, IPv6 in brackets or bare); a bad entry is named by position.
+func TestParseServerAddrList(t *testing.T) {
+	runParse(t, parseServerAddr, []parseCase[string]{
+		{in: "gw1.example.com,gw2.example.com:8443", want: "gw1.example.com:443,gw2.example.com:8443"},
+		{in: "gw1.example.com, gw2.example.com ,gw3.example.com", want: "gw1.example.com:443,gw2.example.com:443,gw3.example.com:443"},
+		{in: "[::1]:8443,127.0.0.1", want: "[::1]:8443,127.0.0.1:443"},
+		{in: "::1,[2001:db8::1]", want: "[::1]:443,[2001:db8::1]:443"},
+		{in: "2001:db8::1", want: "[2001:db8::1]:443"},
+		{in: "gw1.example.com,", wantErr: `entry 2 of "gw1.example.com," is empty`},
+		{in: ",gw1.example.com", wantErr: "entry 1 of"},
+		{in: "gw1.example.com,gw2.example.com:99999", wantErr: `entry 2: "gw2.example.com:99999" is not an address host[:port]`},
+		{in: "gw1.example.com,https://gw2.example.com", wantErr: "entry 2: "},
+		{in: "gw1.example.com,GW1.example.com:443", wantErr: "entry 2: GW1.example.com:443 is listed twice"},
+	})
+}
+
+func TestParsePositiveInt(t *testing.T) {
+	const bad = "is not a whole number ≥ 1"
+	runParse(t, parsePositiveInt, []parseCase[int]{
+		{in: "1", want: 1},
+		{in: "4", want: 4},
+		{in: "0", wantErr: bad},
+		{in: "-2", wantErr: bad},
+		{in: "two", wantErr: bad},
+	})
+}
+
+// TestLoadClientGateways: the list and the cap load from the environment, ServerAddrs splits the
+// list, and a bad value names its variable.
+func TestLoadClientGateways(t *testing.T) {
+	e := clientEnv()
+	e["HOP_CLIENT_SERVER_ADDR"] = "gw1.example.com,gw2.example.com:8443"
+	e["HOP_CLIENT_HA_CONNECTIONS"] = "2"
+	c, err := LoadClient(nil, e.lookup, noDotenv(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.ServerAddrs(); !reflect.DeepEqual(got, []string{"gw1.example.com:443", "gw2.example.com:8443"}) || c.HAConnections != 2 {
+		t.Errorf("ServerAddrs = %q, HAConnections = %d", got, c.HAConnections)
+	}
+	for _, tc := range []struct{ key, value, want string }{
+		{"HOP_CLIENT_SERVER_ADDR", "gw1.example.com,,gw2.example.com", "HOP_CLIENT_SERVER_ADDR (--server-addr): entry 2 of"},
+		{"HOP_CLIENT_SERVER_ADDR", "gw1.example.com,gw2.example.com:0", "HOP_CLIENT_SERVER_ADDR (--server-addr): entry 2: "},
+		{"HOP_CLIENT_HA_CONNECTIONS", "0", "HOP_CLIENT_HA_CONNECTIONS (--ha-connections): \"0\" is not a whole number ≥ 1"},
+	} {
+		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
+			e := clientEnv()
+			e[tc.key] = tc.value
+			_, err := LoadClient(nil, e.lookup, noDotenv(t))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -78,6 +78,7 @@ type fileNode = yaml.Node
 type clientYAML struct {
 	ServerAddr      fileNode      `yaml:"server_addr"`
 	ServerName      fileNode      `yaml:"server_name"`
+	HAConnections   fileNode      `yaml:"ha_connections"`
 	CAFile          fileNode      `yaml:"ca_file"`
 	Debug           fileNode      `yaml:"debug"`
 	AgentID         fileNode      `yaml:"agent_id"`
@@ -165,6 +166,7 @@ func parseClientFile(name string, data []byte, lookupEnv func(string) (string, b
 	}{
 		{"server_addr", "HOP_CLIENT_SERVER_ADDR", &doc.ServerAddr, false},
 		{"server_name", "HOP_CLIENT_SERVER_NAME", &doc.ServerName, false},
+		{"ha_connections", "HOP_CLIENT_HA_CONNECTIONS", &doc.HAConnections, false},
 		{"ca_file", "HOP_CLIENT_CA_FILE", &doc.CAFile, true},
 		{"debug", "HOP_CLIENT_DEBUG", &doc.Debug, false},
 		{"agent_id", "HOP_CLIENT_AGENT_ID", &doc.AgentID, false},

@@ -230,3 +230,29 @@ func FuzzParseClientFile(f *testing.F) {
 		checkValid(t, c)
 	})
 }
+
+// TestLoadClientFileGateways: server_addr takes a list in the file too, and ha_connections sets
+// the cap, with a bad value named by file, line and key.
+func TestLoadClientFileGateways(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "hopgate.yaml")
+	write := func(head string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(head+"services:\n  - {hostname: a.example.com, api_key: k, target: 127.0.0.1:3000}\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("server_addr: gw1.example.com, gw2.example.com:8443\nha_connections: 3\n")
+	c, err := LoadClient([]string{"--config", file}, env{}.lookup, noDotenv(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ServerAddr != "gw1.example.com:443,gw2.example.com:8443" || c.HAConnections != 3 {
+		t.Errorf("ServerAddr = %q, HAConnections = %d", c.ServerAddr, c.HAConnections)
+	}
+	write("server_addr: gw1.example.com\nha_connections: 0\n")
+	if _, err := LoadClient([]string{"--config", file}, env{}.lookup, noDotenv(t)); err == nil ||
+		!strings.Contains(err.Error(), file+":2: ha_connections: ") {
+		t.Errorf("ha_connections: 0: err = %v", err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 )
 
 // Parsers turn the text of one setting into its typed value. They are only
@@ -156,9 +157,9 @@ func parseDialAddr(s string) (string, error) {
 // for any HTTPS client.
 const defaultServerPort = "443"
 
-// parseServerAddr reads the gateway's address: host, [IPv6] or a bare IPv6 literal get port 443;
-// host:port is checked. It returns host:port, which the agent dials and takes the TLS name from.
-func parseServerAddr(s string) (string, error) {
+// parseOneServerAddr reads one gateway address: host, [IPv6] or a bare IPv6 literal get port 443;
+// host:port is checked. It returns host:port, which the agent resolves and dials.
+func parseOneServerAddr(s string) (string, error) {
 	bad := fmt.Errorf("%q is not an address host[:port] like gateway.example.com or gateway.example.com:8443 (port 1-65535)", s)
 	if ip, err := netip.ParseAddr(s); err == nil && ip.Is6() {
 		// "::1" cannot be split: every colon would be a port separator. An IPv6 address with a port
@@ -174,6 +175,43 @@ func parseServerAddr(s string) (string, error) {
 		return "", bad
 	}
 	return s, nil
+}
+
+// parseServerAddr reads the gateways' addresses: one address (see parseOneServerAddr) or a
+// comma-separated list of them. It returns the canonical list, host:port entries joined by commas.
+// A bare IPv6 literal ("::1") is one address, not a list: it holds no comma.
+func parseServerAddr(s string) (string, error) {
+	parts := strings.Split(s, ",")
+	if len(parts) == 1 {
+		return parseOneServerAddr(s)
+	}
+	out := make([]string, 0, len(parts))
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			return "", fmt.Errorf("entry %d of %q is empty; want a comma-separated list host[:port],host[:port]", i+1, s)
+		}
+		addr, err := parseOneServerAddr(p)
+		if err != nil {
+			return "", fmt.Errorf("entry %d: %w", i+1, err)
+		}
+		for _, prev := range out {
+			if strings.EqualFold(prev, addr) {
+				return "", fmt.Errorf("entry %d: %s is listed twice", i+1, addr)
+			}
+		}
+		out = append(out, addr)
+	}
+	return strings.Join(out, ","), nil
+}
+
+// parsePositiveInt reads a whole number ≥ 1.
+func parsePositiveInt(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("%q is not a whole number ≥ 1", s)
+	}
+	return n, nil
 }
 
 func validPort(port string, lowest int) bool {
@@ -496,4 +534,21 @@ func pathReason(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// MaxServerID is the longest HOP_SERVER_ID accepted, in bytes (the presence table's column).
+const MaxServerID = 64
+
+// parseServerID checks a gateway id: printable, without spaces, at most MaxServerID bytes. It names
+// the gateway in every log line, a metric label and the cluster's presence rows.
+func parseServerID(s string) (string, error) {
+	switch {
+	case s == "":
+		return "", errors.New("empty; want a name like gw1 (the default is the host name)")
+	case len(s) > MaxServerID:
+		return "", fmt.Errorf("%q is %d bytes long; want at most %d", s, len(s), MaxServerID)
+	case !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }):
+		return "", fmt.Errorf("%q holds spaces or characters that are not printable; want a name like gw1", s)
+	}
+	return s, nil
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -31,8 +32,15 @@ type Server struct {
 	ProxyDomains []string // extra names to hold certificates for, canonical, no repeats
 	Debug        bool
 
-	ProxyTimeout       time.Duration // wait for an agent's response headers
-	ShutdownTimeout    time.Duration // drain time after SIGTERM
+	// ServerID names this gateway in its logs, its metrics (label gateway_id) and, with Postgres, the
+	// cluster's presence rows; the host name unless set.
+	ServerID string
+
+	ProxyTimeout    time.Duration // wait for an agent's response headers
+	ShutdownTimeout time.Duration // drain time after SIGTERM
+	// DrainDelay is how long a shutdown keeps accepting and serving with /readyz answering 503
+	// "draining", so that a load balancer takes the gateway out before its listeners close.
+	DrainDelay         time.Duration
 	TunnelPingInterval time.Duration // keepalive ping; a tunnel is dead after 3 missed pongs
 
 	// TrustedProxies are peers whose X-Forwarded-* and X-Real-IP headers are kept (a load balancer in
@@ -132,9 +140,15 @@ func serverSettings(s *Server) []setting {
 		{env: "HOP_SERVER_PROXY_TIMEOUT_SECONDS", flag: "proxy-timeout-seconds", def: "15",
 			usage: "seconds allowed for the agent to return response headers (504 after; not a limit on body streaming)",
 			bind:  bind(&s.ProxyTimeout, "seconds", parseSeconds)},
+		{env: "HOP_SERVER_ID", flag: "server-id", shownDefault: "(the host name)",
+			usage: "this gateway's name in logs (gateway_id), metrics (label gateway_id) and the cluster's presence rows; printable, no spaces, at most 64 bytes; unique among the gateways of one database",
+			bind:  bind(&s.ServerID, "name", parseServerID)},
 		{env: "HOP_SERVER_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: "30s",
 			usage: "how long SIGTERM waits for in-flight requests",
 			bind:  bind(&s.ShutdownTimeout, "duration", parsePositiveDuration)},
+		{env: "HOP_SERVER_DRAIN_DELAY", flag: "drain-delay", def: "0s",
+			usage: "on SIGTERM, keep accepting and serving this long with /readyz answering 503 \"draining\" before the listeners close, so that a load balancer stops sending first (part of --shutdown-timeout)",
+			bind:  bind(&s.DrainDelay, "duration", parseNonNegativeDuration)},
 		{env: "HOP_SERVER_TRUSTED_PROXIES", flag: "trusted-proxies",
 			usage: "CSV of CIDRs whose X-Forwarded-For/-Proto/-Host and X-Real-IP are trusted; empty trusts nobody",
 			bind:  bind(&s.TrustedProxies, "CIDR list", parseCIDRs)},
@@ -257,6 +271,13 @@ func LoadServer(args []string, lookupEnv func(string) (string, bool), dotenvPath
 			errs = append(errs, find(settings, "HOP_SERVER_DOMAIN").errorf("required (the gateway's own name) unless HOP_SERVER_DEBUG is on"))
 		}
 	}
+	if s.ServerID == "" {
+		s.ServerID, errs = defaultServerID(os.Hostname, find(settings, "HOP_SERVER_ID"), errs)
+	}
+	if s.DrainDelay >= s.ShutdownTimeout && s.ShutdownTimeout > 0 {
+		errs = append(errs, find(settings, "HOP_SERVER_DRAIN_DELAY").errorf(
+			"%s is not less than HOP_SERVER_SHUTDOWN_TIMEOUT (--shutdown-timeout) %s, which it is part of", s.DrainDelay, s.ShutdownTimeout))
+	}
 	if s.DBMaxOpenConns > 0 && s.DBMaxIdleConns > s.DBMaxOpenConns {
 		errs = append(errs, find(settings, "HOP_DB_MAX_IDLE_CONNS").errorf(
 			"%d is more than HOP_DB_MAX_OPEN_CONNS (--db-max-open-conns) %d", s.DBMaxIdleConns, s.DBMaxOpenConns))
@@ -279,6 +300,19 @@ func LoadServer(args []string, lookupEnv func(string) (string, bool), dotenvPath
 	}
 	s.Deprecated = got.deprecated
 	return s, nil
+}
+
+// defaultServerID is the host name as a gateway id, or an error naming the setting to set instead.
+func defaultServerID(hostname func() (string, error), st setting, errs []error) (string, []error) {
+	h, err := hostname()
+	if err != nil {
+		return "", append(errs, st.errorf("not set and the host name is unknown (%v); set it", err))
+	}
+	id, err := parseServerID(strings.TrimSpace(h))
+	if err != nil {
+		return "", append(errs, st.errorf("not set, and the host name is not a valid id: %v; set it", err))
+	}
+	return id, errs
 }
 
 // ServerUsage writes the help of hopgate-server: every flag, its variable,

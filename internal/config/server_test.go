@@ -38,10 +38,15 @@ func TestLoadServerDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := &Server{
 		HTTPListen:           ":80",
 		HTTPSListen:          ":443",
 		Domain:               "gate.example.com",
+		ServerID:             host,
 		ProxyTimeout:         15 * time.Second,
 		ShutdownTimeout:      30 * time.Second,
 		TunnelPingInterval:   15 * time.Second,
@@ -89,6 +94,8 @@ func TestLoadServerEveryVariable(t *testing.T) {
 		"HOP_SERVER_DEBUG":                    "off",
 		"HOP_SERVER_PROXY_TIMEOUT_SECONDS":    "20",
 		"HOP_SERVER_SHUTDOWN_TIMEOUT":         "45s",
+		"HOP_SERVER_ID":                       "gw-1.eu",
+		"HOP_SERVER_DRAIN_DELAY":              "5s",
 		"HOP_SERVER_TUNNEL_PING_INTERVAL":     "5s",
 		"HOP_SERVER_TRUSTED_PROXIES":          "10.0.0.0/8, 192.0.2.1,2001:db8::/32",
 		"HOP_SERVER_MAX_STREAMS_PER_TUNNEL":   "50",
@@ -131,6 +138,8 @@ func TestLoadServerEveryVariable(t *testing.T) {
 		ProxyDomains:         []string{"a.example.com", "b.example.com"},
 		ProxyTimeout:         20 * time.Second,
 		ShutdownTimeout:      45 * time.Second,
+		ServerID:             "gw-1.eu",
+		DrainDelay:           5 * time.Second,
 		TunnelPingInterval:   5 * time.Second,
 		MaxStreamsPerTunnel:  50,
 		MaxAgentsPerDomain:   2,
@@ -211,6 +220,9 @@ func TestServerFlagNames(t *testing.T) {
 	for _, s := range serverSettings(&Server{}) {
 		name := strings.TrimPrefix(s.env, "HOP_")
 		name = strings.TrimPrefix(name, "SERVER_")
+		if s.env == "HOP_SERVER_ID" {
+			name = "SERVER_ID" // --id alone would not say whose id it is
+		}
 		if want := strings.ToLower(strings.ReplaceAll(name, "_", "-")); s.flag != want {
 			t.Errorf("%s: flag --%s, want --%s", s.env, s.flag, want)
 		}
@@ -668,5 +680,63 @@ func TestNewLogger(t *testing.T) {
 	}
 	if got := x.String(); !strings.Contains(got, "level=DEBUG") || !strings.Contains(got, "domain=a.example.com") {
 		t.Errorf("text logger wrote %q", got)
+	}
+}
+
+func TestServerID(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     env
+		args    []string
+		want    string
+		wantErr string
+	}{
+		{name: "env", env: env{"HOP_SERVER_ID": "gw1"}, want: "gw1"},
+		{name: "flag over env", env: env{"HOP_SERVER_ID": "gw1"}, args: []string{"--server-id", "gw2"}, want: "gw2"},
+		{name: "64 bytes", env: env{"HOP_SERVER_ID": strings.Repeat("a", 64)}, want: strings.Repeat("a", 64)},
+		{name: "65 bytes", env: env{"HOP_SERVER_ID": strings.Repeat("a", 65)}, wantErr: "at most 64"},
+		{name: "space", env: env{"HOP_SERVER_ID": "gw 1"}, wantErr: "printable"},
+		{name: "control", env: env{"HOP_SERVER_ID": "gw\x001"}, wantErr: "printable"},
+		{name: "invalid UTF-8", env: env{"HOP_SERVER_ID": "gw\xff"}, wantErr: "printable"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.env["HOP_SERVER_DOMAIN"] = "gate.example.com"
+			got, err := LoadServer(tc.args, tc.env.lookup, noDotenv(t))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "HOP_SERVER_ID") {
+					t.Fatalf("err = %v, want one naming HOP_SERVER_ID and %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.ServerID != tc.want {
+				t.Fatalf("ServerID = %q, want %q", got.ServerID, tc.want)
+			}
+		})
+	}
+}
+
+func TestDefaultServerID(t *testing.T) {
+	st := find(serverSettings(&Server{}), "HOP_SERVER_ID")
+	if id, errs := defaultServerID(func() (string, error) { return "host-1", nil }, st, nil); id != "host-1" || errs != nil {
+		t.Fatalf("defaultServerID = %q, %v", id, errs)
+	}
+	for name, hostname := range map[string]func() (string, error){
+		"unknown":  func() (string, error) { return "", errors.New("no uts") },
+		"too long": func() (string, error) { return strings.Repeat("h", 80), nil },
+	} {
+		if _, errs := defaultServerID(hostname, st, nil); len(errs) != 1 || !strings.Contains(errs[0].Error(), "HOP_SERVER_ID") {
+			t.Errorf("%s host name: errors %v, want one naming HOP_SERVER_ID", name, errs)
+		}
+	}
+}
+
+func TestDrainDelayWithinShutdownTimeout(t *testing.T) {
+	_, err := LoadServer(nil, env{"HOP_SERVER_DOMAIN": "gate.example.com", "HOP_SERVER_DRAIN_DELAY": "30s"}.lookup, noDotenv(t))
+	if err == nil || !strings.Contains(err.Error(), "HOP_SERVER_DRAIN_DELAY") {
+		t.Fatalf("err = %v, want one naming HOP_SERVER_DRAIN_DELAY", err)
 	}
 }

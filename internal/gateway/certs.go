@@ -3,10 +3,14 @@ package gateway
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/go-acme/lego/v4/challenge"
@@ -23,6 +27,8 @@ import (
 type certSource struct {
 	tls  *tls.Config
 	acme *acme.Manager
+	// shared is the certificate storage in Postgres, shared with the other gateways; nil with files.
+	shared *acme.PGStorage
 	// noWildcards is why wildcard domains cannot get a certificate; empty when they can.
 	noWildcards string
 }
@@ -61,11 +67,26 @@ func newCertSource(ctx context.Context, cfg *config.Server, store *registry.Stor
 	if cfg.ACMEDNSResolver != "" {
 		dnsResolvers = []string{cfg.ACMEDNSResolver}
 	}
+	// With Postgres every gateway on the database shares one ACME account, the certificates and the
+	// challenges, and orders one name at a time across the cluster; the embedded store keeps files.
+	var (
+		storage acme.Storage
+		shared  *acme.PGStorage
+		where   = cfg.ACMECacheDir
+	)
+	if db, ok := store.SQL(); ok {
+		shared = acme.NewPGStorage(db, acme.PGOptions{Holder: cfg.ServerID, Logger: log})
+		storage, where = shared, "postgres"
+		if err := importCertFiles(ctx, cfg.ACMECacheDir, shared, log); err != nil {
+			return nil, fmt.Errorf("certificates: %w", err)
+		}
+	}
 	mgr, err := acme.New(acme.Options{
 		CADir:              cfg.ACMECADir,
 		Email:              cfg.ACMEEmail,
 		CARoots:            cfg.ACMECARoots,
 		CacheDir:           cfg.ACMECacheDir,
+		Storage:            storage,
 		ExpectIPs:          cfg.ACMEExpectIPs,
 		Resolver:           resolver(cfg.ACMEDNSResolver),
 		DNSProvider:        dnsProvider,
@@ -103,9 +124,9 @@ func newCertSource(ctx context.Context, cfg *config.Server, store *registry.Stor
 		}
 	}
 	mgr.Manage(ctx, names...)
-	log.Info("certificates: ACME", "ca", cfg.ACMECADir, "names", len(names), "cache", cfg.ACMECacheDir,
+	log.Info("certificates: ACME", "ca", cfg.ACMECADir, "names", len(names), "cache", where,
 		"dns_provider", cfg.ACMEDNSProvider)
-	return &certSource{tls: &tls.Config{GetCertificate: mgr.GetCertificate}, acme: mgr, noWildcards: noWildcards}, nil
+	return &certSource{tls: &tls.Config{GetCertificate: mgr.GetCertificate}, acme: mgr, shared: shared, noWildcards: noWildcards}, nil
 }
 
 // run keeps certificates renewed until ctx ends.
@@ -113,7 +134,53 @@ func (c *certSource) run(ctx context.Context) error {
 	if c.acme == nil {
 		return nil
 	}
+	if c.shared != nil {
+		defer c.shared.Close()
+	}
 	return c.acme.Run(ctx)
+}
+
+// importCertFiles copies the account and certificates a gateway kept in files before it shared
+// them in Postgres into the database, each key only if the database has none: a gateway moved to
+// Postgres, or the first of a cluster, neither registers again nor reorders what it holds.
+func importCertFiles(ctx context.Context, dir string, to acme.Storage, log *slog.Logger) error {
+	if dir == "" {
+		return nil
+	}
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	from, err := acme.NewFileStorage(dir)
+	if err != nil {
+		return err
+	}
+	keys, err := from.List(ctx, "", true)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, key := range keys {
+		if !strings.HasPrefix(key, "accounts/") && !strings.HasPrefix(key, "certificates/") {
+			continue
+		}
+		if _, err := to.Load(ctx, key); err == nil {
+			continue
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		v, err := from.Load(ctx, key)
+		if err != nil {
+			return err
+		}
+		if err := to.Store(ctx, key, v); err != nil {
+			return err
+		}
+		n++
+	}
+	if n > 0 {
+		log.Info("certificates: copied files into the shared store", "dir", dir, "keys", n)
+	}
+	return nil
 }
 
 // adminCerts adapts the manager to the admin API.

@@ -30,6 +30,9 @@ type Metrics struct {
 	fromTarget    prometheus.Counter
 	targetsUp     prometheus.Gauge
 	targetsDown   prometheus.Gauge
+	// gatewayUp counts, per gateway address, the tunnels up to it: one label per address the agent
+	// holds tunnels to, at most --ha-connections of them.
+	gatewayUp *prometheus.GaugeVec
 }
 
 // New registers the agent's series, and the Go and process collectors, on a fresh registry.
@@ -43,8 +46,12 @@ func New() *Metrics {
 		reg: reg,
 		up: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hopgate_client_tunnel_up",
-			Help: "Tunnel calls the gateway has accepted and that are up: one per hostname (1 for a single-domain agent), 0 when none is.",
+			Help: "Tunnel calls the gateways have accepted and that are up: one per hostname and gateway (1 for a single-domain agent with one gateway), 0 when none is.",
 		}),
+		gatewayUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hopgate_client_gateway_tunnels_up",
+			Help: "Tunnel calls up to each gateway address (ip:port, or the configured host:port when it is not resolved here): one per hostname when the gateway serves them all.",
+		}, []string{"gateway"}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hopgate_client_reconnects_total",
 			Help: "Reconnect attempts scheduled after a tunnel ended or an attempt failed.",
@@ -71,7 +78,7 @@ func New() *Metrics {
 		toTarget:   bytes.WithLabelValues("to_target"),
 		fromTarget: bytes.WithLabelValues("from_target"),
 	}
-	reg.MustRegister(m.up, m.reconnects, m.targetsUp, m.targetsDown, m.streamsActive, m.streamsTotal, bytes,
+	reg.MustRegister(m.up, m.gatewayUp, m.reconnects, m.targetsUp, m.targetsDown, m.streamsActive, m.streamsTotal, bytes,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -120,6 +127,29 @@ func (m *Metrics) Instrument(o supervisor.Options) supervisor.Options {
 	}
 	return o
 }
+
+// InstrumentGateway returns o with OnUp and OnDown also counting the tunnels up to gateway (the
+// series exists, at 0, from this call on). Apply it to options Instrument has fed already.
+func (m *Metrics) InstrumentGateway(o supervisor.Options, gateway string) supervisor.Options {
+	g := m.gatewayUp.WithLabelValues(gateway)
+	onUp, onDown := o.OnUp, o.OnDown
+	o.OnUp = func(url string) {
+		g.Inc()
+		if onUp != nil {
+			onUp(url)
+		}
+	}
+	o.OnDown = func(err error) {
+		g.Dec()
+		if onDown != nil {
+			onDown(err)
+		}
+	}
+	return o
+}
+
+// ForgetGateway drops the series of a gateway the agent no longer holds tunnels to.
+func (m *Metrics) ForgetGateway(gateway string) { m.gatewayUp.DeleteLabelValues(gateway) }
 
 // SetTargets records how many targets are checked and how many of them are down.
 func (m *Metrics) SetTargets(targets, down int) {

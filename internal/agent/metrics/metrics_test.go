@@ -113,3 +113,39 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 		}
 	}
 }
+
+// TestInstrumentGateway: each gateway address has its own count of tunnels up, beside the total,
+// and a gateway the agent let go has no series left.
+func TestInstrumentGateway(t *testing.T) {
+	m := metrics.New()
+	base := m.Instrument(supervisor.Options{})
+	a := m.InstrumentGateway(base, "192.0.2.1:443")
+	b := m.InstrumentGateway(base, "192.0.2.2:443")
+	srv, err := m.Listen("127.0.0.1:0", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Close(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+	a.OnUp("https://a.example.com")
+	a.OnUp("https://b.example.com")
+	b.OnUp("https://a.example.com")
+	b.OnDown(nil)
+	got := scrape(t, srv.Addr())
+	for _, w := range []string{
+		"hopgate_client_tunnel_up 2",
+		`hopgate_client_gateway_tunnels_up{gateway="192.0.2.1:443"} 2`,
+		`hopgate_client_gateway_tunnels_up{gateway="192.0.2.2:443"} 0`,
+	} {
+		if !strings.Contains(got, w) {
+			t.Errorf("scrape lacks %q:\n%s", w, got)
+		}
+	}
+	m.ForgetGateway("192.0.2.2:443")
+	if got := scrape(t, srv.Addr()); strings.Contains(got, "192.0.2.2") {
+		t.Errorf("a forgotten gateway still has a series:\n%s", got)
+	}
+}

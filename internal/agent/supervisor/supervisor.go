@@ -305,6 +305,10 @@ func (t *Tunnel) Close() {
 	t.c.close()
 }
 
+// ViaProxy reports whether the environment (HTTPS_PROXY, NO_PROXY) sends connections to addr
+// through a proxy: then the proxy, not the agent, resolves addr's name.
+func ViaProxy(addr string) bool { return viaProxy(addr) }
+
 // viaProxy reports whether the environment (HTTPS_PROXY, NO_PROXY) sends connections to addr
 // through a proxy, as grpc's default dialer would.
 func viaProxy(addr string) bool {

@@ -20,43 +20,57 @@ import (
 // function that returns at once (the validator only looks at the certificate).
 const ALPNProto = tlsalpn01.ACMETLS1Protocol
 
-// http01Provider keeps HTTP-01 key authorizations in memory; HTTPHandler serves them.
+// http01Provider keeps HTTP-01 key authorizations in memory, and in a shared Storage for the other
+// gateways; HTTPHandler serves them.
 type http01Provider struct{ m *Manager }
 
 func (p *http01Provider) Present(domain, token, keyAuth string) error {
 	p.m.chMu.Lock()
-	defer p.m.chMu.Unlock()
 	p.m.httpTokens[token] = keyAuth
 	p.m.presented[domain] = challenge.HTTP01
+	p.m.chMu.Unlock()
+	if err := p.m.publish(httpTokenKey(token), []byte(keyAuth)); err != nil {
+		return fmt.Errorf("publish http-01 challenge for %s: %w", domain, err)
+	}
 	return nil
 }
 
 func (p *http01Provider) CleanUp(_, token, _ string) error {
 	p.m.chMu.Lock()
-	defer p.m.chMu.Unlock()
 	delete(p.m.httpTokens, token)
+	p.m.chMu.Unlock()
+	p.m.unpublish(httpTokenKey(token))
 	return nil
 }
 
-// tlsALPNProvider keeps TLS-ALPN-01 certificates in memory; GetCertificate serves them.
+// tlsALPNProvider keeps TLS-ALPN-01 certificates in memory, and in a shared Storage for the other
+// gateways; GetCertificate serves them.
 type tlsALPNProvider struct{ m *Manager }
 
 func (p *tlsALPNProvider) Present(domain, _, keyAuth string) error {
-	cert, err := tlsalpn01.ChallengeCert(domain, keyAuth)
+	certPEM, keyPEM, err := tlsalpn01.ChallengeBlocks(domain, keyAuth)
+	if err != nil {
+		return fmt.Errorf("tls-alpn-01 certificate for %s: %w", domain, err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return fmt.Errorf("tls-alpn-01 certificate for %s: %w", domain, err)
 	}
 	p.m.chMu.Lock()
-	defer p.m.chMu.Unlock()
-	p.m.alpnCerts[domain] = cert
+	p.m.alpnCerts[domain] = &cert
 	p.m.presented[domain] = challenge.TLSALPN01
+	p.m.chMu.Unlock()
+	if err := p.m.publish(alpnCertKey(domain), append(certPEM, keyPEM...)); err != nil {
+		return fmt.Errorf("publish tls-alpn-01 challenge for %s: %w", domain, err)
+	}
 	return nil
 }
 
 func (p *tlsALPNProvider) CleanUp(domain, _, _ string) error {
 	p.m.chMu.Lock()
-	defer p.m.chMu.Unlock()
 	delete(p.m.alpnCerts, domain)
+	p.m.chMu.Unlock()
+	p.m.unpublish(alpnCertKey(domain))
 	return nil
 }
 
@@ -87,8 +101,9 @@ func (p *dnsProvider) Timeout() (timeout, interval time.Duration) {
 	return dns01.DefaultPropagationTimeout, dns01.DefaultPollingInterval
 }
 
-// HTTPHandler answers HTTP-01 challenges (/.well-known/acme-challenge/<token>) from memory and
-// passes every other request to fallback (404 when fallback is nil).
+// HTTPHandler answers HTTP-01 challenges (/.well-known/acme-challenge/<token>) from memory, or for
+// a managed name from a shared Storage (an order run by another gateway), and passes every other
+// request to fallback (404 when fallback is nil).
 func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
 	if fallback == nil {
 		fallback = http.NotFoundHandler()
@@ -99,6 +114,9 @@ func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
 			m.chMu.Lock()
 			keyAuth, found := m.httpTokens[token]
 			m.chMu.Unlock()
+			if !found {
+				keyAuth, found = m.sharedKeyAuth(r.Context(), requestHost(r), token)
+			}
 			if found {
 				w.Header().Set("Content-Type", "text/plain")
 				_, _ = w.Write([]byte(keyAuth))
@@ -111,9 +129,22 @@ func (m *Manager) HTTPHandler(fallback http.Handler) http.Handler {
 
 func (m *Manager) challengeCert(name string) (*tls.Certificate, error) {
 	m.chMu.Lock()
-	defer m.chMu.Unlock()
-	if c := m.alpnCerts[name]; c != nil {
+	c := m.alpnCerts[name]
+	m.chMu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	if c, ok := m.sharedChallengeCert(name); ok {
 		return c, nil
 	}
 	return nil, fmt.Errorf("acme: no tls-alpn-01 challenge pending for %q", name)
+}
+
+// requestHost is the canonical name of r's Host (port dropped); "" if it is no valid name.
+func requestHost(r *http.Request) string {
+	name, err := hostname.Canonical(r.Host)
+	if err != nil {
+		return ""
+	}
+	return name
 }

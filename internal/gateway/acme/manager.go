@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/go-acme/lego/v4/challenge"
+	"golang.org/x/time/rate"
 
 	"github.com/hopgate/hopgate/internal/gateway/hostname"
 )
@@ -65,7 +66,11 @@ type Options struct {
 	DNSResolvers []string
 
 	RenewCheckInterval time.Duration // how often every name is looked at; default 6h
-	Logger             *slog.Logger  // default slog.Default()
+	// RefreshInterval is how often certificates are reloaded from a Storage shared with other
+	// gateways (PGStorage), so that one renewed elsewhere is served here; default 30s. Unused
+	// with a Storage of this gateway alone.
+	RefreshInterval time.Duration
+	Logger          *slog.Logger // default slog.Default()
 
 	// OnExpiry is called whenever the served certificate of a name changes, with its NotAfter, and
 	// with the zero time when the name stops being served (Unmanage). It feeds
@@ -110,15 +115,19 @@ type entry struct {
 	busy     bool      // a worker owns the name
 	ariAt    time.Time // renewal time suggested by ARI; zero = none
 	ariNext  time.Time // when to ask ARI again
+	missAt   time.Time // last storage look caused by a handshake without a certificate
 }
 
 // Manager obtains, stores, renews and serves one certificate per name.
 type Manager struct {
-	opts       Options
-	log        *slog.Logger
-	storage    Storage
-	httpClient *http.Client
-	now        func() time.Time
+	opts    Options
+	log     *slog.Logger
+	storage Storage
+	shared  bool // storage is used by other gateways too (see shared.go)
+	// challengeLookups limits the storage reads of challenge requests (shared storage only).
+	challengeLookups *rate.Limiter
+	httpClient       *http.Client
+	now              func() time.Time
 
 	mu          sync.RWMutex
 	entries     map[string]*entry
@@ -145,6 +154,9 @@ func New(o Options) (*Manager, error) {
 	}
 	if o.RenewCheckInterval <= 0 {
 		o.RenewCheckInterval = DefaultRenewCheckInterval
+	}
+	if o.RefreshInterval <= 0 {
+		o.RefreshInterval = DefaultRefreshInterval
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -173,18 +185,20 @@ func New(o Options) (*Manager, error) {
 	}
 	setLegoLogger()
 	return &Manager{
-		opts:       o,
-		log:        o.Logger,
-		storage:    st,
-		httpClient: hc,
-		now:        o.Now,
-		entries:    make(map[string]*entry),
-		httpTokens: make(map[string]string),
-		alpnCerts:  make(map[string]*tls.Certificate),
-		presented:  make(map[string]challenge.Type),
-		kick:       make(chan struct{}, 1),
-		life:       life,
-		stop:       stop,
+		opts:             o,
+		log:              o.Logger,
+		storage:          st,
+		shared:           isShared(st),
+		challengeLookups: rate.NewLimiter(challengeLookupsPerSecond, challengeLookupsBurst),
+		httpClient:       hc,
+		now:              o.Now,
+		entries:          make(map[string]*entry),
+		httpTokens:       make(map[string]string),
+		alpnCerts:        make(map[string]*tls.Certificate),
+		presented:        make(map[string]challenge.Type),
+		kick:             make(chan struct{}, 1),
+		life:             life,
+		stop:             stop,
 	}, nil
 }
 
@@ -365,7 +379,8 @@ func (m *Manager) Status(name string) CertStatus {
 
 // GetCertificate is for tls.Config.GetCertificate. A TLS-ALPN-01 validation (ALPN acme-tls/1)
 // gets the challenge certificate; otherwise the certificate of the SNI name is served, and an
-// unknown or missing SNI gets the default name's certificate. It never starts an order.
+// unknown or missing SNI gets the default name's certificate. It never starts an order. With a
+// shared Storage, a managed name without a certificate here is looked up there first.
 func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	name, err := hostname.Canonical(hello.ServerName)
 	if err != nil {
@@ -375,10 +390,20 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 		return m.challengeCert(name)
 	}
 	m.mu.RLock()
-	defer m.mu.RUnlock()
-	if e := m.entries[name]; e != nil && e.cert != nil && e.gate != gateFailed {
+	e := m.entries[name]
+	if e != nil && e.cert != nil && e.gate != gateFailed {
+		m.mu.RUnlock()
 		return e.cert, nil
 	}
+	missed := e != nil && e.cert == nil && e.gate != gateFailed
+	m.mu.RUnlock()
+	if missed {
+		if c := m.reloadOnMiss(name); c != nil {
+			return c, nil
+		}
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
 	// A name one label under a managed wildcard gets the wildcard's certificate. Only on a miss of
 	// the exact name, which is also where the (small) allocation of the candidate happens.
 	if w := hostname.WildcardOf(name); w != "" {
@@ -418,6 +443,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.stop()
 		wg.Wait()
 	}()
+	m.refresher(ctx, &wg)
 	sem := make(chan struct{}, maxParallel)
 	timer := time.NewTimer(0)
 	defer timer.Stop()

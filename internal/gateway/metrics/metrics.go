@@ -15,6 +15,8 @@ import (
 // Metrics holds every series the server exports.
 type Metrics struct {
 	reg *prometheus.Registry
+	// registerer is reg with the constant labels.
+	registerer prometheus.Registerer
 
 	Requests       *prometheus.CounterVec
 	Duration       prometheus.Histogram
@@ -71,10 +73,21 @@ var TCPResults = []string{"ok", "denied", "over_limit", "no_agent", "agent_error
 var AccessDeniedReasons = []string{"ip", "auth", "rate", "sso"}
 
 // New registers the series on a fresh registry, with the Go and process collectors.
-func New() *Metrics {
+func New() *Metrics { return NewWithLabels(nil) }
+
+// ForGateway is New with every series labelled gateway_id=id, so that one dashboard tells the
+// gateways of a cluster apart.
+func ForGateway(id string) *Metrics { return NewWithLabels(prometheus.Labels{"gateway_id": id}) }
+
+// NewWithLabels is New with constant labels on every series (none when labels is empty).
+func NewWithLabels(labels prometheus.Labels) *Metrics {
 	reg := prometheus.NewRegistry()
+	var registerer prometheus.Registerer = reg
+	if len(labels) > 0 {
+		registerer = prometheus.WrapRegistererWith(labels, reg)
+	}
 	m := &Metrics{
-		reg: reg,
+		reg: reg, registerer: registerer,
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hopgate_http_requests_total", Help: "Proxied HTTP requests by status code and method.",
 		}, []string{"code", "method"}),
@@ -145,7 +158,7 @@ func New() *Metrics {
 			m.TCPBytes.WithLabelValues(mode, d)
 		}
 	}
-	reg.MustRegister(m.Requests, m.Duration, m.TunnelsActive, m.TunnelConnects, m.TunnelBytes, m.ProxyErrors, m.CertExpiry, m.CertOrders,
+	registerer.MustRegister(m.Requests, m.Duration, m.TunnelsActive, m.TunnelConnects, m.TunnelBytes, m.ProxyErrors, m.CertExpiry, m.CertOrders,
 		m.ConnectionsOpen, m.ConnectionsDropped, m.Overloaded, m.AccessDenied, m.AgentTargetsDown,
 		m.TCPConnectionsOpen, m.TCPConnections, m.TCPBytes, m.TCPDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -154,7 +167,7 @@ func New() *Metrics {
 
 // Handler serves /metrics.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.registerer})
 }
 
 var standardMethods = map[string]bool{

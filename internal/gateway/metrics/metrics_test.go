@@ -368,3 +368,27 @@ func TestTCPSeries(t *testing.T) {
 		t.Error("a 3-hour connection is only in the +Inf bucket")
 	}
 }
+
+// TestForGateway: every series, the runtime's included, carries the constant gateway_id label, and
+// the vectors keep their own labels beside it.
+func TestForGateway(t *testing.T) {
+	m := metrics.ForGateway("gw-1")
+	m.ObserveRequest(200, http.MethodGet, time.Millisecond)
+	m.TunnelsActive.Set(2)
+	e := scrape(t, m)
+	if len(e.samples) == 0 {
+		t.Fatal("no samples")
+	}
+	for _, s := range e.samples {
+		if s.labels["gateway_id"] != "gw-1" {
+			t.Fatalf("%s%v has no gateway_id=gw-1", s.name, s.labels)
+		}
+	}
+	req := e.find("hopgate_http_requests_total")
+	if len(req) != 1 || !slices.Equal(labelNames(req[0]), []string{"code", "gateway_id", "method"}) {
+		t.Fatalf("hopgate_http_requests_total = %+v, want labels code, gateway_id, method", req)
+	}
+	if got := testutil.ToFloat64(m.TunnelsActive); got != 2 {
+		t.Fatalf("tunnels active %v, want 2", got)
+	}
+}

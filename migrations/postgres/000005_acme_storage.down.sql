@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS acme_locks;
+DROP TABLE IF EXISTS acme_storage;

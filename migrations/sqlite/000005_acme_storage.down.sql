@@ -1,0 +1,1 @@
+-- Nothing: 000005 creates nothing in the embedded store.

@@ -1,0 +1,3 @@
+-- Issue 18 shares certificates between gateways in Postgres (acme_storage, acme_locks). The embedded
+-- store serves one gateway, which keeps its certificates in files (HOP_ACME_CACHE_DIR): nothing to
+-- create here. The version exists so that both dialects number their migrations alike.
