@@ -144,6 +144,8 @@ func (r *runner) scenario(ctx context.Context, id string) scenarioResult {
 		return r.s11(ctx)
 	case "S12":
 		return r.s12(ctx)
+	case "S13":
+		return r.s13(ctx)
 	}
 	return scenarioResult{ID: id, Error: "unknown scenario"}
 }

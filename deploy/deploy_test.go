@@ -526,3 +526,52 @@ func TestComposeLocalFile(t *testing.T) {
 		}
 	}
 }
+
+// TestComposeClusterFile checks what compose.cluster.yaml promises: two gateways on one PostgreSQL
+// with their own ids and one name, and one agent that lists both gateways.
+func TestComposeClusterFile(t *testing.T) {
+	type service struct {
+		Ports       []string          `yaml:"ports"`
+		Environment map[string]string `yaml:"environment"`
+		Healthcheck struct {
+			Test any `yaml:"test"`
+		} `yaml:"healthcheck"`
+	}
+	var c struct {
+		Services map[string]service `yaml:"services"`
+	}
+	raw, err := os.ReadFile("compose.cluster.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &c); err != nil {
+		t.Fatalf("compose.cluster.yaml: %v", err)
+	}
+	gw1, gw2 := c.Services["gateway-1"], c.Services["gateway-2"]
+	for name, gw := range map[string]service{"gateway-1": gw1, "gateway-2": gw2} {
+		if !strings.HasPrefix(gw.Environment["HOP_DB_DSN"], "postgres://") || !strings.Contains(gw.Environment["HOP_DB_DSN"], "@postgres:5432/") {
+			t.Errorf("%s: HOP_DB_DSN = %q, want the postgres service (clustering needs PostgreSQL)", name, gw.Environment["HOP_DB_DSN"])
+		}
+		if gw.Environment["HOP_SERVER_ID"] != name {
+			t.Errorf("%s: HOP_SERVER_ID = %q, want %q", name, gw.Environment["HOP_SERVER_ID"], name)
+		}
+		if gw.Healthcheck.Test != nil {
+			t.Errorf("%s: health check test %v; leave it to the image", name, gw.Healthcheck.Test)
+		}
+		for _, p := range gw.Ports {
+			if !strings.HasPrefix(p, "127.0.0.1:") {
+				t.Errorf("%s publishes %q: want it on 127.0.0.1 only", name, p)
+			}
+		}
+	}
+	if gw1.Environment["HOP_DB_DSN"] != gw2.Environment["HOP_DB_DSN"] || gw1.Environment["HOP_SERVER_DOMAIN"] != gw2.Environment["HOP_SERVER_DOMAIN"] {
+		t.Error("the two gateways differ in HOP_DB_DSN or HOP_SERVER_DOMAIN; a cluster shares both")
+	}
+	cli := c.Services["hopgate-client"].Environment
+	if cli["HOP_CLIENT_SERVER_ADDR"] != "gateway-1:8443,gateway-2:8443" {
+		t.Errorf("hopgate-client: HOP_CLIENT_SERVER_ADDR = %q, want both gateways", cli["HOP_CLIENT_SERVER_ADDR"])
+	}
+	if cli["HOP_CLIENT_SERVER_NAME"] != gw1.Environment["HOP_SERVER_DOMAIN"] {
+		t.Errorf("hopgate-client: HOP_CLIENT_SERVER_NAME = %q, want the gateways' name %q", cli["HOP_CLIENT_SERVER_NAME"], gw1.Environment["HOP_SERVER_DOMAIN"])
+	}
+}

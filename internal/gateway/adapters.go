@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 
 	"github.com/hopgate/hopgate/internal/gateway/access"
+	"github.com/hopgate/hopgate/internal/gateway/cluster"
 	"github.com/hopgate/hopgate/internal/gateway/metrics"
 	"github.com/hopgate/hopgate/internal/gateway/policy"
 	"github.com/hopgate/hopgate/internal/gateway/proxy"
@@ -108,3 +110,106 @@ type connEvents struct{ m *metrics.Metrics }
 func (e connEvents) Opened()               { e.m.ConnectionsOpen.Inc() }
 func (e connEvents) Closed()               { e.m.ConnectionsOpen.Dec() }
 func (e connEvents) Dropped(reason string) { e.m.ConnectionsDropped.WithLabelValues(reason).Inc() }
+
+// hubTunnels adapts the hub to the cluster: this gateway's live agents per domain.
+type hubTunnels struct{ hub *tunnelsvc.Hub }
+
+func (h hubTunnels) Counts() map[string]int {
+	out := map[string]int{}
+	for _, a := range h.hub.All() {
+		out[a.Domain]++
+	}
+	return out
+}
+
+func (h hubTunnels) CloseDomain(domain string) { h.hub.CloseDomain(domain) }
+
+// clusterAgents is the admin API's view of the agents when gateways share the store: this gateway's
+// live ones plus the other gateways' as of their last heartbeat. Closing is local: the change feed
+// closes the others'.
+type clusterAgents struct {
+	hub     *tunnelsvc.Hub
+	cluster *cluster.Cluster
+}
+
+func (c clusterAgents) AgentCount(domain string) int {
+	return c.hub.AgentCount(domain) + c.cluster.RemoteAgents(domain)
+}
+
+func (c clusterAgents) CloseDomain(domain string) { c.hub.CloseDomain(domain) }
+
+// Gateways is the number of live gateways on the store, this one included.
+func (c clusterAgents) Gateways() int { return c.cluster.Gateways() }
+
+// publishing is the registry as the admin API writes it when gateways share the store: every
+// successful change is also published on the change feed, for the other gateways to apply within a
+// second. A change that could not be published is not undone: the others' periodic resync (and
+// their caches' own expiry) apply it later.
+type publishing struct {
+	*registry.Store
+	cluster *cluster.Cluster
+	log     *slog.Logger
+}
+
+func (p publishing) publish(ctx context.Context, kind, domain string) {
+	if err := p.cluster.Publish(ctx, kind, domain); err != nil {
+		p.log.WarnContext(ctx, "change not published; the other gateways apply it at their next resync", "event", kind, "domain", domain, "err", err)
+	}
+}
+
+func (p publishing) Register(ctx context.Context, name, memo string) (registry.Domain, string, error) {
+	d, key, err := p.Store.Register(ctx, name, memo)
+	if err == nil {
+		p.publish(ctx, cluster.Register, d.Name)
+	}
+	return d, key, err
+}
+
+func (p publishing) RegisterMode(ctx context.Context, name, memo string, m registry.Mode) (registry.Domain, string, error) {
+	d, key, err := p.Store.RegisterMode(ctx, name, memo, m)
+	if err == nil {
+		p.publish(ctx, cluster.Register, d.Name)
+	}
+	return d, key, err
+}
+
+func (p publishing) SetMode(ctx context.Context, name string, m registry.Mode) (registry.Domain, error) {
+	d, err := p.Store.SetMode(ctx, name, m)
+	if err == nil {
+		p.publish(ctx, cluster.Mode, d.Name)
+	}
+	return d, err
+}
+
+// Unregister is called with the canonical name (the admin API checks it first).
+func (p publishing) Unregister(ctx context.Context, name, key string) error {
+	err := p.Store.Unregister(ctx, name, key)
+	if err == nil {
+		p.publish(ctx, cluster.Unregister, name)
+	}
+	return err
+}
+
+func (p publishing) RotateKey(ctx context.Context, name string) (string, error) {
+	key, err := p.Store.RotateKey(ctx, name)
+	if err == nil {
+		p.publish(ctx, cluster.RotateKey, name)
+	}
+	return key, err
+}
+
+func (p publishing) SetPolicy(ctx context.Context, name string, s policy.Spec) (policy.Spec, error) {
+	stored, err := p.Store.SetPolicy(ctx, name, s)
+	if err == nil {
+		p.publish(ctx, cluster.Policy, name)
+	}
+	return stored, err
+}
+
+func (p publishing) RotateSessionKey(ctx context.Context) error {
+	err := p.Store.RotateSessionKey(ctx)
+	if err == nil {
+		p.publish(ctx, cluster.SessionKey, "")
+	}
+	return err
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/hopgate/hopgate/internal/gateway/acme"
 	"github.com/hopgate/hopgate/internal/gateway/admin"
 	"github.com/hopgate/hopgate/internal/gateway/authlimit"
+	"github.com/hopgate/hopgate/internal/gateway/cluster"
 	"github.com/hopgate/hopgate/internal/gateway/edge"
 	"github.com/hopgate/hopgate/internal/gateway/errorpage"
 	"github.com/hopgate/hopgate/internal/gateway/metrics"
@@ -49,6 +50,8 @@ type Gateway struct {
 	mem     *overload.Watcher
 	// raw carries the TCP-mode ports and the TLS-passthrough names.
 	raw *rawedge.Edge
+	// cluster keeps this gateway in step with the others on the same PostgreSQL; nil on SQLite.
+	cluster *cluster.Cluster
 	// edgeOpts is everything the listeners need; Listen binds them.
 	edgeOpts edge.Options
 	edge     *edge.Server
@@ -151,6 +154,48 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		Metrics:           m,
 		Logger:            log,
 	})
+	// With PostgreSQL the store may be shared: the change feed applies the other gateways' writes
+	// here within a second (a gateway alone is a cluster of one), and this gateway's admin writes
+	// are announced to them.
+	var (
+		adminReg    admin.Registry = g.store
+		adminAgents admin.Agents   = hub
+	)
+	if g.store.Shared() {
+		reload := func() {
+			if err := g.raw.Reload(g.background); err != nil && g.background.Err() == nil {
+				log.Warn("raw edge reload failed; the change applies at the next refresh", "err", err)
+			}
+		}
+		g.cluster, err = cluster.New(cluster.Options{
+			ID: cfg.ServerID, DSN: cfg.DBDSN, Store: g.store, Tunnels: hubTunnels{hub}, Logger: log,
+			Changed: func(ev cluster.Event) {
+				switch ev.Event {
+				case cluster.Policy:
+					guard.Invalidate(ev.Domain)
+				case cluster.SessionKey:
+					keyGeneration.Add(1)
+				case cluster.Register, cluster.Unregister, cluster.Mode:
+					registered.forget(ev.Domain)
+					guard.Invalidate(ev.Domain)
+					reload()
+				}
+			},
+			Resynced: func(_ context.Context, domains []string) {
+				for _, d := range domains {
+					guard.Invalidate(d)
+				}
+				reload()
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		adminReg = publishing{Store: g.store, cluster: g.cluster, log: log}
+		adminAgents = clusterAgents{hub: hub, cluster: g.cluster}
+	} else {
+		log.Info("embedded SQLite store: this gateway runs alone; several gateways need HOP_DB_DSN on one PostgreSQL")
+	}
 	var adminAPI http.Handler
 	if cfg.AdminAPIKey == "" {
 		log.Warn("admin API disabled: HOP_ADMIN_API_KEY is empty")
@@ -163,7 +208,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		if g.certs.noWildcards != "" {
 			opts = append(opts, admin.RefuseWildcards(g.certs.noWildcards))
 		}
-		adminAPI = authLimiter.Middleware(admin.New(g.store, hub, cfg.AdminAPIKey, log, opts...))
+		adminAPI = authLimiter.Middleware(admin.New(adminReg, adminAgents, cfg.AdminAPIKey, log, opts...))
 	}
 
 	if g.mem = overload.New(); g.mem != nil {
@@ -314,6 +359,9 @@ func (g *Gateway) Serve() error {
 	run("certificates", func() error { return g.certs.run(g.background) })
 	if g.mem != nil {
 		run("memory watcher", func() error { g.mem.Run(g.background); return nil })
+	}
+	if g.cluster != nil {
+		run("cluster feed", func() error { return g.cluster.Run(g.background) })
 	}
 	select {
 	case err := <-failed:
