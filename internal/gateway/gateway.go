@@ -52,6 +52,8 @@ type Gateway struct {
 	raw *rawedge.Edge
 	// cluster keeps this gateway in step with the others on the same PostgreSQL; nil on SQLite.
 	cluster *cluster.Cluster
+	// draining is set when Shutdown starts: /readyz answers 503 from then on.
+	draining atomic.Bool
 	// edgeOpts is everything the listeners need; Listen binds them.
 	edgeOpts edge.Options
 	edge     *edge.Server
@@ -241,7 +243,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		TLSConfig:         g.certs.tls,
 		GatewayDomain:     cfg.Domain,
 		Tunnels:           g.tunnels,
-		Gateway:           site.New(site.Options{Ready: g.store.Ping, Admin: adminAPI, Errors: pages, Logger: log}),
+		Gateway:           site.New(site.Options{Ready: g.store.Ping, Draining: g.draining.Load, Admin: adminAPI, Errors: pages, Logger: log}),
 		Tenants:           tenants,
 		Passthrough:       g.raw,
 		PlainTenants:      cfg.HTTPProxy,
@@ -403,6 +405,17 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.stopOnce.Do(func() {
 		defer close(g.stopped)
 		var errs []error
+		// A balancer polling /readyz takes this gateway out during HOP_SERVER_DRAIN_DELAY, while
+		// it still accepts and serves; only then do the listeners close.
+		g.draining.Store(true)
+		if d := g.cfg.DrainDelay; d > 0 {
+			wait := time.NewTimer(d)
+			select {
+			case <-wait.C:
+			case <-ctx.Done():
+				wait.Stop()
+			}
+		}
 		if g.edge != nil {
 			g.edge.StopAccepting()
 		}

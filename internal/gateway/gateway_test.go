@@ -293,3 +293,64 @@ func TestNewFailsOnBadStore(t *testing.T) {
 		t.Fatalf("New with a data dir that is a file = %v", err)
 	}
 }
+
+// TestDrainDelay: once Shutdown starts, /readyz answers 503 "draining" for HOP_SERVER_DRAIN_DELAY
+// while the gateway still accepts new connections and serves them; then the listeners close.
+func TestDrainDelay(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	cfg := loadServer(t, map[string]string{"HOP_SERVER_DRAIN_DELAY": "1500ms"})
+	g, err := New(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	defer g.Close()
+	if err := g.Listen(); err != nil {
+		t.Fatalf("Listen: %v", err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- g.Serve() }()
+	addr := g.HTTPSAddr().String()
+	caFile := filepath.Join(cfg.DataDir, "selfsigned", "cert.pem")
+	get := func(path string) (int, string, error) {
+		// A new client each time: a new connection, which a closed listener would refuse.
+		c := client(t, addr, caFile)
+		defer c.CloseIdleConnections()
+		res, err := c.Get("https://localhost" + path)
+		if err != nil {
+			return 0, "", err
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b), nil
+	}
+	if code, body, err := get("/readyz"); err != nil || code != http.StatusOK {
+		t.Fatalf("/readyz before the shutdown: %d %q %v", code, body, err)
+	}
+	started := time.Now()
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		stopped <- g.Shutdown(ctx)
+	}()
+	poll.Until(t, time.Second, "/readyz 503 draining", func() bool {
+		code, body, err := get("/readyz")
+		return err == nil && code == http.StatusServiceUnavailable && strings.Contains(body, `"draining"`)
+	})
+	// Still serving new connections inside the delay.
+	if code, _, err := get("/healthz"); err != nil || code != http.StatusOK {
+		t.Fatalf("/healthz during the drain delay: %d %v", code, err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if took := time.Since(started); took < 1500*time.Millisecond {
+		t.Fatalf("Shutdown returned after %v, before the 1.5 s drain delay", took)
+	}
+	if _, _, err := get("/healthz"); err == nil {
+		t.Fatal("a new connection was served after the shutdown")
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+}

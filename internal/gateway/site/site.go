@@ -20,6 +20,9 @@ const readyTimeout = 2 * time.Second
 type Options struct {
 	// Ready checks what the gateway needs to serve (the store); nil is always ready.
 	Ready func(ctx context.Context) error
+	// Draining reports a shutdown in progress: /readyz answers 503 "draining" so that a load
+	// balancer stops sending before the listeners close; nil never drains.
+	Draining func() bool
 	// Admin serves /api/v1/admin/; nil answers 404 there (admin API disabled).
 	Admin  http.Handler
 	Errors *errorpage.Writer
@@ -56,6 +59,10 @@ func (s *site) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *site) ready(w http.ResponseWriter, r *http.Request) {
+	if s.o.Draining != nil && s.o.Draining() {
+		jsonapi.Write(w, http.StatusServiceUnavailable, map[string]any{"status": "draining"})
+		return
+	}
 	if s.o.Ready != nil {
 		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 		defer cancel()

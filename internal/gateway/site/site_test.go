@@ -96,6 +96,13 @@ func TestSite(t *testing.T) {
 		// The cause is logged, not shown: it may name hosts and users of the store.
 		{name: "readyz with the store down", opts: site.Options{Ready: storeDown}, path: "/readyz",
 			wantCode: 503, wantJSON: map[string]any{"status": "unavailable", "error": "store unreachable"}},
+		{name: "readyz while draining", opts: site.Options{Ready: func(context.Context) error { return nil }, Draining: func() bool { return true }},
+			path: "/readyz", wantCode: 503, wantJSON: map[string]any{"status": "draining"}},
+		{name: "readyz not draining", opts: site.Options{Draining: func() bool { return false }},
+			path: "/readyz", wantCode: 200, wantJSON: map[string]any{"status": "ok"}},
+		// Liveness stays up while draining: the process is not to be restarted mid-drain.
+		{name: "healthz while draining", opts: site.Options{Draining: func() bool { return true }},
+			path: "/healthz", wantCode: 200, wantJSON: map[string]any{"status": "ok"}},
 		{name: "admin disabled", path: "/api/v1/admin/domains", wantCode: 404, wantJSON: disabled},
 		{name: "admin disabled, bare prefix", path: "/api/v1/admin", wantCode: 404, wantJSON: disabled},
 		{name: "admin disabled, prefix with slash", path: "/api/v1/admin/", wantCode: 404, wantJSON: disabled},
