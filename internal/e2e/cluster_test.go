@@ -86,6 +86,11 @@ func TestClusterThreeGateways(t *testing.T) {
 		}
 		// Every gateway's admin API adds up the whole cluster (as of the others' last heartbeat).
 		c.waitAgents(g, domain, 3, agent)
+		waitFor(t, 10*time.Second, "status gateways 3", func() bool {
+			_, st := g.admin(http.MethodGet, "/api/v1/admin/domains/status?domain="+domain, nil)
+			n, _ := st["gateways"].(float64)
+			return n == 3
+		})
 	}
 
 	// Load through all three; A's visitors may lose what was in flight when it died, the others none.

@@ -55,6 +55,9 @@ type Agents interface {
 	CloseDomain(domain string)
 }
 
+// clusterView is what Agents also offer when gateways share the store: status shows how many are live.
+type clusterView interface{ Gateways() int }
+
 type handler struct {
 	reg     Registry
 	agents  Agents
@@ -413,13 +416,20 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) {
 	if h.agentHealth != nil {
 		detail = h.agentHealth(d.Name)
 	}
+	var gateways int
+	if c, ok := h.agents.(clusterView); ok {
+		gateways = c.Gateways()
+	}
 	jsonapi.Write(w, http.StatusOK, struct {
 		Success bool `json:"success"`
 		Exists  bool `json:"exists"`
 		domainJSON
 		AgentsDetail []AgentHealth `json:"agents_detail,omitempty"`
 		Certificate  any           `json:"certificate,omitempty"`
-	}{true, true, h.domainJSON(d), detail, cert})
+		// Gateways is the live gateways sharing the store (whose agents "agents" adds up); absent
+		// for a gateway alone on SQLite.
+		Gateways int `json:"gateways,omitempty"`
+	}{true, true, h.domainJSON(d), detail, cert, gateways})
 }
 
 func (h *handler) exists(w http.ResponseWriter, r *http.Request) {
