@@ -403,6 +403,9 @@ func (c *conn) refuse(result string, err error) {
 
 // finish writes the connection's metrics and its access-log line.
 func (c *conn) finish(result string, err error) {
+	// The slot frees before the line and the metric: a visitor told the connection ended may
+	// reconnect at once and must find the slot free.
+	c.e.uncount(c)
 	elapsed := time.Since(c.start)
 	in, out := c.in.Load(), c.out.Load()
 	c.mu.Lock()

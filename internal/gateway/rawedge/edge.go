@@ -455,15 +455,28 @@ func (e *Edge) untrack(c *conn) {
 			delete(e.conns, c.route.Domain)
 		}
 	}
-	if c.counted {
-		if e.open[c.route.Domain]--; e.open[c.route.Domain] <= 0 {
-			delete(e.open, c.route.Domain)
-		}
-	}
+	e.uncountLocked(c)
 	e.mu.Unlock()
 	select {
 	case e.connsDone <- struct{}{}:
 	default:
+	}
+}
+
+// uncount frees c's slot under its domain's cap; calling it again does nothing.
+func (e *Edge) uncount(c *conn) {
+	e.mu.Lock()
+	e.uncountLocked(c)
+	e.mu.Unlock()
+}
+
+func (e *Edge) uncountLocked(c *conn) {
+	if !c.counted {
+		return
+	}
+	c.counted = false
+	if e.open[c.route.Domain]--; e.open[c.route.Domain] <= 0 {
+		delete(e.open, c.route.Domain)
 	}
 }
 
