@@ -18,9 +18,14 @@ import (
 	"github.com/hopgate/hopgate/internal/config"
 	"github.com/hopgate/hopgate/internal/gateway/acme"
 	"github.com/hopgate/hopgate/internal/gateway/devcert"
+	"github.com/hopgate/hopgate/internal/gateway/hostname"
 	"github.com/hopgate/hopgate/internal/gateway/metrics"
 	"github.com/hopgate/hopgate/internal/gateway/registry"
 )
+
+// certFollowTimeout bounds the registry read and certificate load that follow another gateway's
+// change, so a slow database cannot stall the change feed.
+const certFollowTimeout = 10 * time.Second
 
 // certSource gives the HTTPS listener its certificates: the development CA in debug mode (never a
 // public CA), ACME otherwise.
@@ -31,6 +36,9 @@ type certSource struct {
 	shared *acme.PGStorage
 	// noWildcards is why wildcard domains cannot get a certificate; empty when they can.
 	noWildcards string
+	// own are the gateway's own names (HOP_SERVER_DOMAIN and the proxy domains), managed whatever
+	// the registry holds.
+	own []string
 }
 
 func newCertSource(ctx context.Context, cfg *config.Server, store *registry.Store, m *metrics.Metrics, log *slog.Logger) (*certSource, error) {
@@ -126,7 +134,8 @@ func newCertSource(ctx context.Context, cfg *config.Server, store *registry.Stor
 	mgr.Manage(ctx, names...)
 	log.Info("certificates: ACME", "ca", cfg.ACMECADir, "names", len(names), "cache", where,
 		"dns_provider", cfg.ACMEDNSProvider)
-	return &certSource{tls: &tls.Config{GetCertificate: mgr.GetCertificate}, acme: mgr, shared: shared, noWildcards: noWildcards}, nil
+	own := append([]string{cfg.Domain}, cfg.ProxyDomains...)
+	return &certSource{tls: &tls.Config{GetCertificate: mgr.GetCertificate}, acme: mgr, shared: shared, noWildcards: noWildcards, own: own}, nil
 }
 
 // run keeps certificates renewed until ctx ends.
@@ -138,6 +147,61 @@ func (c *certSource) run(ctx context.Context) error {
 		defer c.shared.Close()
 	}
 	return c.acme.Run(ctx)
+}
+
+// follow makes the managed names match the registry for name after another gateway registered,
+// unregistered or changed the mode of it: only HTTP-mode names hold certificates. Managing a name
+// another gateway already orders costs nothing here: the shared store's lease lets one gateway
+// order, and the others load what it stored.
+func (c *certSource) follow(ctx context.Context, store *registry.Store, name string, log *slog.Logger) {
+	if c.acme == nil {
+		return
+	}
+	d, err := store.Get(ctx, name)
+	switch {
+	case err == nil && d.Mode.Mode == registry.ModeHTTP:
+		c.acme.Manage(ctx, d.Name)
+	case err == nil || errors.Is(err, registry.ErrNotFound):
+		if !c.isOwn(name) {
+			c.acme.Unmanage(name)
+		}
+	default:
+		log.Warn("certificates: domain lookup failed; the next resync applies the change", "domain", name, "err", err)
+	}
+}
+
+// followAll makes the managed names match the whole registry (after a resync, when events may
+// have been missed).
+func (c *certSource) followAll(ctx context.Context, store *registry.Store, log *slog.Logger) {
+	if c.acme == nil {
+		return
+	}
+	domains, err := store.List(ctx)
+	if err != nil {
+		log.Warn("certificates: listing domains failed; the next resync applies the changes", "err", err)
+		return
+	}
+	want := map[string]bool{}
+	for _, d := range domains {
+		if d.Mode.Mode == registry.ModeHTTP {
+			want[d.Name] = true
+			c.acme.Manage(ctx, d.Name)
+		}
+	}
+	for _, name := range c.acme.Names() {
+		if !want[name] && !c.isOwn(name) {
+			c.acme.Unmanage(name)
+		}
+	}
+}
+
+func (c *certSource) isOwn(name string) bool {
+	for _, o := range c.own {
+		if n, err := hostname.CanonicalDomain(o); err == nil && n == name {
+			return true
+		}
+	}
+	return false
 }
 
 // importCertFiles copies the account and certificates a gateway kept in files before it shared

@@ -181,13 +181,19 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 					registered.forget(ev.Domain)
 					guard.Invalidate(ev.Domain)
 					reload()
+					ctx, cancel := context.WithTimeout(g.background, certFollowTimeout)
+					g.certs.follow(ctx, g.store, ev.Domain, log)
+					cancel()
 				}
 			},
-			Resynced: func(_ context.Context, domains []string) {
+			Resynced: func(ctx context.Context, domains []string) {
 				for _, d := range domains {
 					guard.Invalidate(d)
 				}
 				reload()
+				ctx, cancel := context.WithTimeout(ctx, certFollowTimeout)
+				g.certs.followAll(ctx, g.store, log)
+				cancel()
 			},
 		})
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -339,6 +340,13 @@ func (m *Manager) Unmanage(name string) {
 	}
 }
 
+// Names lists the managed names, sorted.
+func (m *Manager) Names() []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return slices.Sorted(maps.Keys(m.entries))
+}
+
 // SetDefault names the certificate served for an unknown or missing SNI: the gateway's own name.
 func (m *Manager) SetDefault(name string) {
 	if n, err := hostname.CanonicalDomain(name); err == nil {
@@ -392,8 +400,9 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	m.mu.RLock()
 	e := m.entries[name]
 	if e != nil && e.cert != nil && e.gate != gateFailed {
+		c := e.cert // e.cert is replaced under m.mu on renewal
 		m.mu.RUnlock()
-		return e.cert, nil
+		return c, nil
 	}
 	missed := e != nil && e.cert == nil && e.gate != gateFailed
 	m.mu.RUnlock()

@@ -67,7 +67,22 @@ type Pebble struct {
 	// RootPEM is the same root as PEM.
 	RootPEM []byte
 	Client  *http.Client
+
+	// logs is Pebble's output, kept for Orders and shown when the test fails.
+	logs *lockedBuffer
 }
+
+// orderLogLine is what Pebble logs for each order it creates (wfe.go, NewOrder).
+const orderLogLine = "Added order "
+
+// Orders is how many orders Pebble has created so far, for every account and name: the count a
+// cluster of gateways sharing one order per name must keep at one.
+func (p *Pebble) Orders() int {
+	return strings.Count(p.logs.String(), orderLogLine)
+}
+
+// Logs is Pebble's output so far, for assertions on what it did (replacement orders, say).
+func (p *Pebble) Logs() string { return p.logs.String() }
 
 // FreePort returns a loopback TCP port that was free a moment ago.
 func FreePort(t testing.TB) int {
@@ -196,7 +211,7 @@ func (b *Binary) tryStart(t testing.TB, c Config, dnsAddr string) (*Pebble, erro
 			t.Logf("pebble output:\n%s", logs.String())
 		}
 	})
-	p := &Pebble{DirURL: "https://" + listen + "/dir", MgmtURL: "https://" + mgmt, Client: b.Client(t)}
+	p := &Pebble{DirURL: "https://" + listen + "/dir", MgmtURL: "https://" + mgmt, Client: b.Client(t), logs: logs}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		resp, err := p.Client.Get(p.MgmtURL + "/roots/0")
