@@ -38,7 +38,7 @@ func startCluster(t *testing.T) *cluster {
 func (c *cluster) start(i int, addr string) *gateway {
 	c.t.Helper()
 	return startGateway(c.t, gatewayOptions{DSN: c.dsn, DataDir: c.dataDir, Addr: addr,
-		Env: []string{"HOP_SERVER_ID=" + clusterIDs[i], "HOP_SERVER_MAX_AGENTS_PER_DOMAIN=0"}})
+		Env: []string{"HOP_SERVER_ID=" + clusterIDs[i], "HOP_SERVER_MAX_AGENTS_PER_DOMAIN=0", "HOP_SERVER_METRICS_LISTEN=127.0.0.1:0"}})
 }
 
 // startAgent runs one agent that holds a tunnel to every gateway of the cluster and waits until
@@ -91,6 +91,13 @@ func TestClusterThreeGateways(t *testing.T) {
 			n, _ := st["gateways"].(float64)
 			return n == 3
 		})
+		// Each gateway names itself on its log lines and series.
+		if id := g.logs.Field("gateway_id", "request"); id != clusterIDs[i] {
+			t.Errorf("%s: access-log gateway_id = %q", clusterIDs[i], id)
+		}
+		if want := fmt.Sprintf(`hopgate_tunnels_active{gateway_id=%q} 1`, clusterIDs[i]); !strings.Contains(opsScrapeRaw(t, tnMetricsAddr(t, g)), want) {
+			t.Errorf("%s: metrics lack %s", clusterIDs[i], want)
+		}
 	}
 
 	// Load through all three; A's visitors may lose what was in flight when it died, the others none.

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -90,18 +89,11 @@ func tnMetricsAddr(t testing.TB, g *gateway) string {
 // tnMetric reads one unlabelled series from /metrics at addr.
 func tnMetric(t testing.TB, addr, name string) float64 {
 	t.Helper()
-	c := &http.Client{Timeout: 5 * time.Second}
-	res, err := c.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatalf("scrape metrics: %v", err)
-	}
-	defer res.Body.Close()
-	sc := bufio.NewScanner(res.Body)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+	for line := range strings.Lines(opsScrape(t, addr)) {
+		if rest, ok := strings.CutPrefix(line, name+" "); ok {
 			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
 			if err != nil {
-				t.Fatalf("parse %s: %v", sc.Text(), err)
+				t.Fatalf("parse %s: %v", line, err)
 			}
 			return v
 		}

@@ -26,6 +26,9 @@ import (
 type authenticator struct {
 	store *registry.Store
 	guard *access.Guard
+	// loggedIn, when set, hears the key id each accepted login used (the cluster's resync compares it
+	// with the store's).
+	loggedIn func(domain, keyID string)
 }
 
 func (a authenticator) Authenticate(ctx context.Context, domain, key string) (string, error) {
@@ -42,6 +45,9 @@ func (a authenticator) Authenticate(ctx context.Context, domain, key string) (st
 		return "", fmt.Errorf("%w: %w", tunnelsvc.ErrBadKey, err)
 	case err != nil:
 		return "", err
+	}
+	if a.loggedIn != nil {
+		a.loggedIn(d.Name, d.KeyID)
 	}
 	return d.Name, nil
 }

@@ -76,7 +76,14 @@ type Gateway struct {
 // and certificates, and wires the parts. Nothing listens until Listen or Serve; Close releases what
 // New opened when Serve is never called.
 func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway, err error) {
-	g := &Gateway{cfg: cfg, log: log, metrics: metrics.New(), stopped: make(chan struct{})}
+	m := metrics.New()
+	if cfg.ServerID != "" {
+		// One id on every line and series tells the gateways of a cluster apart in shared logs
+		// and dashboards.
+		log = log.With("gateway_id", cfg.ServerID)
+		m = metrics.ForGateway(cfg.ServerID)
+	}
+	g := &Gateway{cfg: cfg, log: log, metrics: m, stopped: make(chan struct{})}
 	g.background, g.stopBackground = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -102,7 +109,7 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 	if err != nil {
 		return nil, err
 	}
-	m := g.metrics
+	m = g.metrics
 	g.hub = tunnelsvc.NewHub(func(total int) { m.TunnelsActive.Set(float64(total)) })
 	hub := g.hub
 	hub.OnHealth(func(down int) { m.AgentTargetsDown.Set(float64(down)) })
@@ -136,7 +143,12 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		Metrics: m,
 		Logger:  log,
 	})
-	g.tunnels = tunnelsvc.NewService(hub, authenticator{g.store, guard}, svcOpts)
+	loggedIn := func(domain, keyID string) {
+		if g.cluster != nil { // set below, before anything listens
+			g.cluster.LoggedIn(domain, keyID)
+		}
+	}
+	g.tunnels = tunnelsvc.NewService(hub, authenticator{g.store, guard, loggedIn}, svcOpts)
 
 	if g.certs, err = newCertSource(ctx, cfg, g.store, m, log); err != nil {
 		return nil, err

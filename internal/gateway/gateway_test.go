@@ -115,7 +115,7 @@ func adminCall(t *testing.T, c *http.Client, method, path string, body any) map[
 // shutdown that lets a request in flight finish, ends every part and leaves no goroutine behind.
 func TestServeAndShutdown(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t) })
-	cfg := loadServer(t, nil)
+	cfg := loadServer(t, map[string]string{"HOP_SERVER_ID": "gw-unit"})
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, nil))
 	g, err := New(context.Background(), cfg, log)
@@ -187,10 +187,24 @@ func TestServeAndShutdown(t *testing.T) {
 	}
 	mbody, _ := io.ReadAll(mres.Body)
 	mres.Body.Close()
-	for _, want := range []string{`hopgate_http_requests_total{code="200",method="GET"} 1`, "hopgate_tunnels_active 1"} {
+	for _, want := range []string{`hopgate_http_requests_total{code="200",gateway_id="gw-unit",method="GET"} 1`,
+		`hopgate_tunnels_active{gateway_id="gw-unit"} 1`, `go_goroutines{gateway_id="gw-unit"}`} {
 		if !strings.Contains(string(mbody), want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+	// The gateway's lines, the access log among them, name it; the agent's (same buffer) do not.
+	var accessLines int
+	for line := range strings.Lines(logs.String()) {
+		if strings.Contains(line, `"msg":"request"`) {
+			accessLines++
+			if !strings.Contains(line, `"gateway_id":"gw-unit"`) {
+				t.Errorf("access-log line without gateway_id: %s", line)
+			}
+		}
+	}
+	if accessLines == 0 {
+		t.Error("no access-log line")
 	}
 
 	// A request in flight when the shutdown begins is served to the end.

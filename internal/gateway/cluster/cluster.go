@@ -97,9 +97,11 @@ type Cluster struct {
 	o   Options
 	log *slog.Logger
 
-	// keys is the key id of each domain at the last resync, with the domains whose key changed since
-	// (by an event) left out: the next resync adopts their new key without closing anything.
-	// Only the feed's goroutine touches it.
+	keysMu sync.Mutex
+	// keys is the key id each domain's tunnels here were opened with, as far as this gateway knows:
+	// the store's at the last resync, or, for a domain registered or re-keyed since (by an event),
+	// the one its first tunnel logged in with. A resync closes the tunnels of a domain whose stored
+	// key differs, so a rotation missed while the feed was down still ends the old key's tunnels.
 	keys map[string]string
 
 	mu sync.Mutex
@@ -132,7 +134,7 @@ func New(o Options) (*Cluster, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Cluster{o: o, log: o.Logger.With("component", "cluster"), remote: map[string]int{}}, nil
+	return &Cluster{o: o, log: o.Logger.With("component", "cluster"), remote: map[string]int{}, keys: map[string]string{}}, nil
 }
 
 // Run follows the feed and writes heartbeats until ctx ends, then removes this gateway's presence
@@ -245,13 +247,32 @@ func (c *Cluster) apply(payload string) {
 	switch ev.Event {
 	case RotateKey, Unregister:
 		// Tunnels on the old key, or of a name no longer registered, must not outlive the change.
+		c.forgetKey(ev.Domain)
 		c.o.Tunnels.CloseDomain(ev.Domain)
-		delete(c.keys, ev.Domain)
 		c.log.Info("closed the tunnels of a domain changed on another gateway", "domain", ev.Domain, "event", ev.Event, "origin", ev.Origin)
 	case Register:
-		delete(c.keys, ev.Domain)
+		c.forgetKey(ev.Domain)
 	}
 	c.o.Changed(ev)
+}
+
+// LoggedIn records the key id a tunnel of domain authenticated with, for a domain this gateway
+// knows no key of yet (registered or re-keyed since the last resync).
+func (c *Cluster) LoggedIn(domain, keyID string) {
+	if keyID == "" {
+		return
+	}
+	c.keysMu.Lock()
+	if _, ok := c.keys[domain]; !ok {
+		c.keys[domain] = keyID
+	}
+	c.keysMu.Unlock()
+}
+
+func (c *Cluster) forgetKey(domain string) {
+	c.keysMu.Lock()
+	delete(c.keys, domain)
+	c.keysMu.Unlock()
 }
 
 // resync compares the store with what this gateway holds: tunnels of a domain that is gone, or whose
@@ -267,11 +288,18 @@ func (c *Cluster) resync(ctx context.Context) {
 		}
 		return
 	}
+	c.keysMu.Lock()
+	var rekeyed []string
 	for d, id := range c.keys {
 		if now, ok := keys[d]; ok && now != id {
-			c.log.Info("resync: key of a domain changed; closing its tunnels", "domain", d)
-			c.o.Tunnels.CloseDomain(d)
+			rekeyed = append(rekeyed, d)
 		}
+	}
+	c.keys = maps.Clone(keys)
+	c.keysMu.Unlock()
+	for _, d := range rekeyed {
+		c.log.Info("resync: key of a domain changed; closing its tunnels", "domain", d)
+		c.o.Tunnels.CloseDomain(d)
 	}
 	for d := range c.o.Tunnels.Counts() {
 		if _, ok := keys[d]; !ok {
@@ -279,7 +307,6 @@ func (c *Cluster) resync(ctx context.Context) {
 			c.o.Tunnels.CloseDomain(d)
 		}
 	}
-	c.keys = keys
 	c.o.Resynced(ctx, slices.Sorted(maps.Keys(keys)))
 }
 

@@ -63,6 +63,8 @@ type Domain struct {
 	// Mode is what the domain carries (ModeHTTP, ModePassthrough or ModeTCP), its TCP port and its
 	// PROXY protocol version towards the target.
 	Mode
+	// KeyID is the id (see KeyID) of the key an Authenticate accepted; empty from other reads.
+	KeyID string
 }
 
 // Options select and tune the database.
@@ -391,7 +393,9 @@ func (s *Store) authenticate(ctx context.Context, name, key string) (Domain, err
 	if !apikey.Verify(key, d.KeyHash) {
 		return Domain{}, fmt.Errorf("%s: %w", op, ErrKeyMismatch)
 	}
-	return toDomain(d), nil
+	out := toDomain(d)
+	out.KeyID = KeyID(d.KeyHash)
+	return out, nil
 }
 
 // Ping reports whether the database answers; it fails with ErrUnavailable if not.
