@@ -35,6 +35,7 @@ import (
 	"github.com/hopgate/hopgate/internal/gateway/registry"
 	"github.com/hopgate/hopgate/internal/gateway/site"
 	"github.com/hopgate/hopgate/internal/gateway/tunnelsvc"
+	"github.com/hopgate/hopgate/internal/pause"
 	"github.com/hopgate/hopgate/internal/profiling"
 )
 
@@ -426,14 +427,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		// A balancer polling /readyz takes this gateway out during HOP_SERVER_DRAIN_DELAY, while
 		// it still accepts and serves; only then do the listeners close.
 		g.draining.Store(true)
-		if d := g.cfg.DrainDelay; d > 0 {
-			wait := time.NewTimer(d)
-			select {
-			case <-wait.C:
-			case <-ctx.Done():
-				wait.Stop()
-			}
-		}
+		_ = pause.For(ctx, g.cfg.DrainDelay)
 		if g.edge != nil {
 			g.edge.StopAccepting()
 		}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/hopgate/hopgate/internal/pause"
 	"github.com/hopgate/hopgate/internal/tcpopt"
 	"github.com/hopgate/hopgate/internal/tunnel"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
@@ -119,12 +120,8 @@ func Run(ctx context.Context, o Options) error {
 		if o.OnReconnectAttempt != nil {
 			o.OnReconnectAttempt(delay)
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if pause.For(ctx, delay) != nil {
 			return nil
-		case <-t.C:
 		}
 	}
 }

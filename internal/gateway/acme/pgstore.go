@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hopgate/hopgate/internal/pause"
 )
 
 // Defaults of PGOptions.
@@ -189,10 +191,8 @@ func (s *PGStorage) Lock(ctx context.Context, name string) error {
 		if ok {
 			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("acme storage: lock %s: %w", name, ctx.Err())
-		case <-time.After(s.poll):
+		if err := pause.For(ctx, s.poll); err != nil {
+			return fmt.Errorf("acme storage: lock %s: %w", name, err)
 		}
 	}
 }

@@ -26,6 +26,8 @@ import (
 
 	"github.com/joho/godotenv"
 	"github.com/jpillora/backoff"
+
+	"github.com/hopgate/hopgate/internal/pause"
 )
 
 // Exit codes.
@@ -549,12 +551,8 @@ func (c *client) call(ctx context.Context, method, path string, query url.Values
 			}
 			return a, raw, err
 		}
-		t := time.NewTimer(min(delay.Duration(), left))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if pause.For(ctx, min(delay.Duration(), left)) != nil {
 			return a, raw, err
-		case <-t.C:
 		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/hopgate/hopgate/internal/gateway/registry"
+	"github.com/hopgate/hopgate/internal/pause"
 )
 
 // Kinds of change, the "event" of a notification.
@@ -176,10 +177,8 @@ func (c *Cluster) follow(ctx context.Context) {
 	for err != nil {
 		// The store answered at start; wait for it to answer again.
 		c.log.Warn("changes channel unknown; retrying", "err", err)
-		select {
-		case <-ctx.Done():
+		if pause.For(ctx, c.o.Heartbeat) != nil {
 			return
-		case <-time.After(c.o.Heartbeat):
 		}
 		chctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		channel, err = c.o.Store.ChangesChannel(chctx)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hopgate/hopgate/internal/gateway/lbproxy"
+	"github.com/hopgate/hopgate/internal/pause"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
 
@@ -207,9 +208,7 @@ func (e *Edge) accept(l *tcpListener) {
 			// Out of file descriptors and the like: wait a little, as net/http does.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			e.log.Warn("tcp accept failed", "domain", l.domain, "port", l.port, "err", err)
-			select {
-			case <-time.After(delay):
-			case <-e.ctx.Done():
+			if pause.For(e.ctx, delay) != nil {
 				return
 			}
 			continue

@@ -16,6 +16,7 @@ import (
 	"github.com/hopgate/hopgate/ent/domain"
 	"github.com/hopgate/hopgate/ent/gatewaysecret"
 	"github.com/hopgate/hopgate/internal/gateway/policy"
+	"github.com/hopgate/hopgate/internal/pause"
 )
 
 // ErrInvalidPolicy: a policy that policy.Validate refuses. Such errors also wrap ErrInvalidInput and
@@ -88,7 +89,7 @@ func (s *Store) SetPolicy(ctx context.Context, name string, spec policy.Spec) (p
 	for try := range setPolicyTries {
 		if try > 0 {
 			// Another gateway wrote in between; a random pause keeps two of them from meeting again.
-			if err := sleepCtx(ctx, time.Duration(mrand.Int64N(int64(20*time.Millisecond)))); err != nil {
+			if err := pause.For(ctx, time.Duration(mrand.Int64N(int64(20*time.Millisecond)))); err != nil {
 				return policy.Spec{}, fmt.Errorf("%s: %w", op, err)
 			}
 		}
@@ -264,16 +265,4 @@ func newSessionKey() []byte {
 	// crypto/rand.Read never fails (it crashes the program if the system's source does).
 	_, _ = rand.Read(k)
 	return k
-}
-
-// sleepCtx waits for d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

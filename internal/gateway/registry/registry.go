@@ -25,6 +25,7 @@ import (
 	"github.com/hopgate/hopgate/ent/domain"
 	"github.com/hopgate/hopgate/internal/gateway/apikey"
 	"github.com/hopgate/hopgate/internal/gateway/hostname"
+	"github.com/hopgate/hopgate/internal/pause"
 	"github.com/hopgate/hopgate/migrations"
 )
 
@@ -360,12 +361,7 @@ func (s *Store) Authenticate(ctx context.Context, name, key string) (Domain, err
 		// The hash check already costs the same either way, but the lookup does not: a row found
 		// takes longer to read than none. Every refusal ends at the same floor, so its timing cannot
 		// tell a registered name from an unknown one.
-		t := time.NewTimer(time.Until(start.Add(AuthFailureFloor)))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
+		_ = pause.For(ctx, time.Until(start.Add(AuthFailureFloor)))
 	}
 	return d, err
 }
