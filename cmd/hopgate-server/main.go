@@ -22,13 +22,12 @@ import (
 func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
-		case "domains", "sessions":
+		case "domains", "sessions", "audit":
 			// The admin command line, a client of a running gateway's admin API: it needs none of the
 			// server's settings.
-			run := cli.Domains
-			if os.Args[1] == "sessions" {
-				run = cli.Sessions
-			}
+			run := map[string]func(context.Context, []string, cli.Env, cli.IO) int{
+				"domains": cli.Domains, "sessions": cli.Sessions, "audit": cli.Audit,
+			}[os.Args[1]]
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			code := run(ctx, os.Args[2:], cli.Env{Lookup: os.LookupEnv, DotenvPath: ".env"}, cli.IO{Stdout: os.Stdout, Stderr: os.Stderr, Stdin: os.Stdin})
 			stop()

@@ -326,6 +326,8 @@ func ServerUsage(w io.Writer) {
 			"  hopgate-server sessions rotate-key\n"+
 			"                              end every single-sign-on session: a new session key (hopgate-server\n"+
 			"                              sessions --help)\n"+
+			"  hopgate-server audit verify check the audit log's hash chain: exit 1 naming an edited or\n"+
+			"                              deleted row (hopgate-server audit --help)\n"+
 			"  hopgate-server health       check that the gateway on this host answers, for container health\n"+
 			"                              checks: exit 0 healthy, 1 not (hopgate-server health --help)\n"+
 			"  --version                   print the version and exit.\n\n"+

@@ -222,7 +222,8 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		log.Warn("admin API disabled: HOP_ADMIN_API_KEY is empty")
 	} else {
 		opts := []admin.Option{admin.Reserved(cfg.Domain), admin.WithOIDCClient(oidcClient), admin.OnPolicyChange(guard.Invalidate),
-			admin.OnSessionKeyRotated(func() { keyGeneration.Add(1) }), admin.WithAgentHealth(agentHealth(hub)), admin.WithPorts(g.raw)}
+			admin.OnSessionKeyRotated(func() { keyGeneration.Add(1) }), admin.WithAgentHealth(agentHealth(hub)), admin.WithPorts(g.raw),
+			admin.WithAudit(g.store)}
 		if g.certs.acme != nil {
 			opts = append(opts, admin.WithCertificates(adminCerts{g.certs.acme}))
 		}

@@ -78,6 +78,8 @@ type handler struct {
 	agentHealth      func(domain string) []AgentHealth
 	// ports binds TCP-mode ports and serves raw modes; nil: TCP tunnels are off.
 	ports Ports
+	// audit records every change made through the API; nil: none is.
+	audit Auditor
 }
 
 // Certificates is the view of the certificate manager the admin API needs: registered names get a
@@ -205,6 +207,8 @@ func New(reg Registry, agents Agents, apiKey string, logger *slog.Logger, opts .
 		Prefix + "domains/mode":        {http.MethodPost: h.setMode},
 		Prefix + "domains/policy":      {http.MethodGet: h.getPolicy, http.MethodPut: h.putPolicy},
 		Prefix + "sessions/rotate-key": {http.MethodPost: h.rotateSessionKey},
+		Prefix + "audit":               {http.MethodGet: h.listAudit},
+		Prefix + "audit/verify":        {http.MethodGet: h.verifyAudit},
 	}
 	return h
 }
@@ -233,7 +237,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "method not allowed; use "+strings.Join(methods, " or "))
 		return
 	}
-	serve(w, r)
+	if h.audit == nil || r.Method == http.MethodGet || r.Method == http.MethodHead {
+		serve(w, r)
+		return
+	}
+	h.audited(w, r, serve)
 }
 
 // authorized compares SHA-256 digests in constant time: hashing first makes the comparison
@@ -267,7 +275,7 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	name, ok := canonical(w, req.Domain)
+	name, ok := canonical(w, r, req.Domain)
 	if !ok {
 		return
 	}
@@ -331,7 +339,7 @@ func (h *handler) unregister(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	name, ok := canonical(w, req.Domain)
+	name, ok := canonical(w, r, req.Domain)
 	if !ok {
 		return
 	}
@@ -445,7 +453,7 @@ func (h *handler) exists(w http.ResponseWriter, r *http.Request) {
 
 // lookup reads ?domain= and fetches it. ok is false if a response has been written.
 func (h *handler) lookup(w http.ResponseWriter, r *http.Request) (name string, d registry.Domain, found, ok bool) {
-	name, ok = canonical(w, r.URL.Query().Get("domain"))
+	name, ok = canonical(w, r, r.URL.Query().Get("domain"))
 	if !ok {
 		return "", registry.Domain{}, false, false
 	}
@@ -469,7 +477,7 @@ func (h *handler) rotateKey(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	name, ok := canonical(w, req.Domain)
+	name, ok := canonical(w, r, req.Domain)
 	if !ok {
 		return
 	}
@@ -548,8 +556,10 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return false
 }
 
-// canonical validates a domain from a request. It reports false after writing a 400.
-func canonical(w http.ResponseWriter, name string) (string, bool) {
+// canonical validates a domain from a request. It reports false after writing a 400. The name, as
+// given or canonical, is the target of the request's audit entry.
+func canonical(w http.ResponseWriter, r *http.Request, name string) (string, bool) {
+	noteTarget(r, name)
 	if strings.TrimSpace(name) == "" {
 		writeError(w, http.StatusBadRequest, "domain is required")
 		return "", false
@@ -559,6 +569,7 @@ func canonical(w http.ResponseWriter, name string) (string, bool) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return "", false
 	}
+	noteTarget(r, c)
 	return c, true
 }
 

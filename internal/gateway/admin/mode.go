@@ -109,7 +109,7 @@ func (h *handler) setMode(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	name, ok := canonical(w, req.Domain)
+	name, ok := canonical(w, r, req.Domain)
 	if !ok {
 		return
 	}

@@ -34,7 +34,7 @@ type policyResponse struct {
 }
 
 func (h *handler) getPolicy(w http.ResponseWriter, r *http.Request) {
-	name, ok := canonical(w, r.URL.Query().Get("domain"))
+	name, ok := canonical(w, r, r.URL.Query().Get("domain"))
 	if !ok {
 		return
 	}
@@ -48,7 +48,7 @@ func (h *handler) getPolicy(w http.ResponseWriter, r *http.Request) {
 
 // putPolicy replaces a domain's policy with the document in the body; {} removes it.
 func (h *handler) putPolicy(w http.ResponseWriter, r *http.Request) {
-	name, ok := canonical(w, r.URL.Query().Get("domain"))
+	name, ok := canonical(w, r, r.URL.Query().Get("domain"))
 	if !ok {
 		return
 	}

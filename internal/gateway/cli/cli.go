@@ -27,6 +27,7 @@ import (
 	"github.com/joho/godotenv"
 	"github.com/jpillora/backoff"
 
+	"github.com/hopgate/hopgate/internal/gateway/admin"
 	"github.com/hopgate/hopgate/internal/pause"
 )
 
@@ -593,6 +594,8 @@ func (c *client) try(ctx context.Context, method, path string, query url.Values,
 		return a, nil, false, err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.apiKey)
+	// Says in the audit log that the change came from this command line.
+	req.Header.Set(admin.ClientHeader, "cli")
 	req.Header.Set("Accept", "application/json")
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")

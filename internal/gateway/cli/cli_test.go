@@ -34,9 +34,10 @@ const adminKey = "test-admin-key-0123456789"
 
 // gateway is the real admin API on a real store, over TLS.
 type gateway struct {
-	url    string
-	caFile string
-	store  *registry.Store
+	url     string
+	caFile  string
+	store   *registry.Store
+	dataDir string
 }
 
 func newGateway(t *testing.T) *gateway {
@@ -54,12 +55,13 @@ type gatewayOptions struct {
 
 func startGateway(t *testing.T, o gatewayOptions) *gateway {
 	t.Helper()
-	store, err := registry.Open(context.Background(), registry.Options{DataDir: t.TempDir()})
+	dataDir := t.TempDir()
+	store, err := registry.Open(context.Background(), registry.Options{DataDir: dataDir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	var h http.Handler = admin.New(store, nil, adminKey, slog.New(slog.DiscardHandler))
+	var h http.Handler = admin.New(store, nil, adminKey, slog.New(slog.DiscardHandler), admin.WithAudit(store))
 	if o.wrap != nil {
 		h = o.wrap(h)
 	}
@@ -81,7 +83,7 @@ func startGateway(t *testing.T, o gatewayOptions) *gateway {
 	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return &gateway{url: srv.URL, caFile: ca, store: store}
+	return &gateway{url: srv.URL, caFile: ca, store: store, dataDir: dataDir}
 }
 
 // run runs `domains args…` with env and returns the exit code and outputs.
