@@ -110,6 +110,19 @@ func parseIPs(s string) ([]net.IP, error) {
 }
 
 // parseCIDRs reads a CSV of CIDR prefixes or single addresses (a /32 or /128).
+// parseHeaderNames reads a CSV of HTTP header names (tokens: letters, digits and !#$%&'*+-.^_`|~).
+func parseHeaderNames(s string) ([]string, error) {
+	names, _ := parseCSV(s)
+	for _, n := range names {
+		if n == "" || strings.IndexFunc(n, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("!#$%&'*+-.^_`|~", r))
+		}) >= 0 {
+			return nil, fmt.Errorf("%q is not a header name", n)
+		}
+	}
+	return names, nil
+}
+
 func parseCIDRs(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	var errs []error

@@ -75,6 +75,11 @@ type Server struct {
 	Pprof         bool   // serve /debug/pprof/ on the metrics listener
 
 	AdminAPIKey string // secret; empty disables the admin API
+	// Console serves the web console on /console/ of Domain (it needs the admin API).
+	Console bool
+	// InspectRedactHeaders are header names the request inspector redacts besides the built-in
+	// ones (Authorization, Cookie, Set-Cookie, the API key headers).
+	InspectRedactHeaders []string
 
 	DBDSN             string // secret (password); postgres:// URL or empty for SQLite in DataDir
 	DataDir           string
@@ -194,6 +199,12 @@ func serverSettings(s *Server) []setting {
 		{env: "HOP_ADMIN_API_KEY", flag: "admin-api-key", secret: true,
 			usage: "Bearer key of the admin API; empty disables the admin API",
 			bind:  bind(&s.AdminAPIKey, "key", parseString)},
+		{env: "HOP_SERVER_CONSOLE", flag: "console", def: "true",
+			usage: "serve the web console on https://$HOP_SERVER_DOMAIN/console/ (sign-in with the admin API key; off without one)",
+			bind:  bindBool(&s.Console)},
+		{env: "HOP_SERVER_INSPECT_REDACT_HEADERS", flag: "inspect-redact-headers",
+			usage: "CSV of header names the request inspector redacts besides Authorization, Proxy-Authorization, Cookie, Set-Cookie and the API key headers",
+			bind:  bind(&s.InspectRedactHeaders, "header list", parseHeaderNames)},
 		{env: "HOP_DB_DSN", flag: "db-dsn", secret: true,
 			usage: "postgres:// or postgresql:// URL selects Postgres; empty selects embedded SQLite in --data-dir",
 			bind:  bind(&s.DBDSN, "url", parseDSN)},

@@ -66,6 +66,7 @@ func TestLoadServerDefaults(t *testing.T) {
 		ACMECacheDir:         filepath.Join("data", "acme"),
 		LogLevel:             slog.LevelInfo,
 		LogFormat:            "json",
+		Console:              true,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("defaults:\n got %s\nwant %s", got, want)
@@ -110,6 +111,8 @@ func TestLoadServerEveryVariable(t *testing.T) {
 		"HOP_SERVER_OIDC_CA_ROOTS":            oidcRoots,
 		"HOP_SERVER_METRICS_LISTEN":           ":9100",
 		"HOP_SERVER_PPROF":                    "true",
+		"HOP_SERVER_CONSOLE":                  "false",
+		"HOP_SERVER_INSPECT_REDACT_HEADERS":   "X-Secret, x-token",
 		"HOP_ADMIN_API_KEY":                   "admin-key",
 		"HOP_DB_DSN":                          "postgres://hop:pw@db:5432/hopgate",
 		"HOP_DATA_DIR":                        "/var/lib/hopgate",
@@ -154,6 +157,7 @@ func TestLoadServerEveryVariable(t *testing.T) {
 		TrustedProxies:       []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.1/32"), netip.MustParsePrefix("2001:db8::/32")},
 		MetricsListen:        ":9100",
 		Pprof:                true,
+		InspectRedactHeaders: []string{"X-Secret", "x-token"},
 		AdminAPIKey:          "admin-key",
 		DBDSN:                "postgres://hop:pw@db:5432/hopgate",
 		DataDir:              "/var/lib/hopgate",

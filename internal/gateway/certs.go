@@ -17,6 +17,7 @@ import (
 
 	"github.com/hopgate/hopgate/internal/config"
 	"github.com/hopgate/hopgate/internal/gateway/acme"
+	"github.com/hopgate/hopgate/internal/gateway/admin"
 	"github.com/hopgate/hopgate/internal/gateway/devcert"
 	"github.com/hopgate/hopgate/internal/gateway/hostname"
 	"github.com/hopgate/hopgate/internal/gateway/metrics"
@@ -36,6 +37,8 @@ type certSource struct {
 	shared *acme.PGStorage
 	// noWildcards is why wildcard domains cannot get a certificate; empty when they can.
 	noWildcards string
+	// debug signs every name in debug mode; nil otherwise.
+	debug *devcert.Issuer
 	// own are the gateway's own names (HOP_SERVER_DOMAIN and the proxy domains), managed whatever
 	// the registry holds.
 	own []string
@@ -55,7 +58,7 @@ func newCertSource(ctx context.Context, cfg *config.Server, store *registry.Stor
 		if cfg.ACMEDNSProvider != "" {
 			log.Info("debug mode: HOP_ACME_DNS_PROVIDER is not used; the development CA signs wildcard names too")
 		}
-		return &certSource{tls: &tls.Config{GetCertificate: issuer.GetCertificate}}, nil
+		return &certSource{tls: &tls.Config{GetCertificate: issuer.GetCertificate}, debug: issuer}, nil
 	}
 
 	var (
@@ -253,6 +256,24 @@ type adminCerts struct{ m *acme.Manager }
 func (a adminCerts) Manage(ctx context.Context, names ...string) { a.m.Manage(ctx, names...) }
 func (a adminCerts) Unmanage(name string)                        { a.m.Unmanage(name) }
 func (a adminCerts) Status(name string) any                      { return a.m.Status(name) }
+
+// list is what the console's certificates page shows: the ACME manager's names, or in debug mode
+// the development certificate and the leaves it signed.
+func (c *certSource) list() (acmeOn bool, out []admin.CertificateInfo) {
+	switch {
+	case c.acme != nil:
+		for _, s := range c.acme.List() {
+			out = append(out, admin.CertificateInfo{Name: s.Name, State: s.State, Issuer: s.Issuer,
+				NotAfter: s.NotAfter, NextRenewal: s.NextRenewal, LastError: s.LastError})
+		}
+		return true, out
+	case c.debug != nil:
+		for _, s := range c.debug.List() {
+			out = append(out, admin.CertificateInfo{Name: s.Name, State: "self-signed", Issuer: s.Issuer, NotAfter: s.NotAfter})
+		}
+	}
+	return false, out
+}
 
 // resolver returns a lookup through the DNS server at addr, or nil for the system resolver.
 func resolver(addr string) func(ctx context.Context, host string) ([]net.IP, error) {

@@ -26,8 +26,10 @@ import (
 	"github.com/hopgate/hopgate/internal/gateway/admin"
 	"github.com/hopgate/hopgate/internal/gateway/authlimit"
 	"github.com/hopgate/hopgate/internal/gateway/cluster"
+	"github.com/hopgate/hopgate/internal/gateway/console"
 	"github.com/hopgate/hopgate/internal/gateway/edge"
 	"github.com/hopgate/hopgate/internal/gateway/errorpage"
+	"github.com/hopgate/hopgate/internal/gateway/inspect"
 	"github.com/hopgate/hopgate/internal/gateway/metrics"
 	"github.com/hopgate/hopgate/internal/gateway/overload"
 	"github.com/hopgate/hopgate/internal/gateway/proxy"
@@ -49,6 +51,10 @@ type Gateway struct {
 	tunnels *tunnelsvc.Service
 	certs   *certSource
 	mem     *overload.Watcher
+	// inspector keeps the opted-in domains' recent requests in this gateway's memory.
+	inspector *inspect.Inspector
+	// overview samples the process's counters for the console's charts; nil with the console off.
+	overview *console.Sampler
 	// raw carries the TCP-mode ports and the TLS-passthrough names.
 	raw *rawedge.Edge
 	// cluster keeps this gateway in step with the others on the same PostgreSQL; nil on SQLite.
@@ -217,20 +223,42 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 	} else {
 		log.Info("embedded SQLite store: this gateway runs alone; several gateways need HOP_DB_DSN on one PostgreSQL")
 	}
-	var adminAPI http.Handler
+	g.inspector = inspect.New(inspect.Options{RedactHeaders: append([]string{"X-HopGate-Api-Key"}, cfg.InspectRedactHeaders...)})
+	tenants := g.inspector.Wrap(proxy.New(proxy.Options{
+		Agents:         hubAgents{hub},
+		Domains:        registered,
+		HeaderTimeout:  cfg.ProxyTimeout,
+		TrustedProxies: cfg.TrustedProxies,
+		Overloaded:     g.mem.Overloaded,
+		Access:         guard,
+		Errors:         pages,
+		Metrics:        m,
+		Logger:         log,
+	}))
+	var adminAPI, consoleUI http.Handler
 	if cfg.AdminAPIKey == "" {
 		log.Warn("admin API disabled: HOP_ADMIN_API_KEY is empty")
 	} else {
 		opts := []admin.Option{admin.Reserved(cfg.Domain), admin.WithOIDCClient(oidcClient), admin.OnPolicyChange(guard.Invalidate),
 			admin.OnSessionKeyRotated(func() { keyGeneration.Add(1) }), admin.WithAgentHealth(agentHealth(hub)), admin.WithPorts(g.raw),
-			admin.WithAudit(g.store)}
+			admin.WithAudit(g.store), admin.WithAgentDirectory(agentDirectory{hub}), admin.WithCertificateList(g.certs.list)}
 		if g.certs.acme != nil {
 			opts = append(opts, admin.WithCertificates(adminCerts{g.certs.acme}))
 		}
 		if g.certs.noWildcards != "" {
 			opts = append(opts, admin.RefuseWildcards(g.certs.noWildcards))
 		}
-		adminAPI = authLimiter.Middleware(admin.New(adminReg, adminAgents, cfg.AdminAPIKey, log, opts...))
+		opts = append(opts, admin.WithInspector(g.inspector, tenants))
+		api := admin.New(adminReg, adminAgents, cfg.AdminAPIKey, log, opts...)
+		adminAPI = authLimiter.Middleware(api)
+		if cfg.Console {
+			g.overview = console.NewSampler(m.Totals)
+			consoleUI = console.New(console.Options{
+				Admin: api, AdminKey: cfg.AdminAPIKey, Sessions: g.store, Audit: g.store, Limiter: authLimiter,
+				Overview: g.overview, Inspector: g.inspector, Tenants: tenants, Logger: log,
+			})
+			log.Info("web console on", "url", "https://"+cfg.Domain+"/console/")
+		}
 	}
 
 	if g.mem = overload.New(); g.mem != nil {
@@ -246,24 +274,13 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 			}
 		}
 	}
-	tenants := proxy.New(proxy.Options{
-		Agents:         hubAgents{hub},
-		Domains:        registered,
-		HeaderTimeout:  cfg.ProxyTimeout,
-		TrustedProxies: cfg.TrustedProxies,
-		Overloaded:     g.mem.Overloaded,
-		Access:         guard,
-		Errors:         pages,
-		Metrics:        m,
-		Logger:         log,
-	})
 	g.edgeOpts = edge.Options{
 		HTTPSAddr:         cfg.HTTPSListen,
 		HTTPAddr:          cfg.HTTPListen,
 		TLSConfig:         g.certs.tls,
 		GatewayDomain:     cfg.Domain,
 		Tunnels:           g.tunnels,
-		Gateway:           site.New(site.Options{Ready: g.store.Ping, Draining: g.draining.Load, Admin: adminAPI, Errors: pages, Logger: log}),
+		Gateway:           site.New(site.Options{Ready: g.store.Ping, Draining: g.draining.Load, Admin: adminAPI, Console: consoleUI, Errors: pages, Logger: log}),
 		Tenants:           tenants,
 		Passthrough:       g.raw,
 		PlainTenants:      cfg.HTTPProxy,
@@ -384,6 +401,9 @@ func (g *Gateway) Serve() error {
 	}
 	if g.cluster != nil {
 		run("cluster feed", func() error { return g.cluster.Run(g.background) })
+	}
+	if g.overview != nil {
+		run("console overview", func() error { g.overview.Run(g.background); return nil })
 	}
 	select {
 	case err := <-failed:

@@ -33,3 +33,25 @@ func agentHealth(hub *tunnelsvc.Hub) func(domain string) []admin.AgentHealth {
 		return out
 	}
 }
+
+// agentDirectory is the admin API's list of this gateway's tunnels.
+type agentDirectory struct{ hub *tunnelsvc.Hub }
+
+func (d agentDirectory) List() []admin.AgentInfo {
+	agents := d.hub.All()
+	out := make([]admin.AgentInfo, 0, len(agents))
+	for _, a := range agents {
+		in, sent := a.Bytes()
+		down := a.Down()
+		out = append(out, admin.AgentInfo{
+			Domain: a.Domain, ID: a.AgentID, Session: a.SessionID, Version: a.Version, RemoteAddr: a.RemoteAddr,
+			ConnectedAt: a.ConnectedAt, Streams: a.Session.ActiveStreams(), BytesIn: in, BytesOut: sent,
+			LastPing: a.Session.LastHeard(), Healthy: len(down) == 0, Down: down,
+		})
+	}
+	return out
+}
+
+func (d agentDirectory) CloseSession(domain, session string) bool {
+	return d.hub.CloseSession(domain, session)
+}

@@ -231,6 +231,9 @@ func (s *Session) Close(err error) {
 	s.cancel(err)
 }
 
+// LastHeard is when the last frame (of any kind, pongs included) came from the peer.
+func (s *Session) LastHeard() time.Time { return time.Unix(0, s.lastPong.Load()) }
+
 // ActiveStreams is the number of streams open now: the load measure for picking an agent.
 func (s *Session) ActiveStreams() int { return int(s.active.Load()) }
 

@@ -385,6 +385,50 @@ func (m *Manager) Status(name string) CertStatus {
 	return st
 }
 
+// NameStatus is one managed name's certificate as the console lists it.
+type NameStatus struct {
+	Name string `json:"name"`
+	CertStatus
+	Issuer string `json:"issuer,omitempty"`
+	// NextRenewal is when the certificate is due for renewal (the CA's suggestion when it gave
+	// one, else when a third of its lifetime is left); after a failure, when the next try is.
+	NextRenewal time.Time `json:"next_renewal,omitzero"`
+}
+
+// List returns every managed name's status, sorted by name.
+func (m *Manager) List() []NameStatus {
+	m.mu.RLock()
+	names := make([]string, 0, len(m.entries))
+	for n := range m.entries {
+		names = append(names, n)
+	}
+	m.mu.RUnlock()
+	slices.Sort(names)
+	out := make([]NameStatus, 0, len(names))
+	for _, n := range names {
+		ns := NameStatus{Name: n, CertStatus: m.Status(n)}
+		m.mu.RLock()
+		if e := m.entries[n]; e != nil {
+			switch {
+			case e.cert != nil && e.cert.Leaf != nil:
+				ns.Issuer = e.cert.Leaf.Issuer.CommonName
+				ns.NextRenewal = renewAt(e.cert.Leaf)
+				if !e.ariAt.IsZero() && e.ariAt.Before(ns.NextRenewal) {
+					ns.NextRenewal = e.ariAt
+				}
+				if e.failures > 0 && e.next.After(ns.NextRenewal) {
+					ns.NextRenewal = e.next
+				}
+			case e.failures > 0:
+				ns.NextRenewal = e.next
+			}
+		}
+		m.mu.RUnlock()
+		out = append(out, ns)
+	}
+	return out
+}
+
 // GetCertificate is for tls.Config.GetCertificate. A TLS-ALPN-01 validation (ALPN acme-tls/1)
 // gets the challenge certificate; otherwise the certificate of the SNI name is served, and an
 // unknown or missing SNI gets the default name's certificate. It never starts an order. With a

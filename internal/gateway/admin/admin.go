@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hopgate/hopgate/internal/gateway/hostname"
+	"github.com/hopgate/hopgate/internal/gateway/inspect"
 	"github.com/hopgate/hopgate/internal/gateway/jsonapi"
 	"github.com/hopgate/hopgate/internal/gateway/policy"
 	"github.com/hopgate/hopgate/internal/gateway/registry"
@@ -45,6 +46,8 @@ type Registry interface {
 	SetPolicy(ctx context.Context, name string, s policy.Spec) (policy.Spec, error)
 	// RotateSessionKey replaces the key of single-sign-on session cookies.
 	RotateSessionKey(ctx context.Context) error
+	// SetMemo replaces a domain's memo.
+	SetMemo(ctx context.Context, name, memo string) (registry.Domain, error)
 }
 
 // Agents is the view of live tunnel sessions the admin API needs.
@@ -80,6 +83,12 @@ type handler struct {
 	ports Ports
 	// audit records every change made through the API; nil: none is.
 	audit Auditor
+	// inspector and tenants serve the request inspector's calls; nil: they answer 404.
+	inspector *inspect.Inspector
+	tenants   http.Handler
+	// directory lists and closes this gateway's tunnels; certList lists its certificates.
+	directory AgentDirectory
+	certList  func() (bool, []CertificateInfo)
 }
 
 // Certificates is the view of the certificate manager the admin API needs: registered names get a
@@ -210,6 +219,8 @@ func New(reg Registry, agents Agents, apiKey string, logger *slog.Logger, opts .
 		Prefix + "audit":               {http.MethodGet: h.listAudit},
 		Prefix + "audit/verify":        {http.MethodGet: h.verifyAudit},
 	}
+	h.inspectRoutes()
+	h.agentRoutes()
 	return h
 }
 

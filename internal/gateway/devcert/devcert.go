@@ -191,6 +191,33 @@ func (d *Issuer) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 	return c, nil
 }
 
+// Served is one certificate the Issuer serves: a name of the development certificate, or a leaf it
+// signed for a tenant name seen in a handshake.
+type Served struct {
+	Name     string
+	Issuer   string
+	NotAfter time.Time
+}
+
+// List returns what the Issuer serves, its own names first, then the leaves it signed, by name.
+func (d *Issuer) List() []Served {
+	var out []Served
+	for _, n := range d.leaf.DNSNames {
+		out = append(out, Served{Name: n, Issuer: d.leaf.Issuer.CommonName, NotAfter: d.leaf.NotAfter})
+	}
+	d.mu.Lock()
+	names := make([]string, 0, len(d.cache))
+	for n := range d.cache {
+		names = append(names, n)
+	}
+	d.mu.Unlock()
+	slices.Sort(names)
+	for _, n := range names {
+		out = append(out, Served{Name: n, Issuer: d.leaf.Subject.CommonName, NotAfter: d.leaf.NotAfter})
+	}
+	return out
+}
+
 func (d *Issuer) issue(name string) (*tls.Certificate, error) {
 	key, serial, err := newKey()
 	if err != nil {

@@ -31,6 +31,12 @@ type Agent interface {
 	OpenStream(ctx context.Context, head *tunnelv1.RequestHead) (*tunnel.Stream, error)
 }
 
+// byteCounter is an Agent that keeps its own traffic totals (the console's agents page).
+type byteCounter interface {
+	// CountRequest adds one request's body bytes: in from the visitor, out to it.
+	CountRequest(in, out int64)
+}
+
 // Agents finds the agents of a domain (the tunnel service's hub).
 type Agents interface {
 	// Pick returns the least-loaded live agent of domain and counts the request against it until
@@ -294,6 +300,9 @@ func (x *exchange) finish(r *http.Request) {
 		m.ObserveRequest(code, r.Method, elapsed)
 		m.TunnelBytes.WithLabelValues("in").Add(float64(in))
 		m.TunnelBytes.WithLabelValues("out").Add(float64(x.bytes))
+	}
+	if c, ok := x.agent.(byteCounter); ok {
+		c.CountRequest(in, x.bytes)
 	}
 	// Never the query (it may carry tokens), a key, Authorization or Cookie. A visitor that went away
 	// before any answer (499) is logged at debug only: an HTTP/2 rapid reset would otherwise turn 26

@@ -350,6 +350,29 @@ func (s *Store) RotateKey(ctx context.Context, name string) (string, error) {
 	return plain, nil
 }
 
+// SetMemo replaces a domain's memo, with the same rules as at registration.
+func (s *Store) SetMemo(ctx context.Context, name, memo string) (Domain, error) {
+	name, err := canonical(name)
+	if err != nil {
+		return Domain{}, err
+	}
+	if err := checkMemo(memo); err != nil {
+		return Domain{}, err
+	}
+	n, err := s.client.Domain.Update().
+		Where(domain.Name(name)).
+		SetMemo(memo).
+		SetUpdatedAt(now()).
+		Save(ctx)
+	if err != nil {
+		return Domain{}, classify("registry: set memo of "+name, err)
+	}
+	if n == 0 {
+		return Domain{}, fmt.Errorf("registry: set memo of %s: %w", name, ErrNotFound)
+	}
+	return s.Get(ctx, name)
+}
+
 // Authenticate checks a client API key for a domain. It fails with ErrNotFound for an unknown domain
 // and ErrKeyMismatch for a wrong key, spends the same hashing work on both and answers neither before
 // AuthFailureFloor, so the answer time does not say which one it was. An invalid name fails with

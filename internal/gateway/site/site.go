@@ -24,9 +24,11 @@ type Options struct {
 	// balancer stops sending before the listeners close; nil never drains.
 	Draining func() bool
 	// Admin serves /api/v1/admin/; nil answers 404 there (admin API disabled).
-	Admin  http.Handler
-	Errors *errorpage.Writer
-	Logger *slog.Logger
+	Admin http.Handler
+	// Console serves /console/; nil answers 404 there (HOP_SERVER_CONSOLE=false, or no admin key).
+	Console http.Handler
+	Errors  *errorpage.Writer
+	Logger  *slog.Logger
 }
 
 // New returns the handler of the gateway's own name.
@@ -51,6 +53,8 @@ func (s *site) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.o.Admin.ServeHTTP(w, r)
+	case (p == "/console" || strings.HasPrefix(p, "/console/")) && s.o.Console != nil:
+		s.o.Console.ServeHTTP(w, r)
 	case strings.HasPrefix(p, errorpage.AssetsPrefix):
 		s.o.Errors.Assets().ServeHTTP(w, r)
 	default:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hopgate/hopgate/internal/tunnel"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
@@ -14,7 +15,16 @@ import (
 type Agent struct {
 	Domain  string
 	AgentID string
-	Session *tunnel.Session
+	// SessionID names this tunnel (an agent's id may be empty, and survives its reconnects).
+	SessionID string
+	Session   *tunnel.Session
+	// Version, RemoteAddr and ConnectedAt describe the agent for the console and the admin API.
+	Version     string
+	RemoteAddr  string
+	ConnectedAt time.Time
+	// bytesIn counts body bytes received from the agent (responses, raw streams' replies), bytesOut
+	// those sent to it.
+	bytesIn, bytesOut atomic.Int64
 	// inflight counts the requests picked for this agent and not yet released: the load Pick compares.
 	// It is counted from the pick, not from the stream's opening, so that a burst of requests spreads
 	// over the agents even before their streams exist.
@@ -27,6 +37,17 @@ type Agent struct {
 
 // ID names the agent in the access log.
 func (a *Agent) ID() string { return a.AgentID }
+
+// Bytes returns the body bytes received from the agent and sent to it so far.
+func (a *Agent) Bytes() (in, out int64) { return a.bytesIn.Load(), a.bytesOut.Load() }
+
+// CountRequest adds one proxied request's body bytes: in came from the visitor and went to the
+// agent, out came back from it. Counted per request rather than per frame, because small bodies
+// ride inline in the request and response heads.
+func (a *Agent) CountRequest(in, out int64) {
+	a.bytesOut.Add(in)
+	a.bytesIn.Add(out)
+}
 
 // InFlight is the number of requests picked for the agent and not released yet.
 func (a *Agent) InFlight() int64 { return a.inflight.Load() }
@@ -263,6 +284,26 @@ func (h *Hub) CloseDomain(domain string) {
 	for _, a := range list {
 		a.Session.Close(ErrDomainClosed)
 	}
+}
+
+// CloseSession ends domain's tunnel with session id; false when no such tunnel is connected here.
+// The agent reconnects with its backoff, as after any lost connection: a key rotation is the way
+// to keep it out.
+func (h *Hub) CloseSession(domain, id string) bool {
+	h.mu.RLock()
+	var found *Agent
+	for _, a := range h.agents[domain] {
+		if a.SessionID == id {
+			found = a
+			break
+		}
+	}
+	h.mu.RUnlock()
+	if found == nil {
+		return false
+	}
+	found.Session.Close(ErrDisconnected)
+	return true
 }
 
 // All returns a snapshot of every live agent.

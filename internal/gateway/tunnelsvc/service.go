@@ -37,6 +37,8 @@ var (
 	ErrReplaced = errors.New("agent reconnected; old tunnel replaced")
 	// ErrDomainClosed ends the tunnels of a domain that was unregistered or whose key was rotated.
 	ErrDomainClosed = errors.New("domain unregistered or key rotated")
+	// ErrDisconnected ends a tunnel an operator closed from the console or the admin API.
+	ErrDisconnected = errors.New("disconnected by an operator")
 )
 
 // helloTimeout bounds how long a new tunnel may take to say who it is; authTimeout how long the
@@ -216,7 +218,7 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 
 	sessionID := newSessionID()
 	log := s.opts.Logger.With("domain", domain, "agent_id", hello.AgentId, "session", sessionID)
-	var agent *Agent
+	agent := &Agent{Domain: domain, AgentID: hello.AgentId, SessionID: sessionID, Version: hello.Version, RemoteAddr: addr, ConnectedAt: time.Now()}
 	sess := tunnel.NewSession(conn, tunnel.Config{
 		// Set before the session runs, and the receiving loop starts only in Run.
 		OnHealth:     func(h *tunnelv1.Health) { s.hub.ReportHealth(agent, h) },
@@ -228,7 +230,7 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 
 		PeerCapabilities: hello.Capabilities,
 	})
-	agent = &Agent{Domain: domain, AgentID: hello.AgentId, Session: sess}
+	agent.Session = sess
 	replaced, err := s.hub.Add(agent, s.opts.MaxAgentsPerDomain)
 	if err != nil {
 		s.opts.OnConnect("too_many_agents")

@@ -1,0 +1,205 @@
+package inspect
+
+import (
+	"bytes"
+	"encoding/base64"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+)
+
+// minSecret is the shortest value scrubbed from bodies and other fields. Shorter ones would shred
+// unrelated text ("1", "ab") while protecting nothing worth a guess; the header or parameter that
+// held them is redacted by name regardless of length.
+const minSecret = 4
+
+// sensitiveParam reports whether a query parameter carries a credential. Names are compared with
+// case, "-", "_" and "." ignored, so "Access-Token", "access_token" and "accessToken" all match.
+func sensitiveParam(name string) bool {
+	n := strings.ToLower(name)
+	n = strings.NewReplacer("-", "", "_", "", ".", "").Replace(n)
+	switch n {
+	case "apikey", "key", "token", "accesstoken", "password", "passwd", "pwd", "secret", "auth", "sig", "signature":
+		return true
+	}
+	for _, suf := range []string{"token", "secret", "password", "apikey", "signature"} {
+		if strings.HasSuffix(n, suf) {
+			return true
+		}
+	}
+	return false
+}
+
+// secrets gathers the literal credential values of one exchange. They live only while the entry is
+// built; the ring never sees them.
+type secrets struct {
+	vals []string
+}
+
+func (s *secrets) add(v string) {
+	v = strings.TrimSpace(v)
+	if len(v) < minSecret || v == Redacted {
+		return
+	}
+	s.vals = append(s.vals, v)
+	// The same value echoed in a URL or a form is usually escaped.
+	if q := url.QueryEscape(v); q != v {
+		s.vals = append(s.vals, q)
+	}
+	if p := url.PathEscape(v); p != v {
+		s.vals = append(s.vals, p)
+	}
+}
+
+// addHeaderValue adds a value and the parts of it that are secrets on their own: the credentials
+// after an auth scheme, a Basic password, each cookie value.
+func (s *secrets) addHeaderValue(name, v string) {
+	s.add(v)
+	switch strings.ToLower(name) {
+	case "cookie":
+		for _, c := range strings.Split(v, ";") {
+			if _, val, ok := strings.Cut(c, "="); ok {
+				s.add(strings.Trim(strings.TrimSpace(val), `"`))
+			}
+		}
+	case "set-cookie":
+		first, _, _ := strings.Cut(v, ";")
+		if _, val, ok := strings.Cut(first, "="); ok {
+			s.add(strings.Trim(strings.TrimSpace(val), `"`))
+		}
+	default:
+		scheme, cred, ok := strings.Cut(strings.TrimSpace(v), " ")
+		if !ok {
+			return
+		}
+		cred = strings.TrimSpace(cred)
+		s.add(cred)
+		if strings.EqualFold(scheme, "basic") {
+			if dec, err := base64.StdEncoding.DecodeString(cred); err == nil {
+				s.add(string(dec))
+				if _, pass, ok := strings.Cut(string(dec), ":"); ok {
+					s.add(pass)
+				}
+			}
+		}
+	}
+}
+
+// sorted orders longer values first, so that a whole "Bearer xyz" is replaced before its "xyz".
+func (s *secrets) sorted() []string {
+	v := slices.Clone(s.vals)
+	slices.SortFunc(v, func(a, b string) int { return len(b) - len(a) })
+	return slices.Compact(v)
+}
+
+func scrubString(s string, sec []string) string {
+	for _, v := range sec {
+		if strings.Contains(s, v) {
+			s = strings.ReplaceAll(s, v, Redacted)
+		}
+	}
+	return s
+}
+
+// scrubBytes returns a right-sized copy of b without any secret. When b was cut at the capture
+// limit, a secret may have been cut too; its leading part at the end is dropped as well.
+func scrubBytes(b []byte, sec []string, truncated bool) []byte {
+	if b == nil {
+		return nil
+	}
+	out := append(make([]byte, 0, len(b)), b...)
+	for _, v := range sec {
+		if bytes.Contains(out, []byte(v)) {
+			out = bytes.ReplaceAll(out, []byte(v), []byte(Redacted))
+		}
+	}
+	if truncated {
+		for _, v := range sec {
+			for k := min(len(v)-1, len(out)); k >= minSecret; k-- {
+				if bytes.HasSuffix(out, []byte(v[:k])) {
+					out = out[:len(out)-k]
+					break
+				}
+			}
+		}
+	}
+	return slices.Clip(out)
+}
+
+// redactQuery replaces the values of credential parameters, keeping the rest of the raw query as
+// sent (order and escaping), and feeds the values to sec.
+func redactQuery(raw string, sec *secrets) string {
+	if raw == "" {
+		return raw
+	}
+	parts := strings.Split(raw, "&")
+	for k, p := range parts {
+		name, val, _ := strings.Cut(p, "=")
+		if n, err := url.QueryUnescape(name); err == nil {
+			name = n
+		}
+		if !sensitiveParam(name) {
+			continue
+		}
+		sec.add(val)
+		if u, err := url.QueryUnescape(val); err == nil {
+			sec.add(u)
+		}
+		parts[k] = p[:len(p)-len(val)]
+		if !strings.Contains(parts[k], "=") {
+			parts[k] += "="
+		}
+		parts[k] += Redacted
+	}
+	return strings.Join(parts, "&")
+}
+
+func (i *Inspector) redactedHeader(name string) bool { return i.redact[strings.ToLower(name)] }
+
+// sanitize redacts e in place and returns the secrets it found, which the caller must not keep. The
+// request and response headers passed in are the live snapshots; e gets redacted copies.
+func (i *Inspector) sanitize(e *Entry, reqHeader, respHeader http.Header) []string {
+	var sec secrets
+	for k, vs := range reqHeader {
+		if i.redactedHeader(k) {
+			for _, v := range vs {
+				sec.addHeaderValue(k, v)
+			}
+		}
+	}
+	for _, v := range respHeader.Values("Set-Cookie") {
+		sec.addHeaderValue("Set-Cookie", v)
+	}
+	e.Query = redactQuery(e.Query, &sec)
+	list := sec.sorted()
+
+	e.RequestHeader = i.redactHeader(reqHeader, list, i.redactedHeader)
+	e.ResponseHeader = i.redactHeader(respHeader, list, func(k string) bool { return strings.EqualFold(k, "Set-Cookie") })
+	e.Query = scrubString(e.Query, list)
+	e.Path = scrubString(e.Path, list)
+	e.RequestBody = scrubBytes(e.RequestBody, list, e.RequestTruncated)
+	e.ResponseBody = scrubBytes(e.ResponseBody, list, e.ResponseTruncated)
+	return list
+}
+
+// redactHeader returns a copy of h in which named headers keep their count of values but not the
+// values, and every other value is scrubbed of the secrets (a Referer or Location may repeat them).
+func (i *Inspector) redactHeader(h http.Header, sec []string, named func(string) bool) http.Header {
+	if h == nil {
+		return nil
+	}
+	out := make(http.Header, len(h))
+	for k, vs := range h {
+		nv := make([]string, len(vs))
+		for j, v := range vs {
+			if named(k) {
+				nv[j] = Redacted
+			} else {
+				nv[j] = scrubString(v, sec)
+			}
+		}
+		out[k] = nv
+	}
+	return out
+}
