@@ -223,6 +223,19 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 	} else {
 		log.Info("embedded SQLite store: this gateway runs alone; several gateways need HOP_DB_DSN on one PostgreSQL")
 	}
+	if g.mem = overload.New(); g.mem != nil {
+		log.Info("memory limit set: new requests are shed with 503 above the high-water mark",
+			"limit_bytes", g.mem.Limit(), "high_water", overload.HighWater, "low_water", overload.LowWater)
+		g.mem.OnChange = func(over bool, used, limit int64) {
+			if over {
+				m.Overloaded.Set(1)
+				log.Warn("memory near the limit: shedding new requests", "used_bytes", used, "limit_bytes", limit)
+			} else {
+				m.Overloaded.Set(0)
+				log.Info("memory back under the low-water mark: serving again", "used_bytes", used, "limit_bytes", limit)
+			}
+		}
+	}
 	g.inspector = inspect.New(inspect.Options{RedactHeaders: append([]string{"X-HopGate-Api-Key"}, cfg.InspectRedactHeaders...)})
 	tenants := g.inspector.Wrap(proxy.New(proxy.Options{
 		Agents:         hubAgents{hub},
@@ -261,19 +274,6 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		}
 	}
 
-	if g.mem = overload.New(); g.mem != nil {
-		log.Info("memory limit set: new requests are shed with 503 above the high-water mark",
-			"limit_bytes", g.mem.Limit(), "high_water", overload.HighWater, "low_water", overload.LowWater)
-		g.mem.OnChange = func(over bool, used, limit int64) {
-			if over {
-				m.Overloaded.Set(1)
-				log.Warn("memory near the limit: shedding new requests", "used_bytes", used, "limit_bytes", limit)
-			} else {
-				m.Overloaded.Set(0)
-				log.Info("memory back under the low-water mark: serving again", "used_bytes", used, "limit_bytes", limit)
-			}
-		}
-	}
 	g.edgeOpts = edge.Options{
 		HTTPSAddr:         cfg.HTTPSListen,
 		HTTPAddr:          cfg.HTTPListen,
