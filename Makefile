@@ -67,13 +67,16 @@ container-test:
 	HOP_CONTAINER_TESTS=1 $(GO) test -count=1 -timeout 5m -run '^TestContainer' -v ./deploy/
 
 # Renders every error page in headless chromium, light and dark, and checks the screenshots' colours
-# and the DOM (status and both languages). Installs Debian's chromium and the Korean fonts when
+# and the DOM (status and both languages); then drives the web console through a real gateway and
+# agent (sign-in, register, live agents, inspector and replay, rotate, audit, Korean) and screenshots
+# every page at 1280 px, 360 px and dark. Installs Debian's chromium and the Korean fonts when
 # missing (needs root). Screenshots go to $HOP_SCREENSHOT_DIR, or a temporary directory.
 .PHONY: browser-test
 browser-test:
 	command -v chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-noto-cjk)
 	fc-list :lang=ko | grep -q . || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y fonts-noto-cjk)
 	HOP_BROWSER_TESTS=1 $(GO) test -count=1 -timeout 9m -run '^TestBrowser$$' -v ./internal/gateway/errorpage/
+	HOP_BROWSER_TESTS=1 $(GO) test -count=1 -timeout 5m -run '^TestBrowser' ./internal/e2e/
 
 # Measures HopGate against the origin and a plain httputil.ReverseProxy (issue 8); see bench/README.md.
 # `bench` is the quick profile (under 5 minutes on 2 cores), `bench-full` the issue's sizes (S9 included).

@@ -104,7 +104,9 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Security-Policy", csp)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Referrer-Policy", "no-referrer")
+	// Not no-referrer: with it Chromium sends "Origin: null" on the console's own form posts,
+	// which sameOrigin must refuse. same-origin still keeps the console's URLs from other sites.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cross-Origin-Opener-Policy", "same-origin")
 	if r.TLS == nil {
 		// The session cookie is Secure: over plain HTTP there would be no session, only a key sent
@@ -206,12 +208,21 @@ func setLanguage(w http.ResponseWriter, r *http.Request) {
 		http.SetCookie(w, &http.Cookie{Name: langCookie, Value: to, Path: Prefix, MaxAge: 365 * 24 * 3600,
 			Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
 	}
-	back := r.URL.Query().Get("back")
-	// Only a page of the console: never an open redirect.
-	if !strings.HasPrefix(back, Prefix) || strings.ContainsAny(back, "\\?#") || path.Clean(back) != back {
-		back = Prefix + "overview"
+	http.Redirect(w, r, backTo(r.URL.Query().Get("back")), http.StatusSeeOther)
+}
+
+// backTo is the page to go back to after the language switch: a page of the console with its
+// query (the inspected domain), never another site (an open redirect).
+func backTo(back string) string {
+	u, err := url.Parse(back)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Fragment != "" ||
+		!strings.HasPrefix(u.Path, Prefix) || strings.Contains(back, "\\") || path.Clean(u.Path) != u.Path {
+		return Prefix + "overview"
 	}
-	http.Redirect(w, r, back, http.StatusSeeOther)
+	if u.RawQuery == "" {
+		return u.Path
+	}
+	return u.Path + "?" + u.Query().Encode()
 }
 
 // sameOrigin refuses a form posted from another site. SameSite=Strict already keeps the cookie

@@ -161,7 +161,8 @@ func TestSecurityHeaders(t *testing.T) {
 		if strings.Contains(csp, "unsafe") || strings.Contains(csp, "http") {
 			t.Errorf("%s: CSP %q allows inline code or another origin", what, csp)
 		}
-		if p.header.Get("X-Content-Type-Options") != "nosniff" || p.header.Get("X-Frame-Options") != "DENY" {
+		// no-referrer would make Chromium send "Origin: null" on the console's own forms (refused).
+		if p.header.Get("X-Content-Type-Options") != "nosniff" || p.header.Get("X-Frame-Options") != "DENY" || p.header.Get("Referrer-Policy") != "same-origin" {
 			t.Errorf("%s: headers %v", what, p.header)
 		}
 	}
@@ -419,7 +420,10 @@ func TestEveryPageInBothLanguages(t *testing.T) {
 		}
 	}
 	// The language switch never sends a visitor off the console.
-	for _, back := range []string{"https://evil.example/", "//evil.example", "/console/../x", "/elsewhere"} {
+	if p := e.get(e.client, "/console/lang?to=en&back="+url.QueryEscape("/console/inspect?domain=a.example.com")); p.header.Get("Location") != "/console/inspect?domain=a.example.com" {
+		t.Errorf("the switch lost the page's query: %q", p.header.Get("Location"))
+	}
+	for _, back := range []string{"https://evil.example/", "//evil.example", "/console/../x", "/elsewhere", "/console/\\evil.example", "/console/x#y", "https:/console/x"} {
 		if p := e.get(e.client, "/console/lang?to=en&back="+url.QueryEscape(back)); p.header.Get("Location") != "/console/overview" {
 			t.Errorf("back=%q redirects to %q", back, p.header.Get("Location"))
 		}
@@ -437,6 +441,9 @@ func TestInspectorRedacted(t *testing.T) {
 	}
 	if p := e.post(e.client, "/console/inspect/toggle", url.Values{"csrf": {csrf}, "domain": {"seen.example.com"}, "on": {"1"}, "bodies": {"1"}}); p.code != http.StatusOK {
 		t.Fatalf("inspector on: %d %.300s", p.code, p.body)
+	} else if !strings.Contains(p.body, `data-path="/console/inspect?domain=seen.example.com"`) {
+		// The script refreshes from, and reloads, the page's GET address, not the form's POST one.
+		t.Errorf("the toggle's answer does not name its GET page: %.600s", p.body)
 	}
 	secrets := []string{"bearer-secret-9876", "cookie-secret-5432", "hopgate_apikeysecret1", "query-secret-777", "tenant-cookie-secret-42"}
 	req := httptest.NewRequest(http.MethodPost, "https://seen.example.com/login?token=query-secret-777&page=2", strings.NewReader("hello"))

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hopgate/hopgate/internal/gateway/admin"
+	"github.com/hopgate/hopgate/internal/gateway/inspect"
 	"github.com/hopgate/hopgate/internal/gateway/policy"
 )
 
@@ -58,7 +59,8 @@ func toFloat(v any) float64 {
 // view is what every page's template gets.
 type view struct {
 	Lang, Page, CSRF string
-	// Path is the page's own path, for the language switch to come back to.
+	// Path is the page's own GET path: the language switch comes back to it, and after a form's
+	// POST the script puts it in the address bar and refreshes from it (the POST path answers 405).
 	Path string
 	// Notice and Problem are text keys or API messages, shown above the page's content.
 	Notice, Problem string
@@ -69,7 +71,10 @@ type view struct {
 // the tests render every page, so that none can happen in production.
 func (c *Console) render(w http.ResponseWriter, r *http.Request, code int, page string, s *session, data map[string]any) {
 	lang := language(r)
-	v := view{Lang: lang, Page: page, Data: data, Path: r.URL.Path}
+	v := view{Lang: lang, Page: page, Data: data, Path: r.URL.RequestURI()}
+	if r.Method != http.MethodGet {
+		v.Path = pagePath(page, data)
+	}
 	if s != nil {
 		v.CSRF = s.csrf
 	}
@@ -97,6 +102,24 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, code int, page 
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(code)
 	_, _ = w.Write(buf.Bytes())
+}
+
+// pagePath is where a page is read with GET, for a page rendered as the answer to a form.
+func pagePath(page string, data map[string]any) string {
+	switch page {
+	case "inspect", "entry":
+		// A replay's answer goes back to the domain's list: the entry it replayed may leave the ring.
+		if e, ok := data["E"].(inspect.Entry); ok && e.Domain != "" {
+			return Prefix + "inspect?" + url.Values{"domain": {e.Domain}}.Encode()
+		}
+		if d, ok := data["Domain"].(string); ok && d != "" {
+			return Prefix + "inspect?" + url.Values{"domain": {d}}.Encode()
+		}
+		return Prefix + "inspect"
+	case "problem":
+		return Prefix + "overview"
+	}
+	return Prefix + page
 }
 
 // refuse answers with a short page: the console's own refusals are for people, not scripts.

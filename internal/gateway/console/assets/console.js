@@ -2,6 +2,10 @@
 // the search filter and the inspector's live view. Loaded from the console itself (CSP: 'self').
 "use strict";
 document.addEventListener("DOMContentLoaded", function () {
+  // A page that answers a form was reached by POST: show its GET address, so that a reload reads
+  // the page instead of sending the form again, and the live refresh below reads it too.
+  var self = document.body.dataset.path;
+  if (self && self !== window.location.pathname + window.location.search) window.history.replaceState(null, "", self);
   document.querySelectorAll("[data-copy]").forEach(function (b) {
     b.addEventListener("click", function () {
       var el = document.getElementById(b.dataset.copy);
