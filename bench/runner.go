@@ -95,7 +95,7 @@ func (r *runner) run(ctx context.Context, hold time.Duration, resultsDir string)
 			r.log.Warn("scenario failed", "id", id, "err", res.Error)
 		}
 		r.result.Scenarios = append(r.result.Scenarios, res)
-		if r.client != nil && r.client.Exited() && slices.Contains([]string{"S1", "S2", "S3", "S4", "S5", "S6", "S7", "S10"}, id) {
+		if r.client != nil && r.client.Exited() && slices.Contains([]string{"S1", "S2", "S3", "S4", "S5", "S6", "S7", "S10", "S14"}, id) {
 			// The product crashed: a finding, reported, not a harness failure. Nothing after it through
 			// the tunnel would mean anything, so the visitor scenarios stop here.
 			r.log.Error("hopgate-client exited during the run", "log", r.client.Log.Tail(2000))
@@ -146,6 +146,8 @@ func (r *runner) scenario(ctx context.Context, id string) scenarioResult {
 		return r.s12(ctx)
 	case "S13":
 		return r.s13(ctx)
+	case "S14":
+		return r.s14(ctx)
 	}
 	return scenarioResult{ID: id, Error: "unknown scenario"}
 }

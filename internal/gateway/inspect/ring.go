@@ -9,13 +9,16 @@ import (
 // a flood of tiny requests is bounded by MaxBytes too and not only by Capacity.
 const entryOverhead = 512
 
-// ring holds one domain's newest entries within a count and a byte budget.
+// ring holds one domain's newest entries within a count and a byte budget: a circular buffer of
+// capacity slots, so that a push moves no other entry and allocates nothing.
 type ring struct {
 	mu       sync.Mutex
 	capacity int
 	maxBytes int64
-	entries  []Entry
+	slots    []Entry // len(slots) == capacity once the first entry is pushed
 	sizes    []int64
+	head     int // index of the oldest entry
+	n        int // entries held
 	bytes    int64
 }
 
@@ -41,30 +44,47 @@ func (e *Entry) size() int64 {
 		int64(cap(e.RequestBody)+cap(e.ResponseBody))
 }
 
+// at is the k-th oldest entry's slot.
+func (r *ring) at(k int) int { return (r.head + k) % r.capacity }
+
+// dropOldest forgets the oldest entry, zeroing its slot so that its bodies can be collected.
+func (r *ring) dropOldest() {
+	r.bytes -= r.sizes[r.head]
+	r.slots[r.head], r.sizes[r.head] = Entry{}, 0
+	r.head = (r.head + 1) % r.capacity
+	r.n--
+}
+
 // push stores e, evicting the oldest entries past the budget. An entry larger than the whole budget
 // is not kept at all: keeping it would break the cap the operator configured.
 func (r *ring) push(e *Entry) {
 	sz := e.size()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.entries = append(r.entries, *e)
-	r.sizes = append(r.sizes, sz)
+	if r.capacity <= 0 {
+		return
+	}
+	if r.slots == nil {
+		r.slots, r.sizes = make([]Entry, r.capacity), make([]int64, r.capacity)
+	}
+	if r.n == r.capacity {
+		r.dropOldest()
+	}
+	k := r.at(r.n)
+	r.slots[k], r.sizes[k] = *e, sz
+	r.n++
 	r.bytes += sz
-	for len(r.entries) > 0 && (len(r.entries) > r.capacity || r.bytes > r.maxBytes) {
-		r.bytes -= r.sizes[0]
-		// Zeroed so the backing array does not keep evicted bodies alive until it is reallocated.
-		r.entries[0] = Entry{}
-		r.entries = r.entries[1:]
-		r.sizes = r.sizes[1:]
+	for r.n > 0 && r.bytes > r.maxBytes {
+		r.dropOldest()
 	}
 }
 
 func (r *ring) list() []Entry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]Entry, len(r.entries))
-	for k := range r.entries {
-		out[k] = r.entries[k].clone()
+	out := make([]Entry, r.n)
+	for k := range r.n {
+		out[k] = r.slots[r.at(k)].clone()
 	}
 	return out
 }
@@ -72,9 +92,9 @@ func (r *ring) list() []Entry {
 func (r *ring) get(id string) (Entry, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for k := range r.entries {
-		if r.entries[k].ID == id {
-			return r.entries[k].clone(), true
+	for k := range r.n {
+		if e := &r.slots[r.at(k)]; e.ID == id {
+			return e.clone(), true
 		}
 	}
 	return Entry{}, false
@@ -84,7 +104,7 @@ func (r *ring) get(id string) (Entry, bool) {
 func (r *ring) usage() (n int, bytes int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.entries), r.bytes
+	return r.n, r.bytes
 }
 
 // clone deep-copies e: stored entries are shared between the ring and readers, and a reader that
