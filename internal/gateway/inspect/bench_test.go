@@ -16,16 +16,20 @@ func BenchmarkWrap(b *testing.B) {
 		_, _ = w.Write(body)
 	})
 	for _, c := range []struct {
-		name   string
-		enable bool
-	}{{"off", false}, {"recorded", true}} {
+		name         string
+		wrap, enable bool
+	}{{"bare", false, false}, {"off", true, false}, {"recorded", true, true}} {
 		b.Run(c.name, func(b *testing.B) {
 			i := New(Options{})
+			// Another domain on: the table is not empty, so the off path does its lookup.
 			i.Enable("other.example.com", true)
 			if c.enable {
 				i.Enable("app.example.com", true)
 			}
-			wrapped := i.Wrap(h)
+			var wrapped http.Handler = h
+			if c.wrap {
+				wrapped = i.Wrap(h)
+			}
 			req := httptest.NewRequest(http.MethodGet, "https://app.example.com/small?x=1", nil)
 			req.Header.Set("User-Agent", "bench/1.0")
 			req.Header.Set("Accept", "*/*")

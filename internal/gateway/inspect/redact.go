@@ -160,6 +160,12 @@ func redactQuery(raw string, sec *secrets) string {
 
 func (i *Inspector) redactedHeader(name string) bool { return i.redact[strings.ToLower(name)] }
 
+// redactedResponseHeader is the same list plus Set-Cookie: a response may issue a credential (a
+// session, a fresh key) that the request never carried.
+func (i *Inspector) redactedResponseHeader(name string) bool {
+	return strings.EqualFold(name, "Set-Cookie") || i.redactedHeader(name)
+}
+
 // sanitize redacts e in place and returns the secrets it found, which the caller must not keep. The
 // request and response headers passed in are the live snapshots; e gets redacted copies.
 func (i *Inspector) sanitize(e *Entry, reqHeader, respHeader http.Header) []string {
@@ -171,14 +177,18 @@ func (i *Inspector) sanitize(e *Entry, reqHeader, respHeader http.Header) []stri
 			}
 		}
 	}
-	for _, v := range respHeader.Values("Set-Cookie") {
-		sec.addHeaderValue("Set-Cookie", v)
+	for k, vs := range respHeader {
+		if i.redactedResponseHeader(k) {
+			for _, v := range vs {
+				sec.addHeaderValue(k, v)
+			}
+		}
 	}
 	e.Query = redactQuery(e.Query, &sec)
 	list := sec.sorted()
 
 	e.RequestHeader = i.redactHeader(reqHeader, list, i.redactedHeader)
-	e.ResponseHeader = i.redactHeader(respHeader, list, func(k string) bool { return strings.EqualFold(k, "Set-Cookie") })
+	e.ResponseHeader = i.redactHeader(respHeader, list, i.redactedResponseHeader)
 	e.Query = scrubString(e.Query, list)
 	e.Path = scrubString(e.Path, list)
 	e.RequestBody = scrubBytes(e.RequestBody, list, e.RequestTruncated)

@@ -168,7 +168,7 @@ func (i *Inspector) Replay(ctx context.Context, h http.Handler, domain string, e
 	out.Query = redactQuery(out.Query, &sec)
 	list := sec.sorted()
 	out.RequestHeader = i.redactHeader(req.Header, list, i.redactedHeader)
-	out.ResponseHeader = i.redactHeader(respHeader, list, func(k string) bool { return strings.EqualFold(k, "Set-Cookie") })
+	out.ResponseHeader = i.redactHeader(respHeader, list, i.redactedResponseHeader)
 	out.Query = scrubString(out.Query, list)
 	out.Path = scrubString(out.Path, list)
 	out.RequestBody = scrubBytes(out.RequestBody, list, out.RequestTruncated)

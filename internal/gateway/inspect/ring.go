@@ -61,7 +61,8 @@ func (r *ring) push(e *Entry) {
 	sz := e.size()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.capacity <= 0 {
+	if r.capacity <= 0 || sz > r.maxBytes {
+		// Checked first: evicting the others to make room this entry cannot use would lose them too.
 		return
 	}
 	if r.slots == nil {
