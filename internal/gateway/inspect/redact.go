@@ -167,7 +167,8 @@ func (i *Inspector) redactedResponseHeader(name string) bool {
 }
 
 // sanitize redacts e in place and returns the secrets it found, which the caller must not keep. The
-// request and response headers passed in are the live snapshots; e gets redacted copies.
+// request and response headers passed in are snapshots taken for e (Header.Clone), which e keeps
+// after redacting them.
 func (i *Inspector) sanitize(e *Entry, reqHeader, respHeader http.Header) []string {
 	var sec secrets
 	for k, vs := range reqHeader {
@@ -187,8 +188,8 @@ func (i *Inspector) sanitize(e *Entry, reqHeader, respHeader http.Header) []stri
 	e.Query = redactQuery(e.Query, &sec)
 	list := sec.sorted()
 
-	e.RequestHeader = i.redactHeader(reqHeader, list, i.redactedHeader)
-	e.ResponseHeader = i.redactHeader(respHeader, list, i.redactedResponseHeader)
+	e.RequestHeader = redactOwnHeader(reqHeader, list, i.redactedHeader)
+	e.ResponseHeader = redactOwnHeader(respHeader, list, i.redactedResponseHeader)
 	e.Query = scrubString(e.Query, list)
 	e.Path = scrubString(e.Path, list)
 	e.RequestBody = scrubBytes(e.RequestBody, list, e.RequestTruncated)
@@ -199,20 +200,21 @@ func (i *Inspector) sanitize(e *Entry, reqHeader, respHeader http.Header) []stri
 // redactHeader returns a copy of h in which named headers keep their count of values but not the
 // values, and every other value is scrubbed of the secrets (a Referer or Location may repeat them).
 func (i *Inspector) redactHeader(h http.Header, sec []string, named func(string) bool) http.Header {
-	if h == nil {
-		return nil
-	}
-	out := make(http.Header, len(h))
+	return redactOwnHeader(h.Clone(), sec, named)
+}
+
+// redactOwnHeader is redactHeader on a copy the caller owns (Header.Clone copies the value slices
+// too), changed in place: the entry keeps the snapshot instead of a second copy.
+func redactOwnHeader(h http.Header, sec []string, named func(string) bool) http.Header {
 	for k, vs := range h {
-		nv := make([]string, len(vs))
+		redactAll := named(k)
 		for j, v := range vs {
-			if named(k) {
-				nv[j] = Redacted
+			if redactAll {
+				vs[j] = Redacted
 			} else {
-				nv[j] = scrubString(v, sec)
+				vs[j] = scrubString(v, sec)
 			}
 		}
-		out[k] = nv
 	}
-	return out
+	return h
 }

@@ -126,8 +126,12 @@ func (i *Inspector) Replay(ctx context.Context, h http.Handler, domain string, e
 	if status == 0 {
 		status, respHeader = 499, rec.header.Clone()
 	}
-	for _, v := range respHeader.Values("Set-Cookie") {
-		sec.addHeaderValue("Set-Cookie", v)
+	for k, vs := range respHeader {
+		if i.redactedResponseHeader(k) {
+			for _, v := range vs {
+				sec.addHeaderValue(k, v)
+			}
+		}
 	}
 	if tag.entry.ID != "" {
 		out := tag.entry
