@@ -88,6 +88,16 @@ func parseCSV(s string) ([]string, error) {
 	return out, nil
 }
 
+// parseIssuer reads an OpenID provider's issuer URL: http(s), a host, no query or fragment (the
+// issuer is compared with the discovery document's as a string).
+func parseIssuer(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return "", fmt.Errorf("%q is not an issuer URL (https://host/path)", s)
+	}
+	return s, nil
+}
+
 // parseIPs reads a comma-separated list of IPv4 or IPv6 addresses.
 func parseIPs(s string) ([]net.IP, error) {
 	items, _ := parseCSV(s)

@@ -77,6 +77,9 @@ type Server struct {
 	AdminAPIKey string // secret; empty disables the admin API
 	// Console serves the web console on /console/ of Domain (it needs the admin API).
 	Console bool
+	// ConsoleOIDC, when its issuer is set, lets operators sign in to the console with an OpenID
+	// provider besides the admin key; the allow lists say who may.
+	ConsoleOIDC ConsoleOIDC
 	// InspectRedactHeaders are header names the request inspector redacts besides the built-in
 	// ones (Authorization, Cookie, Set-Cookie, the API key headers).
 	InspectRedactHeaders []string
@@ -202,6 +205,24 @@ func serverSettings(s *Server) []setting {
 		{env: "HOP_SERVER_CONSOLE", flag: "console", def: "true",
 			usage: "serve the web console on https://$HOP_SERVER_DOMAIN/console/ (sign-in with the admin API key; off without one)",
 			bind:  bindBool(&s.Console)},
+		{env: "HOP_SERVER_CONSOLE_OIDC_ISSUER", flag: "console-oidc-issuer",
+			usage: "OpenID provider operators may sign in to the console with (https:// URL); its redirect URI is https://$HOP_SERVER_DOMAIN/.hopgate/callback",
+			bind:  bind(&s.ConsoleOIDC.Issuer, "url", parseIssuer)},
+		{env: "HOP_SERVER_CONSOLE_OIDC_CLIENT_ID", flag: "console-oidc-client-id",
+			usage: "the console's client id at that provider",
+			bind:  bind(&s.ConsoleOIDC.ClientID, "id", parseString)},
+		{env: "HOP_SERVER_CONSOLE_OIDC_CLIENT_SECRET", flag: "console-oidc-client-secret", secret: true,
+			usage: "the console's client secret at that provider (empty for a public client)",
+			bind:  bind(&s.ConsoleOIDC.ClientSecret, "secret", parseString)},
+		{env: "HOP_SERVER_CONSOLE_OIDC_ALLOWED_EMAILS", flag: "console-oidc-allowed-emails",
+			usage: "CSV of verified e-mail addresses that may sign in to the console",
+			bind:  bind(&s.ConsoleOIDC.AllowedEmails, "list", parseCSV)},
+		{env: "HOP_SERVER_CONSOLE_OIDC_ALLOWED_DOMAINS", flag: "console-oidc-allowed-domains",
+			usage: "CSV of e-mail domains whose verified addresses may sign in to the console",
+			bind:  bind(&s.ConsoleOIDC.AllowedDomains, "list", parseCSV)},
+		{env: "HOP_SERVER_CONSOLE_OIDC_ALLOWED_GROUPS", flag: "console-oidc-allowed-groups",
+			usage: "CSV of groups (the ID token's groups claim) whose members may sign in to the console",
+			bind:  bind(&s.ConsoleOIDC.AllowedGroups, "list", parseCSV)},
 		{env: "HOP_SERVER_INSPECT_REDACT_HEADERS", flag: "inspect-redact-headers",
 			usage: "CSV of header names the request inspector redacts besides Authorization, Proxy-Authorization, Cookie, Set-Cookie and the API key headers",
 			bind:  bind(&s.InspectRedactHeaders, "header list", parseHeaderNames)},
@@ -296,6 +317,7 @@ func LoadServer(args []string, lookupEnv func(string) (string, bool), dotenvPath
 	if s.Pprof && s.MetricsListen == "" {
 		errs = append(errs, find(settings, "HOP_SERVER_PPROF").errorf("needs HOP_SERVER_METRICS_LISTEN (--metrics-listen): profiles are served on that listener only"))
 	}
+	errs = append(errs, s.ConsoleOIDC.check(settings, got, s.Console && s.AdminAPIKey != "")...)
 	if s.Debug && !got.explicit("HOP_LOG_FORMAT") {
 		s.LogFormat = "text"
 	}
@@ -311,6 +333,36 @@ func LoadServer(args []string, lookupEnv func(string) (string, bool), dotenvPath
 	}
 	s.Deprecated = got.deprecated
 	return s, nil
+}
+
+// ConsoleOIDC is single sign-on for the console's operators.
+type ConsoleOIDC struct {
+	Issuer, ClientID, ClientSecret               string
+	AllowedEmails, AllowedDomains, AllowedGroups []string
+}
+
+// check refuses a half-configured sign-in, and one that would let every account of the provider
+// administer the gateway.
+func (o ConsoleOIDC) check(settings []setting, got loaded, consoleOn bool) []error {
+	var errs []error
+	issuer := find(settings, "HOP_SERVER_CONSOLE_OIDC_ISSUER")
+	switch {
+	case o.Issuer == "":
+		for _, env := range []string{"HOP_SERVER_CONSOLE_OIDC_CLIENT_ID", "HOP_SERVER_CONSOLE_OIDC_CLIENT_SECRET",
+			"HOP_SERVER_CONSOLE_OIDC_ALLOWED_EMAILS", "HOP_SERVER_CONSOLE_OIDC_ALLOWED_DOMAINS", "HOP_SERVER_CONSOLE_OIDC_ALLOWED_GROUPS"} {
+			if got.explicit(env) {
+				errs = append(errs, find(settings, env).errorf("set without HOP_SERVER_CONSOLE_OIDC_ISSUER (--console-oidc-issuer)"))
+			}
+		}
+	case !consoleOn:
+		errs = append(errs, issuer.errorf("set, but the console is off (HOP_SERVER_CONSOLE=false or no HOP_ADMIN_API_KEY)"))
+	case o.ClientID == "":
+		errs = append(errs, find(settings, "HOP_SERVER_CONSOLE_OIDC_CLIENT_ID").errorf("required with HOP_SERVER_CONSOLE_OIDC_ISSUER"))
+	case len(o.AllowedEmails)+len(o.AllowedDomains)+len(o.AllowedGroups) == 0:
+		errs = append(errs, issuer.errorf("set without HOP_SERVER_CONSOLE_OIDC_ALLOWED_EMAILS, _DOMAINS or _GROUPS: "+
+			"every account of the provider could administer the gateway"))
+	}
+	return errs
 }
 
 // defaultServerID is the host name as a gateway id, or an error naming the setting to set instead.

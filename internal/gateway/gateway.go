@@ -32,6 +32,7 @@ import (
 	"github.com/hopgate/hopgate/internal/gateway/inspect"
 	"github.com/hopgate/hopgate/internal/gateway/metrics"
 	"github.com/hopgate/hopgate/internal/gateway/overload"
+	"github.com/hopgate/hopgate/internal/gateway/policy"
 	"github.com/hopgate/hopgate/internal/gateway/proxy"
 	"github.com/hopgate/hopgate/internal/gateway/rawedge"
 	"github.com/hopgate/hopgate/internal/gateway/registry"
@@ -138,15 +139,16 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		return nil, err
 	}
 	var keyGeneration atomic.Uint64 // counts session-key rotations through this gateway's admin API
+	signOn := sso.New(sso.Options{
+		Key:           g.store.SessionKey,
+		KeyGeneration: keyGeneration.Load,
+		HTTPClient:    oidcClient,
+		Port:          listenPort(cfg.HTTPSListen),
+		Logger:        log,
+	})
 	guard := access.New(access.Options{
-		Store: policies{g.store},
-		SSO: sso.New(sso.Options{
-			Key:           g.store.SessionKey,
-			KeyGeneration: keyGeneration.Load,
-			HTTPClient:    oidcClient,
-			Port:          listenPort(cfg.HTTPSListen),
-			Logger:        log,
-		}),
+		Store:   policies{g.store},
+		SSO:     signOn,
 		Metrics: m,
 		Logger:  log,
 	})
@@ -265,10 +267,19 @@ func New(ctx context.Context, cfg *config.Server, log *slog.Logger) (_ *Gateway,
 		api := admin.New(adminReg, adminAgents, cfg.AdminAPIKey, log, opts...)
 		adminAPI = authLimiter.Middleware(api)
 		if cfg.Console {
+			var consoleSSO access.SSO
+			if o := cfg.ConsoleOIDC; o.Issuer != "" {
+				// The gateway's own name as a domain with an OIDC policy: the same code flow, checks
+				// and cookies as a tenant's single sign-on.
+				if consoleSSO, err = signOn(cfg.Domain, policy.OIDC{Issuer: o.Issuer, ClientID: o.ClientID, ClientSecret: o.ClientSecret,
+					AllowedEmails: o.AllowedEmails, AllowedDomains: o.AllowedDomains, AllowedGroups: o.AllowedGroups}); err != nil {
+					return nil, fmt.Errorf("console single sign-on: %w", err)
+				}
+			}
 			g.overview = console.NewSampler(m.Totals)
 			consoleUI = console.New(console.Options{
 				Admin: api, AdminKey: cfg.AdminAPIKey, Sessions: g.store, Audit: g.store, Limiter: authLimiter,
-				Overview: g.overview, Inspector: g.inspector, Tenants: tenants, Logger: log,
+				Overview: g.overview, Inspector: g.inspector, Tenants: tenants, SSO: consoleSSO, Logger: log,
 			})
 			log.Info("web console on", "url", "https://"+cfg.Domain+"/console/")
 		}

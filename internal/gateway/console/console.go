@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hopgate/hopgate/internal/gateway/access"
 	"github.com/hopgate/hopgate/internal/gateway/admin"
 	"github.com/hopgate/hopgate/internal/gateway/authlimit"
 	"github.com/hopgate/hopgate/internal/gateway/inspect"
@@ -60,7 +61,10 @@ type Options struct {
 	// Inspector is the request inspector; nil: the inspector page says it is not available.
 	Inspector *inspect.Inspector
 	// Tenants serves replayed requests (the tenant handler, inspector included).
-	Tenants    http.Handler
+	Tenants http.Handler
+	// SSO, when set, offers "Sign in with SSO" beside the admin key: the OpenID provider configured
+	// for the gateway itself (HOP_SERVER_CONSOLE_OIDC_*), whose callback is CallbackPath.
+	SSO        access.SSO
 	SessionTTL time.Duration
 	Logger     *slog.Logger
 }
@@ -131,6 +135,15 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch p {
 	case Prefix + "sign-in":
 		c.signIn(w, r)
+		return
+	case ssoSignInPath, CallbackPath:
+		if c.o.SSO == nil {
+			c.refuse(w, r, http.StatusNotFound, "single sign-on is not configured for the console (HOP_SERVER_CONSOLE_OIDC_ISSUER)")
+		} else if p == CallbackPath {
+			c.ssoCallback(w, r)
+		} else {
+			c.ssoSignIn(w, r)
+		}
 		return
 	case Prefix + "lang":
 		setLanguage(w, r)

@@ -505,3 +505,18 @@ func TestInspectorRedacted(t *testing.T) {
 		t.Errorf("inspect an unregistered domain: %d, want 404", p.code)
 	}
 }
+
+// TestNoSingleSignOnUnlessConfigured: without HOP_SERVER_CONSOLE_OIDC_ISSUER the sign-in page offers
+// only the admin key, and the single sign-on paths answer 404 (the flow itself is tested against a
+// real provider in e2e TestConsoleSingleSignOn).
+func TestNoSingleSignOnUnlessConfigured(t *testing.T) {
+	e := newEnv(t)
+	if p := e.get(e.client, "/console/sign-in"); p.code != http.StatusOK || strings.Contains(p.body, "/console/sign-in/sso") {
+		t.Fatalf("sign-in page: %d, offers single sign-on: %t", p.code, strings.Contains(p.body, "/console/sign-in/sso"))
+	}
+	for _, path := range []string{"/console/sign-in/sso", "/.hopgate/callback?code=x&state=y"} {
+		if p := e.get(e.client, path); p.code != http.StatusNotFound {
+			t.Errorf("%s: %d, want 404", path, p.code)
+		}
+	}
+}

@@ -17,7 +17,7 @@ import (
 )
 
 // pageNames are the templates beside layout.html, one per page.
-var pageNames = []string{"sign-in", "overview", "domains", "agents", "certificates", "inspect", "entry", "audit", "problem"}
+var pageNames = []string{"sign-in", "sign-in-problem", "continue", "overview", "domains", "agents", "certificates", "inspect", "entry", "audit", "problem"}
 
 func parsePages() map[string]*template.Template {
 	out := make(map[string]*template.Template, len(pageNames))
@@ -64,7 +64,9 @@ type view struct {
 	Path string
 	// Notice and Problem are text keys or API messages, shown above the page's content.
 	Notice, Problem string
-	Data            any
+	// Refresh, when set, sends the browser on to this page of the console (a same-site navigation).
+	Refresh string
+	Data    any
 }
 
 // render writes a page. A template error after the header is written cannot change the status;
@@ -83,6 +85,9 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, code int, page 
 	}
 	if n, ok := data["Notice"].(string); ok {
 		v.Notice = n
+	}
+	if to, ok := data["Refresh"].(string); ok {
+		v.Refresh = to
 	}
 	t, err := c.pages[page].Clone()
 	if err != nil {
@@ -116,8 +121,10 @@ func pagePath(page string, data map[string]any) string {
 			return Prefix + "inspect?" + url.Values{"domain": {d}}.Encode()
 		}
 		return Prefix + "inspect"
-	case "problem":
+	case "problem", "continue":
 		return Prefix + "overview"
+	case "sign-in-problem":
+		return Prefix + "sign-in"
 	}
 	return Prefix + page
 }

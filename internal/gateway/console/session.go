@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/hopgate/hopgate/internal/gateway/access/sso"
 	"github.com/hopgate/hopgate/internal/gateway/registry"
 )
 
@@ -99,19 +100,11 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 			c.signInForm(w, r, http.StatusUnauthorized, "sign_in_wrong")
 			return
 		}
-		id := randomToken()
-		now := time.Now()
-		cs := registry.ConsoleSession{CSRF: randomToken(), Created: now, Expires: now.Add(c.o.SessionTTL)}
-		cs.Actor = "console session " + hashID(id)[:8]
-		if err := c.o.Sessions.CreateConsoleSession(r.Context(), hashID(id), cs); err != nil {
-			c.o.Logger.ErrorContext(r.Context(), "console sign-in: session not stored", "err", err)
-			c.signInForm(w, r, http.StatusServiceUnavailable, "store_down")
+		actor, ok := c.openSession(w, r, "")
+		if !ok {
 			return
 		}
-		c.record(r, cs.Actor, "console/sign-in", "200 OK")
-		http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: id, Path: "/", Expires: cs.Expires,
-			Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
-		http.SetCookie(w, &http.Cookie{Name: preCookie, Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+		c.record(r, actor, "console/sign-in", "200 OK")
 		http.Redirect(w, r, Prefix+"overview", http.StatusSeeOther)
 	default:
 		w.Header().Set("Allow", "GET, POST")
@@ -123,7 +116,7 @@ func (c *Console) signInForm(w http.ResponseWriter, r *http.Request, code int, p
 	token := randomToken()
 	http.SetCookie(w, &http.Cookie{Name: preCookie, Value: token, Path: "/", MaxAge: 900,
 		Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
-	c.render(w, r, code, "sign-in", nil, map[string]any{"CSRF": token, "Problem": problem})
+	c.render(w, r, code, "sign-in", nil, map[string]any{"CSRF": token, "Problem": problem, "SSO": c.o.SSO != nil})
 }
 
 func (c *Console) signOut(w http.ResponseWriter, r *http.Request, s *session) {
@@ -133,6 +126,10 @@ func (c *Console) signOut(w http.ResponseWriter, r *http.Request, s *session) {
 	}
 	c.record(r, s.actor, "console/sign-out", "200 OK")
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	if c.o.SSO != nil {
+		// Else "Sign in with SSO" would open a session again at once from the provider's cookie.
+		http.SetCookie(w, sso.ClearSession())
+	}
 	http.Redirect(w, r, Prefix+"sign-in", http.StatusSeeOther)
 }
 

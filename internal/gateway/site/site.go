@@ -25,7 +25,8 @@ type Options struct {
 	Draining func() bool
 	// Admin serves /api/v1/admin/; nil answers 404 there (admin API disabled).
 	Admin http.Handler
-	// Console serves /console/; nil answers 404 there (HOP_SERVER_CONSOLE=false, or no admin key).
+	// Console serves /console/ and its sign-on callback /.hopgate/callback; nil answers 404 there
+	// (HOP_SERVER_CONSOLE=false, or no admin key).
 	Console http.Handler
 	Errors  *errorpage.Writer
 	Logger  *slog.Logger
@@ -53,7 +54,8 @@ func (s *site) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.o.Admin.ServeHTTP(w, r)
-	case (p == "/console" || strings.HasPrefix(p, "/console/")) && s.o.Console != nil:
+	case (p == "/console" || strings.HasPrefix(p, "/console/") || p == "/.hopgate/callback") && s.o.Console != nil:
+		// The callback is the console's single sign-on coming back from the provider.
 		s.o.Console.ServeHTTP(w, r)
 	case strings.HasPrefix(p, errorpage.AssetsPrefix):
 		s.o.Errors.Assets().ServeHTTP(w, r)

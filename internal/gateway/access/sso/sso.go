@@ -366,6 +366,10 @@ func newCookie(name, value string, ttl time.Duration) *http.Cookie {
 	}
 }
 
+// ClearSession is the cookie that ends a sign-in: for a page of the gateway's that signs out on its
+// own (the console) rather than through the logout path.
+func ClearSession() *http.Cookie { return clearCookie(sessionCookie) }
+
 func clearCookie(name string) *http.Cookie {
 	return &http.Cookie{Name: name, Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode}
 }
