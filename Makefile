@@ -68,7 +68,8 @@ container-test:
 
 # Renders every error page in headless chromium, light and dark, and checks the screenshots' colours
 # and the DOM (status and both languages); then drives the web console through a real gateway and
-# agent (sign-in, register, live agents, inspector and replay, rotate, audit, Korean) and screenshots
+# agent (sign-in with the key and through a real OpenID provider, register, live agents, inspector and
+# replay, rotate, audit, Korean) and screenshots
 # every page at 1280 px, 360 px and dark. Installs Debian's chromium and the Korean fonts when
 # missing (needs root). Screenshots go to $HOP_SCREENSHOT_DIR, or a temporary directory.
 .PHONY: browser-test
