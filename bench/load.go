@@ -101,12 +101,15 @@ func getSmall(ctx context.Context, c *http.Client, t target) error {
 
 // sample is what a load loop measured.
 type sample struct {
-	Requests int64         `json:"requests"` // completed successfully inside the window
-	Errors   int64         `json:"errors"`
-	Dropped  int64         `json:"dropped,omitempty"` // open loop: not sent because too many were in flight
-	Window   time.Duration `json:"window"`
-	FirstErr string        `json:"first_error,omitempty"`
-	lat      []time.Duration
+	Requests int64 `json:"requests"` // completed successfully inside the window
+	// Completed counts every successful request, warm-up and the window's edges included: what the
+	// processes' CPU time over the whole loop was spent on.
+	Completed int64         `json:"completed"`
+	Errors    int64         `json:"errors"`
+	Dropped   int64         `json:"dropped,omitempty"` // open loop: not sent because too many were in flight
+	Window    time.Duration `json:"window"`
+	FirstErr  string        `json:"first_error,omitempty"`
+	lat       []time.Duration
 }
 
 func (s *sample) rps() float64 { return float64(s.Requests) / s.Window.Seconds() }
@@ -143,6 +146,7 @@ func closedLoop(ctx context.Context, conns int, warmup, window time.Duration, do
 		mu   sync.Mutex
 		all  []time.Duration
 		ok   atomic.Int64
+		done atomic.Int64
 		errs errCounter
 	)
 	for range conns {
@@ -162,6 +166,7 @@ func closedLoop(ctx context.Context, conns int, warmup, window time.Duration, do
 					time.Sleep(time.Millisecond) // a failing target must not turn into a busy loop
 					continue
 				}
+				done.Add(1)
 				if t0.Before(from) || t1.After(end) {
 					continue
 				}
@@ -175,7 +180,7 @@ func closedLoop(ctx context.Context, conns int, warmup, window time.Duration, do
 	}
 	wg.Wait()
 	slices.Sort(all)
-	return sample{Requests: ok.Load(), Errors: errs.n.Load(), FirstErr: errs.first, Window: window, lat: all}
+	return sample{Requests: ok.Load(), Completed: done.Load(), Errors: errs.n.Load(), FirstErr: errs.first, Window: window, lat: all}
 }
 
 // openLoop sends rate requests per second for window, each on schedule whether or not earlier ones

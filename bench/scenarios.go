@@ -69,13 +69,37 @@ func (r *runner) s1(ctx context.Context) scenarioResult {
 	for _, name := range targetOrder {
 		t := r.targets[name]
 		c := t.client(p.S1Conns, 10*time.Second)
+		ps := r.cpuOf(name)
+		before := ps.cpu()
 		smp := closedLoop(ctx, p.S1Conns, p.Warmup, p.S1Duration, func(ctx context.Context) error { return getSmall(ctx, c, t) })
+		after := ps.cpu()
 		closeClient(c)
 		s.recordSample(name, smp)
+		for proc := range ps {
+			if smp.Completed > 0 {
+				s.set(name, "cpu_us_per_req_"+proc, float64((after[proc]-before[proc]).Microseconds())/float64(smp.Completed))
+			}
+		}
 	}
 	s.addRow("rps", "rps", num)
 	s.addRowF("p50 / p99", func(_ string, m metrics) string { return num(m["p50_ms"]) + " / " + msStr(m["p99_ms"]) })
 	s.ratioRow("rps", 0.30)
+	// The cost line (issue 20): CPU per request of what stands between client and origin, which does
+	// not swing with the machine's load the way rps does.
+	rw := s.addRowF("CPU µs/req (rproxy; server+client)", func(t string, m metrics) string {
+		switch t {
+		case tRProxy:
+			return num(m["cpu_us_per_req_rproxy"])
+		case tHopHTTP, tHopTLS:
+			return num(m["cpu_us_per_req_server"] + m["cpu_us_per_req_client"])
+		}
+		return ""
+	})
+	h := s.Targets[tHopHTTP]
+	both := h["cpu_us_per_req_server"] + h["cpu_us_per_req_client"]
+	rw.Result = fmt.Sprintf("hop-http: server %s · client %s", num(h["cpu_us_per_req_server"]), num(h["cpu_us_per_req_client"]))
+	s.addCheck("hop-http server + client CPU per request (µs)", "≤ 80 µs", both, both > 0 && both <= 80)
+	s.addRow("CPU µs/req (origin)", "cpu_us_per_req_origin", num)
 	s.errorRow()
 	return s
 }
