@@ -35,7 +35,9 @@ type Proxy struct {
 	// gRPC needs from a plain local target.
 	transport *http.Transport
 	h2c       *http.Transport
-	log       *slog.Logger
+	// h1 takes the requests without a body to a plain HTTP target; nil for https targets.
+	h1  *h1Client
+	log *slog.Logger
 }
 
 // New builds the agent's proxy to target: an http or https URL (optionally with a base path)
@@ -78,19 +80,35 @@ func New(target *url.URL, opts Options) *Proxy {
 	h2c := newTransport()
 	h2c.Protocols = new(http.Protocols)
 	h2c.Protocols.SetUnencryptedHTTP2(true)
-	return &Proxy{target: target, transport: newTransport(), h2c: h2c, log: opts.Logger}
+	p := &Proxy{target: target, transport: newTransport(), h2c: h2c, log: opts.Logger}
+	if target.Scheme == "http" {
+		addr := target.Host
+		if target.Port() == "" {
+			addr = net.JoinHostPort(target.Hostname(), "80")
+		}
+		p.h1 = &h1Client{dial: dial, addr: addr, maxIdle: 256, idleTimeout: 90 * time.Second, now: time.Now}
+	}
+	return p
 }
 
 // Close drops idle connections to the target.
 func (l *Proxy) Close() {
 	l.transport.CloseIdleConnections()
 	l.h2c.CloseIdleConnections()
+	if l.h1 != nil {
+		l.h1.Close()
+	}
 }
 
-// transportFor picks h2c for gRPC to a plain target: gRPC cannot run over HTTP/1.1.
-func (l *Proxy) transportFor(req *http.Request) *http.Transport {
+// transportFor picks h2c for gRPC to a plain target (gRPC cannot run over HTTP/1.1), the direct
+// HTTP/1.1 client for a GET, HEAD, OPTIONS or TRACE without a body or upgrade to a plain target,
+// and http.Transport for the rest.
+func (l *Proxy) transportFor(req *http.Request, bodiless bool) http.RoundTripper {
 	if l.target.Scheme == "http" && strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc") {
 		return l.h2c
+	}
+	if bodiless && l.h1 != nil && replayable(req.Method) {
+		return l.h1
 	}
 	return l.transport
 }
@@ -104,7 +122,7 @@ func (l *Proxy) ServeStream(st *tunnel.Stream) {
 		st.Reset(tunnelv1.ResetReason_RESET_REASON_PROTOCOL_ERROR, err.Error())
 		return
 	}
-	res, err := l.transportFor(req).RoundTrip(req)
+	res, err := l.transportFor(req, h.EndStream && !hasUpgrade(h.Headers)).RoundTrip(req)
 	if err != nil {
 		if st.Context().Err() == nil {
 			l.log.Warn("local target failed", "stream", st.ID(), "err", err)
