@@ -189,10 +189,6 @@ func (l *Proxy) newRequest(st *tunnel.Stream, h *tunnelv1.RequestHead) (*http.Re
 	u.Path, u.RawPath = joinPath(l.target, ref)
 	u.RawQuery = ref.RawQuery
 	upgrade := hasUpgrade(h.Headers)
-	var body io.Reader = http.NoBody
-	if !h.EndStream && !upgrade {
-		body = &requestBody{st: st}
-	}
 	// Informational responses (103 Early Hints, 102) go to the visitor as they come. 100 Continue is
 	// not forwarded: the gateway answers the visitor's Expect itself when it starts reading the body.
 	ctx := httptrace.WithClientTrace(st.Context(), &httptrace.ClientTrace{
@@ -203,16 +199,19 @@ func (l *Proxy) newRequest(st *tunnel.Stream, h *tunnelv1.RequestHead) (*http.Re
 			return st.SendResponse(&tunnelv1.ResponseHead{Status: uint32(code), Headers: httpwire.ToWire(http.Header(header))})
 		},
 	})
-	req, err := http.NewRequestWithContext(ctx, h.Method, u.String(), body)
+	// No URL string: NewRequest would parse what u.String() had just printed. It still checks the
+	// method.
+	req, err := http.NewRequestWithContext(ctx, h.Method, "", nil)
 	if err != nil {
 		return nil, err
 	}
-	req.Host = h.Host
+	req.URL, req.Host = &u, h.Host
 	req.Header = httpwire.FromWire(h.Headers)
+	req.Body = http.NoBody
 	if !h.EndStream && !upgrade {
+		req.Body = io.NopCloser(&requestBody{st: st, req: req})
 		req.ContentLength = h.ContentLength
 		req.Trailer = httpwire.Announced(h.TrailerNames)
-		body.(*requestBody).req = req
 	}
 	return req, nil
 }
