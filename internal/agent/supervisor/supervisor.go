@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/jpillora/backoff"
 	"golang.org/x/net/http/httpproxy"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -66,6 +65,11 @@ type Options struct {
 	// changes; the supervisor reports it in Health frames to a gateway that announced CapHealth.
 	Health func() ([]*tunnelv1.PathHealth, <-chan struct{})
 	Logger *slog.Logger
+
+	// now, rand and sleep replace the clock, the jitter's source and the wait between attempts in tests.
+	now   func() time.Time
+	rand  func() float64
+	sleep func(ctx context.Context, d time.Duration) error
 }
 
 // Direction tells which way body bytes travel, seen from the local target.
@@ -96,10 +100,19 @@ func Run(ctx context.Context, o Options) error {
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 30 * time.Second
 	}
-	// Full jitter between the floor and the exponential step spreads a fleet's reconnects after an outage.
-	b := &backoff.Backoff{Min: o.MinBackoff, Max: o.MaxBackoff, Factor: 2, Jitter: true}
+	delays := newReconnectDelay(o.MinBackoff, o.MaxBackoff, o.HealthyAfter)
+	if o.now != nil {
+		delays.now = o.now
+	}
+	if o.rand != nil {
+		delays.rand = o.rand
+	}
+	sleep := pause.For
+	if o.sleep != nil {
+		sleep = o.sleep
+	}
 	for {
-		start := time.Now()
+		delays.begin()
 		up, err := runOnce(ctx, o)
 		if ctx.Err() != nil {
 			return nil
@@ -107,20 +120,16 @@ func Run(ctx context.Context, o Options) error {
 		if errors.Is(err, ErrRefused) {
 			return err
 		}
-		if up && time.Since(start) >= o.HealthyAfter {
-			b.Reset()
-		}
-		delay := b.Duration()
 		if errors.Is(err, tunnel.ErrGoingAway) {
 			// The gateway is draining for a restart: come back quickly, not after a long backoff.
-			b.Reset()
-			delay = b.Duration()
+			delays.reset()
 		}
-		o.Logger.Warn("tunnel down, reconnecting", "reason", err, "retry_in", delay.Round(time.Millisecond), "attempt", int(b.Attempt()))
+		delay := delays.next(up)
+		o.Logger.Warn("tunnel down, reconnecting", "reason", err, "retry_in", delay.Round(time.Millisecond), "attempt", delays.attempt)
 		if o.OnReconnectAttempt != nil {
 			o.OnReconnectAttempt(delay)
 		}
-		if pause.For(ctx, delay) != nil {
+		if sleep(ctx, delay) != nil {
 			return nil
 		}
 	}
