@@ -4,32 +4,15 @@ import (
 	"context"
 	"math/rand/v2"
 	"net"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/hopgate/hopgate/internal/testutil/fakeclock"
 )
 
-// fakeClock is a clock that moves only when the test says so.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func testDelays(clock *fakeClock, rnd func() float64) *reconnectDelay {
+func testDelays(clock *fakeclock.Clock, rnd func() float64) *reconnectDelay {
 	r := newReconnectDelay(time.Second, time.Minute, 30*time.Second)
-	r.now, r.rand = clock.now, rnd
+	r.now, r.rand = clock.Now, rnd
 	return r
 }
 
@@ -42,13 +25,13 @@ func ceilingOf(n int) time.Duration {
 }
 
 func TestReconnectDelayBounds(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1e9, 0)}
+	clock := fakeclock.New(time.Unix(1e9, 0))
 	for seed := range uint64(500) {
 		rng := rand.New(rand.NewPCG(seed, 4))
 		r := testDelays(clock, rng.Float64)
 		for n := 0; n <= 20; n++ {
 			r.begin()
-			clock.advance(time.Second) // a tunnel that dies quickly, or never comes up
+			clock.Advance(time.Second) // a tunnel that dies quickly, or never comes up
 			d := r.next(n%2 == 0)
 			if d < 0 || d > ceilingOf(n) {
 				t.Fatalf("seed %d attempt %d: delay %v outside [0, %v]", seed, n, d, ceilingOf(n))
@@ -97,17 +80,17 @@ func TestReconnectDelayCapNoOverflow(t *testing.T) {
 }
 
 func TestReconnectDelayHealthyResets(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1e9, 0)}
+	clock := fakeclock.New(time.Unix(1e9, 0))
 	top := func() float64 { return 0.999999 } // the largest delay each attempt allows
 	r := testDelays(clock, top)
 	for range 10 {
 		r.begin()
-		clock.advance(time.Second)
+		clock.Advance(time.Second)
 		r.next(false)
 	}
 	// Up for longer than HealthyAfter on the test's clock: the next retry is fast again.
 	r.begin()
-	clock.advance(31 * time.Second)
+	clock.Advance(31 * time.Second)
 	if d := r.next(true); d > time.Second {
 		t.Errorf("first retry after a healthy tunnel waits %v, want ≤ 1s", d)
 	}
@@ -117,7 +100,7 @@ func TestReconnectDelayHealthyResets(t *testing.T) {
 	var last time.Duration
 	for n := range 6 {
 		r.begin()
-		clock.advance(29 * time.Second)
+		clock.Advance(29 * time.Second)
 		d := r.next(true)
 		if n > 0 && d <= last {
 			t.Errorf("attempt %d: a tunnel that died after 29s waits %v, not more than the %v before", n, d, last)
@@ -148,16 +131,16 @@ func TestRunBackoff(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	clock := &fakeClock{t: time.Unix(1e9, 0)}
+	clock := fakeclock.New(time.Unix(1e9, 0))
 	const attempts = 10
 	var delays []time.Duration
 	o := Options{
 		ServerAddr: addr, Domain: "example.test", APIKey: "k", AgentID: "a",
-		now:  clock.now,
+		now:  clock.Now,
 		rand: func() float64 { return 0.999999 },
 		sleep: func(ctx context.Context, d time.Duration) error {
 			delays = append(delays, d)
-			clock.advance(d)
+			clock.Advance(d)
 			if len(delays) == attempts {
 				cancel()
 			}

@@ -24,6 +24,7 @@ import (
 	"github.com/hopgate/hopgate/internal/gateway/access"
 	"github.com/hopgate/hopgate/internal/gateway/devcert"
 	"github.com/hopgate/hopgate/internal/gateway/policy"
+	"github.com/hopgate/hopgate/internal/testutil/fakeclock"
 	"github.com/hopgate/hopgate/internal/testutil/oidctest"
 )
 
@@ -42,7 +43,7 @@ var (
 type harness struct {
 	t      *testing.T
 	idp    *oidctest.Provider
-	clock  *clock
+	clock  *fakeclock.Clock
 	logs   *lockedBuffer
 	port   int
 	client *http.Client // a browser: cookie jar, trusts both servers, does not follow redirects
@@ -61,7 +62,7 @@ func newHarness(t *testing.T) *harness {
 	h := &harness{
 		t:     t,
 		idp:   oidctest.Start(t, alice, bob, carol, dave, erin),
-		clock: &clock{now: time.Now()},
+		clock: fakeclock.New(time.Now()),
 		logs:  &lockedBuffer{},
 		key:   testKey(t),
 		ssos:  map[string]access.SSO{},
@@ -739,7 +740,7 @@ func TestProviderUnreachable(t *testing.T) {
 			return (&net.Dialer{}).DialContext(ctx, network, a)
 		},
 	}}
-	clk := &clock{now: time.Now()}
+	clk := fakeclock.New(time.Now())
 	logs := &lockedBuffer{}
 	build := New(Options{
 		Key:        func(context.Context) ([]byte, error) { return testKey(t), nil },
@@ -889,23 +890,6 @@ func TestBodyLimit(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 type lockedBuffer struct {
 	mu  sync.Mutex
