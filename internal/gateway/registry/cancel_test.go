@@ -97,11 +97,11 @@ func TestAuthenticateCancelled(t *testing.T) {
 			case 0:
 				cancel()
 			case 1:
-				t := time.AfterFunc(time.Duration(rng.IntN(500))*time.Microsecond, cancel)
-				defer t.Stop()
+				timer := time.AfterFunc(time.Duration(rng.IntN(500))*time.Microsecond, cancel)
+				defer timer.Stop()
 			case 2:
-				t := time.AfterFunc(time.Duration(1+rng.IntN(20))*time.Millisecond, cancel)
-				defer t.Stop()
+				timer := time.AfterFunc(time.Duration(1+rng.IntN(20))*time.Millisecond, cancel)
+				defer timer.Stop()
 			default:
 				cancelled = false
 			}
