@@ -43,6 +43,28 @@ func parseNonNegativeInt(s string) (int, error) {
 	return n, nil
 }
 
+// byteUnits are the suffixes parseByteSize takes, binary as memory limits are; "B" is bytes.
+var byteUnits = []struct {
+	suffix string
+	shift  uint
+}{{"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"TiB", 40}, {"B", 0}}
+
+// parseByteSize reads a size in bytes: a whole number, optionally with one of byteUnits ("10MiB").
+func parseByteSize(s string) (int64, error) {
+	num, shift := s, uint(0)
+	for _, u := range byteUnits {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, shift = strings.TrimSpace(n), u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64>>shift {
+		return 0, fmt.Errorf("%q is not a size in bytes like 10485760 or 10MiB (KiB, MiB, GiB, TiB)", s)
+	}
+	return n << shift, nil
+}
+
 func parseDuration(s string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
 	if err != nil {

@@ -63,6 +63,26 @@ func TestParseBool(t *testing.T) {
 	})
 }
 
+func TestParseByteSize(t *testing.T) {
+	const bad = "is not a size in bytes"
+	runParse(t, parseByteSize, []parseCase[int64]{
+		{in: "0", want: 0},
+		{in: "1048576", want: 1 << 20},
+		{in: "10MiB", want: 10 << 20},
+		{in: "10 MiB", want: 10 << 20},
+		{in: "512KiB", want: 512 << 10},
+		{in: "2GiB", want: 2 << 30},
+		{in: "1TiB", want: 1 << 40},
+		{in: "100B", want: 100},
+		{in: "-1", wantErr: bad},
+		{in: "10MB", wantErr: bad},
+		{in: "1.5MiB", wantErr: bad},
+		{in: "MiB", wantErr: bad},
+		{in: "9000000TiB", wantErr: bad},
+		{in: "99999999999999999999", wantErr: bad},
+	})
+}
+
 func TestParseNonNegativeInt(t *testing.T) {
 	const bad = "is not a whole number ≥ 0"
 	runParse(t, parseNonNegativeInt, []parseCase[int]{

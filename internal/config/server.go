@@ -66,6 +66,8 @@ type Server struct {
 	MaxAgentsPerDomain  int // tunnels one domain may hold
 	MaxConnections      int // open connections over both public listeners; more are closed at accept
 	AuthFailuresPerMin  int // failed key checks (tunnel and admin API) allowed per client address
+	// MaxBodyBytes caps every tenant request body; a domain's policy may set a lower cap.
+	MaxBodyBytes int64
 
 	// OIDCCARoots is a PEM file of extra roots to trust for OpenID providers (single sign-on of
 	// access policies), besides the system's; checked to hold a certificate. OIDCHTTPClient uses it.
@@ -187,6 +189,9 @@ func serverSettings(s *Server) []setting {
 		{env: "HOP_SERVER_AUTH_FAILURES_PER_MINUTE", flag: "auth-failures-per-minute", def: "20",
 			usage: "failed key checks allowed per client address and minute, on tunnels and the admin API; then 429 (0: no limit)",
 			bind:  bind(&s.AuthFailuresPerMin, "count", parseNonNegativeInt)},
+		{env: "HOP_SERVER_MAX_BODY_BYTES", flag: "max-body-bytes", def: "0",
+			usage: "largest request body to any domain, in bytes or with KiB/MiB/GiB (10MiB); over it is 413, at once when Content-Length says so, else where a streamed body crosses it (0: no limit; a domain's policy max_body_bytes may set a lower one)",
+			bind:  bind(&s.MaxBodyBytes, "size", parseByteSize)},
 		{env: "HOP_SERVER_OIDC_CA_ROOTS", flag: "oidc-ca-roots",
 			usage: "PEM file of extra roots to trust for OpenID providers (single sign-on), besides the system's; must be readable",
 			bind:  bind(&s.OIDCCARoots, "file", parsePEMFile)},

@@ -2,6 +2,8 @@ package supervisor
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"net"
 	"slices"
 	"testing"
@@ -53,10 +55,34 @@ func (g *fakeGateway) OpenTunnel(stream tunnelv1.TunnelService_OpenTunnelServer)
 	}
 }
 
+// verifyNoLeaks checks for leaked goroutines once every later cleanup (serveGateway's) has run.
+func verifyNoLeaks(t *testing.T) { t.Cleanup(func() { goleak.VerifyNone(t) }) }
+
+// serveGateway serves g on a loopback port until the test ends and returns a connection to it.
+func serveGateway(t *testing.T, g tunnelv1.TunnelServiceServer) *grpc.ClientConn {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(tunnel.ServerOptions()...)
+	tunnelv1.RegisterTunnelServiceServer(srv, g)
+	go func() { _ = srv.Serve(ln) }()
+	conn, err := grpc.NewClient(ln.Addr().String(), append(tunnel.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = conn.Close()
+		srv.Stop()
+	})
+	return conn
+}
+
 // TestHealthCapability: the agent reports health (once at the start, then on each change) only to
 // a gateway that announced "health"; to an older gateway it sends no Health frame.
 func TestHealthCapability(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	verifyNoLeaks(t)
 	for _, tc := range []struct {
 		name string
 		caps []string
@@ -67,19 +93,7 @@ func TestHealthCapability(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := &fakeGateway{caps: tc.caps, frames: make(chan *tunnelv1.TunnelFrame, 16)}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			srv := grpc.NewServer(tunnel.ServerOptions()...)
-			tunnelv1.RegisterTunnelServiceServer(srv, g)
-			go func() { _ = srv.Serve(ln) }()
-			defer srv.Stop()
-			conn, err := grpc.NewClient(ln.Addr().String(), append(tunnel.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
+			conn := serveGateway(t, g)
 
 			// state holds the paths and the channel closed at their next change, as health.Monitor does.
 			type snapshot struct {
@@ -138,21 +152,9 @@ func TestHealthCapability(t *testing.T) {
 // TestHelloAnnouncesRawStreams: the agent tells the gateway it serves raw streams, so that the
 // gateway opens TCP and TLS-passthrough streams to it (and to no older agent).
 func TestHelloAnnouncesRawStreams(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	verifyNoLeaks(t)
 	g := &fakeGateway{frames: make(chan *tunnelv1.TunnelFrame, 16), hellos: make(chan *tunnelv1.Hello, 1)}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(tunnel.ServerOptions()...)
-	tunnelv1.RegisterTunnelServiceServer(srv, g)
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Stop()
-	conn, err := grpc.NewClient(ln.Addr().String(), append(tunnel.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := serveGateway(t, g)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, Options{Domain: "app.test", Conn: conn, DrainTimeout: time.Second}) }()
@@ -169,3 +171,81 @@ func TestHelloAnnouncesRawStreams(t *testing.T) {
 		t.Fatal("no Hello")
 	}
 }
+
+// silentGateway takes each OpenTunnel call's Hello and never answers it, as a gateway behind a
+// path that went silent after the handshake would.
+type silentGateway struct {
+	tunnelv1.UnimplementedTunnelServiceServer
+	hellos chan *tunnelv1.Hello
+}
+
+func (g *silentGateway) OpenTunnel(stream tunnelv1.TunnelService_OpenTunnelServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	g.hellos <- first.GetHello()
+	<-stream.Context().Done()
+	return nil
+}
+
+// TestAttemptTimeout: an attempt whose Hello gets no answer ends at the attempt timeout and the
+// agent tries again, instead of waiting for Accepted for good.
+func TestAttemptTimeout(t *testing.T) {
+	verifyNoLeaks(t)
+	g := &silentGateway{hellos: make(chan *tunnelv1.Hello, 8)}
+	conn := serveGateway(t, g)
+	const limit = 200 * time.Millisecond
+	reasons := make(chan error, 8)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Options{
+			Domain: "app.test", Conn: conn, DrainTimeout: time.Second, attempt: limit,
+			sleep:  func(ctx context.Context, _ time.Duration) error { return ctx.Err() },
+			Logger: slog.New(reasonRecorder{reasons}),
+		})
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	start := time.Now()
+	for i := range 2 {
+		select {
+		case <-g.hellos:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("attempt %d: no Hello within 5 s", i+1)
+		}
+	}
+	if el := time.Since(start); el < limit {
+		t.Errorf("second attempt %s after the first, before the attempt timeout %s", el, limit)
+	}
+	select {
+	case err := <-reasons:
+		if !errors.Is(err, errAttemptTimeout) {
+			t.Errorf("attempt ended with %v, want %v", err, errAttemptTimeout)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no reconnect logged")
+	}
+}
+
+// reasonRecorder is a slog handler that hands on the reason of each "tunnel down" record.
+type reasonRecorder struct{ reasons chan error }
+
+func (reasonRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (h reasonRecorder) Handle(_ context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if err, ok := a.Value.Any().(error); ok && a.Key == "reason" {
+			select {
+			case h.reasons <- err:
+			default:
+			}
+		}
+		return true
+	})
+	return nil
+}
+func (h reasonRecorder) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h reasonRecorder) WithGroup(string) slog.Handler      { return h }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/hopgate/hopgate/internal/pause"
@@ -66,10 +67,12 @@ type Options struct {
 	Health func() ([]*tunnelv1.PathHealth, <-chan struct{})
 	Logger *slog.Logger
 
-	// now, rand and sleep replace the clock, the jitter's source and the wait between attempts in tests.
-	now   func() time.Time
-	rand  func() float64
-	sleep func(ctx context.Context, d time.Duration) error
+	// now, rand and sleep replace the clock, the jitter's source and the wait between attempts in
+	// tests; attempt replaces attemptTimeout.
+	now     func() time.Time
+	rand    func() float64
+	sleep   func(ctx context.Context, d time.Duration) error
+	attempt time.Duration
 }
 
 // Direction tells which way body bytes travel, seen from the local target.
@@ -170,6 +173,14 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 		// request, so these windows only keep the pipe full.
 		grpc.WithInitialWindowSize(16<<20),
 		grpc.WithInitialConnWindowSize(16<<20),
+		// The tunnel's own pings end a silent session, but the connection under it is shared by
+		// every hostname's tunnel and grpc keeps using it until its transport fails: without these
+		// a path that went silent (no FIN, no RST) would carry each new attempt into the void.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time:                transportPing(o.PingInterval),
+			Timeout:             transportPing(o.PingInterval),
+			PermitWithoutStream: true,
+		}),
 	)
 	if !viaProxy(o.ServerAddr) {
 		// Downloads queue in the session, where streams take turns, not in the kernel. A custom
@@ -186,9 +197,36 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
+// transportPing is the interval (and the timeout) of grpc's keepalive pings on the agent's
+// connection: the tunnel's ping interval, but not under grpc's floor of 10 s (which grpc would
+// impose anyway) nor over the gateway's enforcement floor (tunnelsvc allows one per 5 s).
+func transportPing(tunnelPing time.Duration) time.Duration {
+	const grpcFloor = 10 * time.Second
+	if tunnelPing <= 0 {
+		return 15 * time.Second
+	}
+	return max(grpcFloor, tunnelPing)
+}
+
+// errAttemptTimeout ends an attempt whose gateway said nothing in time; it is retried on backoff.
+var errAttemptTimeout = errors.New("no answer to hello in time")
+
+// attemptTimeout bounds one attempt from dial to Accepted: three tunnel pings, not under 20 s,
+// which covers a TLS handshake and a registry lookup on a loaded gateway.
+func attemptTimeout(tunnelPing time.Duration) time.Duration {
+	return max(20*time.Second, 3*tunnelPing)
+}
+
 // open dials the gateway (or takes o.Conn), says hello and waits for Accepted. ctx bounds the
-// wait, not the call.
+// wait, not the call, and so does attemptTimeout: an attempt stuck on a path that went silent or
+// a gateway that never answers ends and is retried instead of holding the tunnel down for good.
 func open(ctx context.Context, o Options) (*call, error) {
+	limit := attemptTimeout(o.PingInterval)
+	if o.attempt > 0 {
+		limit = o.attempt
+	}
+	ctx, cancelAttempt := context.WithTimeoutCause(ctx, limit, errAttemptTimeout)
+	defer cancelAttempt()
 	conn, own := o.Conn, false
 	if conn != nil {
 		// A shared connection redials on grpc's own backoff (up to two minutes); an attempt of the
@@ -206,6 +244,9 @@ func open(ctx context.Context, o Options) (*call, error) {
 	c := &call{conn: conn, ownConn: own, ctx: callCtx, cancel: cancelCall}
 	fail := func(err error) (*call, error) {
 		c.close()
+		if errors.Is(context.Cause(ctx), errAttemptTimeout) {
+			return nil, errAttemptTimeout
+		}
 		return nil, classify(err)
 	}
 	// The call itself must not outlive ctx while it waits for Accepted: a gateway that never answers

@@ -197,6 +197,17 @@ func (g *Guard) Admit(w http.ResponseWriter, r *http.Request, domain string, vis
 	return nil
 }
 
+// MaxBodyBytes is domain's request body limit from its policy (max_body_bytes); 0 when it sets none.
+// It reads the cached policy Admit has just loaded, so it costs no store round trip; a store
+// failure Admit would have refused on counts as no limit.
+func (g *Guard) MaxBodyBytes(ctx context.Context, domain string) int64 {
+	p, err := g.policy(ctx, domain)
+	if err != nil || p == nil {
+		return 0
+	}
+	return p.spec.MaxBodyBytes
+}
+
 // AdmitAddr checks a raw connection (a TCP port, TLS passthrough) from visitor against domain's
 // policy: its IP rules, and its rate limit with each connection counted as one request. A policy that
 // asks for basic auth or single sign-on refuses every raw connection: a byte stream carries no

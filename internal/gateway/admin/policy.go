@@ -88,7 +88,7 @@ func (h *handler) putPolicy(w http.ResponseWriter, r *http.Request) {
 		// What the policy holds, never its secrets nor the user names.
 		h.log.InfoContext(r.Context(), "access policy set", "domain", name,
 			"ip_allow", len(stored.IPAllow), "ip_deny", len(stored.IPDeny), "basic_auth_users", len(stored.BasicAuth),
-			"rate_limit", stored.RateLimit != nil, "oidc", stored.OIDC != nil)
+			"rate_limit", stored.RateLimit != nil, "oidc", stored.OIDC != nil, "max_body_bytes", stored.MaxBodyBytes)
 	}
 	jsonapi.Write(w, http.StatusOK, policyResponse{true, name, stored.Show()})
 }

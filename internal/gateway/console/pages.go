@@ -192,6 +192,9 @@ func policySummary(p policy.Shown) string {
 	if p.OIDC != nil {
 		parts = append(parts, "SSO "+p.OIDC.Issuer)
 	}
+	if p.MaxBodyBytes > 0 {
+		parts = append(parts, fmt.Sprintf("body ≤ %d B", p.MaxBodyBytes))
+	}
 	return strings.Join(parts, ", ")
 }
 

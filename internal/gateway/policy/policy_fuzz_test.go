@@ -17,6 +17,7 @@ func FuzzParse(f *testing.F) {
 		`{"basic_auth":[{"user":"ops","password":"s3cret"}]}`,
 		`{"basic_auth":[{"user":"ops","password_hash":"$2a$10$T.NtQ0IB6rZyvwGyMVELAuYRK3/OgdeCuRXjBQbZYot1/tao07/ny"}]}`,
 		`{"rate_limit":{"rps":20,"burst":40}}`,
+		`{"max_body_bytes":1048576}`,
 		`{"rate_limit":{"rps":1e-9,"burst":1}}`,
 		`{"oidc":{"issuer":"https://id.example.com","client_id":"hopgate","client_secret":"x",` +
 			`"allowed_emails":["a@example.com"],"allowed_domains":["example.com"],"allowed_groups":["ops"],"groups_claim":"roles"}}`,

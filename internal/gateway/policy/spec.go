@@ -24,6 +24,9 @@ type Spec struct {
 	BasicAuth []BasicUser `json:"basic_auth,omitempty"`
 	RateLimit *RateLimit  `json:"rate_limit,omitempty"`
 	OIDC      *OIDC       `json:"oidc,omitempty"`
+	// MaxBodyBytes caps a request body to the domain (0: only the gateway's HOP_SERVER_MAX_BODY_BYTES,
+	// if any; the lower of the two applies).
+	MaxBodyBytes int64 `json:"max_body_bytes,omitempty"`
 }
 
 // BasicUser is one basic-auth user. The admin API takes Password; the registry keeps only
@@ -64,6 +67,9 @@ const (
 	// bcrypt reads only the first 72 bytes of a password: longer ones would silently match on
 	// their prefix, so they are refused instead.
 	maxPasswordBytes = 72
+	// MaxBodyLimit is the largest max_body_bytes (1 TiB): anything above is no limit in practice and
+	// more likely a unit mistake.
+	MaxBodyLimit = 1 << 40
 )
 
 // FieldError is a policy refused because of one field, named as in the JSON (e.g. "ip_deny[2]").
@@ -156,6 +162,9 @@ func (s Spec) Validate() error {
 			return err
 		}
 	}
+	if s.MaxBodyBytes < 0 || s.MaxBodyBytes > MaxBodyLimit {
+		return invalid("max_body_bytes", "must be between 0 (no limit) and %d", int64(MaxBodyLimit))
+	}
 	return nil
 }
 
@@ -210,7 +219,8 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 
 // IsZero reports whether the policy lets everyone through unchecked.
 func (s Spec) IsZero() bool {
-	return len(s.IPAllow) == 0 && len(s.IPDeny) == 0 && len(s.BasicAuth) == 0 && s.RateLimit == nil && s.OIDC == nil
+	return len(s.IPAllow) == 0 && len(s.IPDeny) == 0 && len(s.BasicAuth) == 0 && s.RateLimit == nil && s.OIDC == nil &&
+		s.MaxBodyBytes == 0
 }
 
 // HashPasswords replaces every plain Password with its bcrypt hash, for storing.
@@ -237,6 +247,8 @@ type Shown struct {
 	BasicAuth []ShownUser `json:"basic_auth,omitempty"`
 	RateLimit *RateLimit  `json:"rate_limit,omitempty"`
 	OIDC      *ShownOIDC  `json:"oidc,omitempty"`
+	// MaxBodyBytes is not a secret, and is shown as set.
+	MaxBodyBytes int64 `json:"max_body_bytes,omitempty"`
 }
 
 // ShownUser is a basic-auth user without its password.
@@ -257,7 +269,7 @@ type ShownOIDC struct {
 
 // Show returns the policy without its secrets.
 func (s Spec) Show() Shown {
-	out := Shown{IPAllow: s.IPAllow, IPDeny: s.IPDeny, RateLimit: s.RateLimit}
+	out := Shown{IPAllow: s.IPAllow, IPDeny: s.IPDeny, RateLimit: s.RateLimit, MaxBodyBytes: s.MaxBodyBytes}
 	for _, u := range s.BasicAuth {
 		out.BasicAuth = append(out.BasicAuth, ShownUser{User: u.User})
 	}

@@ -109,6 +109,15 @@ func (x *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if err != nil {
 		stop()
+		if berr := x.body.failed(); berr != nil && ctx.Err() == nil {
+			// sendBody reset the stream because the visitor's body broke or crossed the limit: the
+			// visitor's doing, not the agent's.
+			st.Close()
+			if _, over := errors.AsType[*http.MaxBytesError](berr); over {
+				return nil, errors.Join(ErrBodyTooLarge, berr)
+			}
+			return nil, errors.Join(ErrBadRequestBody, berr)
+		}
 		if errors.Is(context.Cause(waitCtx), ErrHeaderTimeout) && ctx.Err() == nil {
 			st.Reset(tunnelv1.ResetReason_RESET_REASON_TIMEOUT, "no response headers in time")
 			return nil, ErrHeaderTimeout
@@ -220,17 +229,30 @@ func (x *exchange) Flush() {
 	_ = http.NewResponseController(x.w).Flush()
 }
 
-// countingBody counts the request body bytes the proxy reads. The count is read when the handler
-// ends, possibly while sendBody still reads, hence atomic.
+// countingBody counts the request body bytes the proxy reads and keeps the first read error, which
+// tells a visitor's broken body (400) from an agent's failure (502). Both are read when the handler
+// ends or the response fails, possibly while sendBody still reads, hence atomic.
 type countingBody struct {
 	io.ReadCloser
-	n atomic.Int64
+	n   atomic.Int64
+	err atomic.Pointer[error]
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
+	if err != nil && err != io.EOF {
+		b.err.CompareAndSwap(nil, &err)
+	}
 	return n, err
+}
+
+// failed is the body's first read error other than EOF, or nil.
+func (b *countingBody) failed() error {
+	if p := b.err.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // requestID returns the visitor's X-Request-Id if it looks like one, else a new one, and makes sure

@@ -20,6 +20,12 @@ var (
 	ErrOverloaded = errors.New("the gateway is overloaded; try again shortly")
 	// ErrHeaderTimeout: the agent sent no response headers in time (504).
 	ErrHeaderTimeout = errors.New("no response headers from the agent in time")
+	// ErrBadRequestBody: the visitor's request body could not be read as framed (a broken chunked
+	// encoding) before the agent answered (400).
+	ErrBadRequestBody = errors.New("the request body is malformed")
+	// ErrBodyTooLarge: the request body is over the domain's or the gateway's limit (413), said by
+	// Content-Length before anything is sent, or found while streaming (the stream is then aborted).
+	ErrBodyTooLarge = errors.New("the request body is larger than this site accepts")
 	// ErrUpstream: the agent or its local target failed before sending headers (502).
 	ErrUpstream = errors.New("the agent or its local target failed")
 )
@@ -43,6 +49,8 @@ var outcomes = []struct {
 	{ErrStoreUnavailable, outcome{http.StatusServiceUnavailable, "store_unavailable", "", ""}},
 	{ErrNoAgent, outcome{http.StatusServiceUnavailable, "no_agent", ErrNoAgent.Error(), ""}},
 	{ErrTargetDown, outcome{http.StatusServiceUnavailable, "target_down", ErrTargetDown.Error(), ""}},
+	{ErrBodyTooLarge, outcome{http.StatusRequestEntityTooLarge, "body_too_large", ErrBodyTooLarge.Error(), ""}},
+	{ErrBadRequestBody, outcome{http.StatusBadRequest, "bad_request", ErrBadRequestBody.Error(), ""}},
 	{ErrHeaderTimeout, outcome{http.StatusGatewayTimeout, "timeout", http.StatusText(http.StatusGatewayTimeout), ""}},
 }
 

@@ -73,6 +73,11 @@ type Access interface {
 	Admit(w http.ResponseWriter, r *http.Request, domain string, visitor netip.Addr) error
 }
 
+// BodyLimits is an Access that also knows each domain's own request body limit (0: none).
+type BodyLimits interface {
+	MaxBodyBytes(ctx context.Context, domain string) int64
+}
+
 // storeLookupTimeout bounds the registry lookup of a request whose domain has no agent: a slow store
 // must not hold requests (and their goroutines) without bound.
 const storeLookupTimeout = 2 * time.Second
@@ -89,6 +94,9 @@ type Options struct {
 	// Access, if set, checks every request that has an agent against its domain's policy before
 	// anything reaches the agent.
 	Access Access
+	// MaxBodyBytes caps every request body (HOP_SERVER_MAX_BODY_BYTES; 0: no limit). A domain's
+	// policy may set a lower one, through an Access that is a BodyLimits.
+	MaxBodyBytes int64
 	// Overloaded, if set, is asked before each request; true sheds it with 503 and Retry-After
 	// (memory near GOMEMLIMIT: see package overload).
 	Overloaded func() bool
@@ -151,9 +159,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if x.body.ReadCloser != nil {
+		if limit := h.bodyLimit(r.Context(), x.site); limit > 0 {
+			if r.ContentLength > limit {
+				// Refused before a byte of it moves: nothing reaches the agent.
+				h.o.Agents.Release(x.agent)
+				x.agent = nil
+				h.fail(x, r, ErrBodyTooLarge)
+				return
+			}
+			// A chunked (or lying) body is cut where it crosses the limit; sendBody then aborts the
+			// stream. The real writer lets net/http close an HTTP/1.1 connection left mid-body.
+			x.body.ReadCloser = http.MaxBytesReader(w, x.body.ReadCloser, limit)
+		}
+	}
 	x.rp = h.rp
 	x.rp.Transport = x
 	x.rp.ServeHTTP(x, r)
+}
+
+// bodyLimit is the lower of the gateway's and site's body limits, ignoring the unset (0) ones.
+func (h *Handler) bodyLimit(ctx context.Context, site string) int64 {
+	limit := h.o.MaxBodyBytes
+	if bl, ok := h.o.Access.(BodyLimits); ok {
+		if d := bl.MaxBodyBytes(ctx, site); d > 0 && (limit == 0 || d < limit) {
+			limit = d
+		}
+	}
+	return limit
 }
 
 // pick finds the agent for the request, or says why there is none. The exact name comes first and
@@ -344,6 +377,10 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
 	out.URL.Scheme = "http"
 	out.URL.Host = in.Host
+	// ReverseProxy re-encodes a query it cannot parse (';' separators, bad escapes) before Rewrite.
+	// The gateway parses no tenant query, so the target must see it as the visitor sent it: a proxy
+	// and a backend that read one query two ways is how parameters are smuggled.
+	out.URL.RawQuery = in.URL.RawQuery
 	// Clone copied the trailer map before the body was read; the server fills the original at the
 	// end of the body, and that is the one the tunnel must send.
 	out.Trailer = in.Trailer

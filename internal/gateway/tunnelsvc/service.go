@@ -111,6 +111,10 @@ func NewService(hub *Hub, auth Authenticator, opts ServiceOptions) *Service {
 			Time:    opts.PingInterval,
 			Timeout: 2 * opts.PingInterval,
 		}),
+		// Agents ping the transport too (each 10 s or their tunnel interval), to find a path that
+		// went silent under a shared connection; grpc's default policy would answer that with
+		// GOAWAY too_many_pings.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.InitialWindowSize(tunnelWindow),
 		grpc.InitialConnWindowSize(tunnelWindow),
 		// Idle tunnels are the common case, and each held a 32 KiB read buffer for good (the write
