@@ -33,8 +33,8 @@ const (
 	soakSmall   = 4 << 10
 	soakChunks  = 16
 	soakWorkers = 64
-	soakLoad    = 30 * time.Second
-	soakMaxReqs = 3000
+	soakLoad    = 60 * time.Second
+	soakMaxReqs = 6000
 	// soakIdleConns is the gateway's HOP_DB_MAX_IDLE_CONNS.
 	soakIdleConns = 2
 )
