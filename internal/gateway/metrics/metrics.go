@@ -5,6 +5,7 @@ package metrics
 import (
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,6 +39,11 @@ type Metrics struct {
 	// AccessDeniedReasons). The proxy counts each denial once, where it renders the refusal; the
 	// access guard that decides does not, so that a denial is never counted twice.
 	AccessDenied *prometheus.CounterVec
+
+	// requests caches Requests' counter per (status, method) and bytesIn/bytesOut TunnelBytes' two:
+	// a label lookup hashes the values and takes the vector's lock, on every request.
+	requests          sync.Map // requestKey → prometheus.Counter
+	bytesIn, bytesOut prometheus.Counter
 
 	// Raw connections: TCP-mode ports and TLS passthrough (package rawedge). Labels are mode (one of
 	// TCPModes), result (one of TCPResults) and direction (in: visitor to target, out: back); never a
@@ -158,6 +164,7 @@ func NewWithLabels(labels prometheus.Labels) *Metrics {
 			m.TCPBytes.WithLabelValues(mode, d)
 		}
 	}
+	m.bytesIn, m.bytesOut = m.TunnelBytes.WithLabelValues("in"), m.TunnelBytes.WithLabelValues("out")
 	registerer.MustRegister(m.Requests, m.Duration, m.TunnelsActive, m.TunnelConnects, m.TunnelBytes, m.ProxyErrors, m.CertExpiry, m.CertOrders,
 		m.ConnectionsOpen, m.ConnectionsDropped, m.Overloaded, m.AccessDenied, m.AgentTargetsDown,
 		m.TCPConnectionsOpen, m.TCPConnections, m.TCPBytes, m.TCPDuration,
@@ -184,8 +191,21 @@ func Method(m string) string {
 	return "OTHER"
 }
 
-// ObserveRequest counts one proxied request.
-func (m *Metrics) ObserveRequest(code int, method string, elapsed time.Duration) {
-	m.Requests.WithLabelValues(strconv.Itoa(code), Method(method)).Inc()
+type requestKey struct {
+	code   int
+	method string
+}
+
+// ObserveRequest counts one proxied request and its body bytes (in from the visitor, out to it).
+// The set of counters stays bounded: Method has ten values and a status code three digits.
+func (m *Metrics) ObserveRequest(code int, method string, elapsed time.Duration, in, out int64) {
+	k := requestKey{code, Method(method)}
+	c, ok := m.requests.Load(k)
+	if !ok {
+		c, _ = m.requests.LoadOrStore(k, m.Requests.WithLabelValues(strconv.Itoa(code), k.method))
+	}
+	c.(prometheus.Counter).Inc()
 	m.Duration.Observe(elapsed.Seconds())
+	m.bytesIn.Add(float64(in))
+	m.bytesOut.Add(float64(out))
 }

@@ -7,10 +7,10 @@ import (
 
 func TestTotals(t *testing.T) {
 	m := ForGateway("gw1")
-	m.ObserveRequest(200, "GET", time.Millisecond)
-	m.ObserveRequest(502, "GET", time.Millisecond)
-	m.ObserveRequest(503, "POST", time.Millisecond)
-	m.ObserveRequest(404, "GET", time.Millisecond)
+	m.ObserveRequest(200, "GET", time.Millisecond, 0, 0)
+	m.ObserveRequest(502, "GET", time.Millisecond, 0, 0)
+	m.ObserveRequest(503, "POST", time.Millisecond, 0, 0)
+	m.ObserveRequest(404, "GET", time.Millisecond, 0, 0)
 	m.TunnelBytes.WithLabelValues("in").Add(10)
 	m.TunnelBytes.WithLabelValues("out").Add(100)
 	m.TCPBytes.WithLabelValues("tcp", "in").Add(1)
