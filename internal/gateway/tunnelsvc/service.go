@@ -187,26 +187,6 @@ func (s *Service) Shutdown(ctx context.Context) error {
 }
 
 // OpenTunnel serves one agent connection for as long as it lasts.
-// authenticate checks hello's key on a goroutine of its own. The store's driver (SQLite's is
-// transpiled C with large frames) grows the stack of the goroutine that runs it to tens of KiB, and
-// the call's goroutine goes on to serve the tunnel for hours, idle most of the time: the stack would
-// stay grown on every idle tunnel. A short-lived goroutine takes the deep stack with it.
-func (s *Service) authenticate(ctx context.Context, hello *tunnelv1.Hello) (string, error) {
-	type result struct {
-		domain string
-		err    error
-	}
-	done := make(chan result, 1)
-	go func() {
-		authCtx, cancel := context.WithTimeout(ctx, authTimeout)
-		defer cancel()
-		d, err := s.auth.Authenticate(authCtx, hello.Domain, hello.ApiKey)
-		done <- result{d, err}
-	}()
-	r := <-done
-	return r.domain, r.err
-}
-
 func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFrame, tunnelv1.TunnelFrame]) error {
 	ctx := stream.Context()
 	// The hello already goes through the tunnel codec: a grpc server set up without ServerOptions
@@ -222,7 +202,9 @@ func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFram
 		s.opts.OnConnect("rate_limited")
 		return status.Error(codes.ResourceExhausted, "too many failed attempts from this address; retry later")
 	}
-	domain, err := s.authenticate(ctx, hello)
+	authCtx, cancel := context.WithTimeout(ctx, authTimeout)
+	domain, err := s.auth.Authenticate(authCtx, hello.Domain, hello.ApiKey)
+	cancel()
 	switch {
 	case errors.Is(err, ErrUnknownDomain):
 		s.failedAuth(addr)
