@@ -27,6 +27,11 @@ type fakeAgent struct {
 	done chan struct{}
 }
 
+// refuseStream is an idle bench agent's answer to a request.
+func refuseStream(st *tunnel.Stream) {
+	st.Reset(tunnelv1.ResetReason_RESET_REASON_TARGET_UNREACHABLE, "idle bench agent")
+}
+
 // openFakeAgent dials addr, authenticates as domain and serves streams with serve (nil: idle agent
 // that refuses streams).
 func openFakeAgent(ctx context.Context, addr string, tlsConf *tls.Config, domain, key, id string, serve func(*tunnel.Stream)) (*fakeAgent, error) {
@@ -34,9 +39,7 @@ func openFakeAgent(ctx context.Context, addr string, tlsConf *tls.Config, domain
 	ctx, cancel := context.WithTimeoutCause(ctx, 20*time.Second, errors.New("no Accepted within 20 s"))
 	defer cancel()
 	if serve == nil {
-		serve = func(st *tunnel.Stream) {
-			st.Reset(tunnelv1.ResetReason_RESET_REASON_TARGET_UNREACHABLE, "idle bench agent")
-		}
+		serve = refuseStream
 	}
 	t, err := supervisor.Open(ctx, supervisor.Options{
 		ServerAddr:   addr,
@@ -60,6 +63,53 @@ func openFakeAgent(ctx context.Context, addr string, tlsConf *tls.Config, domain
 		_ = t.Run()
 	}()
 	return a, nil
+}
+
+// openShared opens conns gRPC connections and per tunnels over each, as hopgate-client does for
+// the hostnames it serves on one gateway. stop ends them all.
+func openShared(ctx context.Context, g *hoptest.Gateway, conns, per int, domain, key string) (stop func(), err error) {
+	o := supervisor.Options{
+		ServerAddr: g.HTTPSAddr, Domain: domain, APIKey: key, Version: "bench",
+		TLS: &tls.Config{RootCAs: g.CAPool, ServerName: "localhost"}, PingInterval: 15 * time.Second,
+		Serve: refuseStream,
+	}
+	var agents []*fakeAgent
+	var dialled []interface{ Close() error }
+	stop = func() {
+		for _, a := range agents {
+			a.close()
+		}
+		for _, c := range dialled {
+			_ = c.Close()
+		}
+	}
+	for c := range conns {
+		conn, err := supervisor.Dial(o)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		dialled = append(dialled, conn)
+		oc := o
+		oc.Conn = conn
+		for i := range per {
+			oc.AgentID = fmt.Sprintf("shared-%d-%d", c, i)
+			openCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			t, err := supervisor.Open(openCtx, oc)
+			cancel()
+			if err != nil {
+				stop()
+				return nil, fmt.Errorf("open shared tunnel: %w", err)
+			}
+			a := &fakeAgent{t: t, done: make(chan struct{})}
+			go func() {
+				defer close(a.done)
+				_ = t.Run()
+			}()
+			agents = append(agents, a)
+		}
+	}
+	return stop, nil
 }
 
 func (a *fakeAgent) close() {
@@ -221,6 +271,23 @@ func (r *runner) s8(ctx context.Context) scenarioResult {
 	last := len(steps) - 1
 	perTunnel := float64(rss[last]-rss[0]) / float64(steps[last]-steps[0])
 	s.set("server", "kib_per_tunnel", perTunnel)
+	// The same tunnels sharing connections, as hopgate-client's hostnames on one gateway do: what a
+	// tunnel costs beyond its TLS connection and grpc transport.
+	const sharedConns, sharedPer = 5, 100
+	stopShared, err := openShared(ctx, g, sharedConns, sharedPer, domain, key)
+	if err != nil {
+		return s.fail(err)
+	}
+	defer stopShared()
+	if err := g.WaitAgents(ctx, domain, steps[last]+sharedConns*sharedPer, 30*time.Second, nil); err != nil {
+		return s.fail(err)
+	}
+	withShared, err := settleRSS(ctx, pid, 2*time.Second)
+	if err != nil {
+		return s.fail(err)
+	}
+	perShared := float64(withShared-rss[last]) / (sharedConns * sharedPer)
+	s.set("server", "kib_per_shared_tunnel", perShared)
 	txt := fmt.Sprintf("0: %.1f MiB", float64(base)/1024)
 	for i, n := range steps {
 		txt += fmt.Sprintf(" · %d: %.1f MiB", n, float64(rss[i])/1024)
@@ -228,6 +295,7 @@ func (r *runner) s8(ctx context.Context) scenarioResult {
 	s.rows = append(s.rows, row{Metric: "server VmRSS by tunnel count", Result: txt})
 	s.rows = append(s.rows, row{Metric: fmt.Sprintf("KiB per tunnel (%d→%d)", steps[0], steps[last]), Result: fmt.Sprintf("%.1f KiB", perTunnel)})
 	s.addCheck("server RSS growth per idle tunnel (KiB)", "≤ 40 KiB", perTunnel, perTunnel <= 40)
+	s.rows = append(s.rows, row{Metric: fmt.Sprintf("KiB per tunnel, %d per connection (%d more)", sharedPer, sharedConns*sharedPer), Result: fmt.Sprintf("%.1f KiB", perShared)})
 	if alive := pool.alive(); alive != steps[last] {
 		s.Notes = append(s.Notes, fmt.Sprintf("%d of %d tunnels still up at the end", alive, steps[last]))
 	}
