@@ -173,6 +173,7 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 		// request, so these windows only keep the pipe full.
 		grpc.WithInitialWindowSize(16<<20),
 		grpc.WithInitialConnWindowSize(16<<20),
+		grpc.WithWriteBufferSize(tunnelWriteBuffer),
 		// The tunnel's own pings end a silent session, but the connection under it is shared by
 		// every hostname's tunnel and grpc keeps using it until its transport fails: without these
 		// a path that went silent (no FIN, no RST) would carry each new attempt into the void.
@@ -196,6 +197,11 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 	}
 	return conn, nil
 }
+
+// tunnelWriteBuffer is how much grpc gathers before it writes to the tunnel's connection (one
+// system call, thanks to tlscork): grpc's 32 KiB default costs a write per two TLS records in bulk.
+// The buffer is pooled and given back after each flush, so an idle tunnel holds none.
+const tunnelWriteBuffer = 256 << 10
 
 // transportPing is the interval (and the timeout) of grpc's keepalive pings on the agent's
 // connection: the tunnel's ping interval, but not under grpc's floor of 10 s (which grpc would
