@@ -35,13 +35,10 @@ func refuseStream(st *tunnel.Stream) {
 // openFakeAgent dials addr, authenticates as domain and serves streams with serve (nil: idle agent
 // that refuses streams).
 func openFakeAgent(ctx context.Context, addr string, tlsConf *tls.Config, domain, key, id string, serve func(*tunnel.Stream)) (*fakeAgent, error) {
-	// Bound the wait for Accepted: a server that never answers must not hold the harness.
-	ctx, cancel := context.WithTimeoutCause(ctx, 20*time.Second, errors.New("no Accepted within 20 s"))
-	defer cancel()
 	if serve == nil {
 		serve = refuseStream
 	}
-	t, err := supervisor.Open(ctx, supervisor.Options{
+	return startFakeAgent(ctx, supervisor.Options{
 		ServerAddr:   addr,
 		Domain:       domain,
 		APIKey:       key,
@@ -51,6 +48,14 @@ func openFakeAgent(ctx context.Context, addr string, tlsConf *tls.Config, domain
 		PingInterval: 15 * time.Second, // as hopgate-client's default
 		Serve:        serve,
 	})
+}
+
+// startFakeAgent opens one tunnel with o and serves it until close.
+func startFakeAgent(ctx context.Context, o supervisor.Options) (*fakeAgent, error) {
+	// Bound the wait for Accepted: a server that never answers must not hold the harness.
+	ctx, cancel := context.WithTimeoutCause(ctx, 20*time.Second, errors.New("no Accepted within 20 s"))
+	defer cancel()
+	t, err := supervisor.Open(ctx, o)
 	if err != nil {
 		if c := context.Cause(ctx); c != nil && ctx.Err() != nil {
 			err = fmt.Errorf("%w (%w)", err, c)
@@ -70,7 +75,7 @@ func openFakeAgent(ctx context.Context, addr string, tlsConf *tls.Config, domain
 func openShared(ctx context.Context, g *hoptest.Gateway, conns, per int, domain, key string) (stop func(), err error) {
 	o := supervisor.Options{
 		ServerAddr: g.HTTPSAddr, Domain: domain, APIKey: key, Version: "bench",
-		TLS: &tls.Config{RootCAs: g.CAPool, ServerName: "localhost"}, PingInterval: 15 * time.Second,
+		TLS: &tls.Config{RootCAs: g.CAPool, ServerName: "localhost"}, PingInterval: 15 * time.Second, // as openFakeAgent's
 		Serve: refuseStream,
 	}
 	var agents []*fakeAgent
@@ -94,18 +99,11 @@ func openShared(ctx context.Context, g *hoptest.Gateway, conns, per int, domain,
 		oc.Conn = conn
 		for i := range per {
 			oc.AgentID = fmt.Sprintf("shared-%d-%d", c, i)
-			openCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
-			t, err := supervisor.Open(openCtx, oc)
-			cancel()
+			a, err := startFakeAgent(ctx, oc)
 			if err != nil {
 				stop()
-				return nil, fmt.Errorf("open shared tunnel: %w", err)
+				return nil, fmt.Errorf("shared connection %d: %w", c, err)
 			}
-			a := &fakeAgent{t: t, done: make(chan struct{})}
-			go func() {
-				defer close(a.done)
-				_ = t.Run()
-			}()
 			agents = append(agents, a)
 		}
 	}

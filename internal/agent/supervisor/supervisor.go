@@ -173,7 +173,6 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 		// request, so these windows only keep the pipe full.
 		grpc.WithInitialWindowSize(16<<20),
 		grpc.WithInitialConnWindowSize(16<<20),
-		grpc.WithWriteBufferSize(tunnelWriteBuffer),
 		// The tunnel's own pings end a silent session, but the connection under it is shared by
 		// every hostname's tunnel and grpc keeps using it until its transport fails: without these
 		// a path that went silent (no FIN, no RST) would carry each new attempt into the void.
@@ -198,14 +197,9 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
-// tunnelWriteBuffer is how much grpc gathers before it writes to the tunnel's connection (one
-// system call, thanks to tlscork): grpc's 32 KiB default costs a write per two TLS records in bulk.
-// The buffer is pooled and given back after each flush, so an idle tunnel holds none.
-const tunnelWriteBuffer = 256 << 10
-
 // transportPing is the interval (and the timeout) of grpc's keepalive pings on the agent's
 // connection: the tunnel's ping interval, but not under grpc's floor of 10 s (which grpc would
-// impose anyway) nor over the gateway's enforcement floor (tunnelsvc allows one per 5 s).
+// impose anyway), which also keeps it above the gateway's enforcement minimum (one per 5 s).
 func transportPing(tunnelPing time.Duration) time.Duration {
 	const grpcFloor = 10 * time.Second
 	if tunnelPing <= 0 {

@@ -111,6 +111,8 @@ type Handler struct {
 	o Options
 	// rp is the template each request's ReverseProxy is copied from; only its Transport differs.
 	rp httputil.ReverseProxy
+	// limits is o.Access when it knows per-domain body limits, else nil.
+	limits BodyLimits
 }
 
 // New builds the tenant handler.
@@ -122,6 +124,7 @@ func New(o Options) *Handler {
 		o.HeaderTimeout = 15 * time.Second
 	}
 	h := &Handler{o: o}
+	h.limits, _ = o.Access.(BodyLimits)
 	h.rp = httputil.ReverseProxy{
 		Rewrite:      h.rewrite,
 		BufferPool:   bufferPool{},
@@ -181,8 +184,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // bodyLimit is the lower of the gateway's and site's body limits, ignoring the unset (0) ones.
 func (h *Handler) bodyLimit(ctx context.Context, site string) int64 {
 	limit := h.o.MaxBodyBytes
-	if bl, ok := h.o.Access.(BodyLimits); ok {
-		if d := bl.MaxBodyBytes(ctx, site); d > 0 && (limit == 0 || d < limit) {
+	if h.limits != nil {
+		if d := h.limits.MaxBodyBytes(ctx, site); d > 0 && (limit == 0 || d < limit) {
 			limit = d
 		}
 	}

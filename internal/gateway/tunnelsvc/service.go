@@ -121,7 +121,6 @@ func NewService(hub *Hub, auth Authenticator, opts ServiceOptions) *Service {
 		// buffer is already shared between flushes by default). Every tunnel connection is a tls.Conn,
 		// which holds the decrypted record itself, so reading frames straight from it costs no syscall.
 		grpc.ReadBufferSize(0),
-		grpc.WriteBufferSize(tunnelWriteBuffer),
 	)...)
 	tunnelv1.RegisterTunnelServiceServer(s.grpc, s)
 	return s
@@ -188,11 +187,6 @@ func (s *Service) Shutdown(ctx context.Context) error {
 }
 
 // OpenTunnel serves one agent connection for as long as it lasts.
-// tunnelWriteBuffer is how much grpc gathers before it writes to an agent's connection (one system
-// call through tlscork) instead of its 32 KiB default; pooled and given back after each flush
-// (grpc's shared write buffer), so an idle tunnel holds none.
-const tunnelWriteBuffer = 256 << 10
-
 func (s *Service) OpenTunnel(stream grpc.BidiStreamingServer[tunnelv1.TunnelFrame, tunnelv1.TunnelFrame]) error {
 	ctx := stream.Context()
 	// The hello already goes through the tunnel codec: a grpc server set up without ServerOptions
