@@ -23,7 +23,7 @@ import (
 )
 
 func main() {
-	role := flag.String("role", "", "internal: run as a helper process (origin or rproxy)")
+	role := flag.String("role", "", "internal: run as a helper process (origin, rproxy or floor)")
 	profileName := flag.String("profile", "quick", "quick (under 5 minutes on 2 cores) or full (the issue's sizes)")
 	only := flag.String("only", "", "comma-separated scenario ids to run (e.g. S1,S4); empty runs the profile's set")
 	binDir := flag.String("bin", "bin", "directory holding hopgate-server and hopgate-client (make build)")
@@ -36,8 +36,8 @@ func main() {
 	s9Domains := flag.Int("s9-domains", 0, "override the S9 domain count (0: the profile's)")
 	s9Seconds := flag.Int("s9-seconds", 0, "override the S9 load duration in seconds (0: the profile's)")
 	originFlag := flag.String("origin", "", "internal: origin base URL for -role rproxy")
-	certFlag := flag.String("cert", "", "internal: TLS certificate file for -role rproxy")
-	keyFlag := flag.String("key", "", "internal: TLS key file for -role rproxy")
+	certFlag := flag.String("cert", "", "internal: TLS certificate file for -role rproxy or floor")
+	keyFlag := flag.String("key", "", "internal: TLS key file for -role rproxy or floor")
 	flag.Parse()
 
 	switch *role {
@@ -47,6 +47,9 @@ func main() {
 		return
 	case "rproxy":
 		runRole(func(ctx context.Context) error { return serveReverseProxy(ctx, *originFlag, *certFlag, *keyFlag) })
+		return
+	case "floor":
+		runRole(func(ctx context.Context) error { return serveFloor(ctx, *certFlag, *keyFlag) })
 		return
 	default:
 		fatalf("unknown -role %q", *role)

@@ -4,7 +4,7 @@ import "time"
 
 // allScenarios in the order they run. S8 and S9 start their own fresh server, so their memory
 // figures are not inflated by the heap the throughput scenarios left behind.
-var allScenarios = []string{"S1", "S2", "S3", "S4", "S5", "S6", "S7", "S10", "S14", "S11", "S12", "S13", "S8", "S9"}
+var allScenarios = []string{"S1", "S2", "S3", "S4", "S5", "S6", "S7", "S10", "S14", "S11", "S12", "S13", "S15", "S8", "S9"}
 
 // profile holds every size and duration of a run.
 type profile struct {
@@ -65,7 +65,7 @@ const (
 var profiles = map[string]profile{
 	"quick": {
 		Name:      "quick",
-		Scenarios: []string{"S1", "S2", "S3", "S4", "S5", "S6", "S7", "S10", "S14", "S11", "S12", "S13", "S8"},
+		Scenarios: []string{"S1", "S2", "S3", "S4", "S5", "S6", "S7", "S10", "S14", "S11", "S12", "S13", "S15", "S8"},
 		Deadline:  10 * time.Minute,
 		Warmup:    500 * time.Millisecond,
 

@@ -148,6 +148,8 @@ func (r *runner) scenario(ctx context.Context, id string) scenarioResult {
 		return r.s13(ctx)
 	case "S14":
 		return r.s14(ctx)
+	case "S15":
+		return r.s15(ctx)
 	}
 	return scenarioResult{ID: id, Error: "unknown scenario"}
 }

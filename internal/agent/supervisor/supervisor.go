@@ -22,6 +22,7 @@ import (
 
 	"github.com/hopgate/hopgate/internal/pause"
 	"github.com/hopgate/hopgate/internal/tcpopt"
+	"github.com/hopgate/hopgate/internal/tlscork"
 	"github.com/hopgate/hopgate/internal/tunnel"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
@@ -168,7 +169,7 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 	// transport; an older one picks h2.
 	tlsConf.NextProtos = []string{tunnel.ALPN}
 	dialOpts := append(tunnel.DialOptions(),
-		grpc.WithTransportCredentials(corkedTLS{credentials.NewTLS(tlsConf)}),
+		grpc.WithTransportCredentials(tlscork.Credentials(credentials.NewTLS(tlsConf))),
 		// One HTTP/2 stream carries the whole tunnel; the tunnel's own credit bounds memory per
 		// request, so these windows only keep the pipe full.
 		grpc.WithInitialWindowSize(16<<20),
