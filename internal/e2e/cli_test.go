@@ -69,6 +69,7 @@ func TestCLCheck(t *testing.T) {
 			args: []string{"--server-addr", g.addr, "--ca-file", g.caFile, "--local-target", target.URL},
 			want: []string{
 				"✓ server " + g.addr + ": resolves to 127.0.0.1, TLS 1.3, certificate trusted",
+				", tunnel ALPN hopgate-tunnel/1",
 				"✓ tunnel for " + domain + ": the gateway accepts the domain and key; public URL https://" + domain,
 				"✓ local target " + target.URL + ": answers GET / with 404 Not Found",
 				"All checks passed.",

@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 	"github.com/hopgate/hopgate/internal/testutil/oidctest"
 )
 
@@ -42,7 +43,7 @@ func TestBrowserConsoleSingleSignOn(t *testing.T) {
 	}
 	// A fixed port, not :0: the callback URL the provider sends the browser to carries the port
 	// the gateway was told to listen on.
-	g := startGateway(t, gatewayOptions{Addr: freeAddr(t), Env: []string{
+	g := startGateway(t, gatewayOptions{Addr: hoptest.FreeAddr(t), Env: []string{
 		"HOP_SERVER_OIDC_CA_ROOTS=" + roots,
 		"HOP_SERVER_CONSOLE_OIDC_ISSUER=" + idp.Issuer,
 		"HOP_SERVER_CONSOLE_OIDC_CLIENT_ID=" + oidctest.ClientID,

@@ -29,6 +29,8 @@ import (
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 )
 
 // TestBrowserConsole drives the web console in a real headless Chromium against the real binaries:
@@ -63,7 +65,7 @@ func TestBrowserConsole(t *testing.T) {
 	const secret = "browser-secret-123"
 
 	// The demo target the agent forwards to.
-	targetAddr := freeAddr(t)
+	targetAddr := hoptest.FreeAddr(t)
 	demo := startProcess(t, "hopgate-demo-target", []string{"-listen", targetAddr}, nil)
 	waitFor(t, 10*time.Second, "demo target listening", func() bool { return len(lines(demo, "demo target listening")) > 0 })
 
@@ -381,16 +383,6 @@ func findChromium() string {
 		}
 	}
 	return ""
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // spkiPins are the base64 SHA-256 digests of the public keys of the development CA and of the

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hopgate/hopgate/internal/agent/supervisor"
+	"github.com/hopgate/hopgate/internal/tunnel"
 )
 
 // DefaultTimeout bounds each step.
@@ -115,7 +116,7 @@ func checkServer(ctx context.Context, addr string, conf *tls.Config) (string, er
 		conf = &tls.Config{ServerName: host}
 	}
 	conf = conf.Clone()
-	conf.NextProtos = []string{"h2"} // what gRPC will ask for
+	conf.NextProtos = []string{tunnel.ALPN, "h2"} // what the agent offers
 	d := &tls.Dialer{NetDialer: &net.Dialer{}, Config: conf}
 	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, port))
 	if err != nil {
@@ -130,7 +131,14 @@ func checkServer(ctx context.Context, addr string, conf *tls.Config) (string, er
 	case len(cs.PeerCertificates) > 0:
 		detail += fmt.Sprintf(", certificate trusted (valid until %s)", cs.PeerCertificates[0].NotAfter.UTC().Format(time.DateOnly))
 	}
-	if cs.NegotiatedProtocol != "h2" {
+	switch cs.NegotiatedProtocol {
+	case tunnel.ALPN:
+		detail += ", tunnel ALPN " + tunnel.ALPN
+	case "h2":
+		// A gateway answers the tunnel's ALPN; "h2" alone is an older gateway, a TLS-inspecting
+		// middlebox that strips ALPN, or not a gateway at all (the tunnel step tells them apart).
+		detail += ", HTTP/2 (the tunnel's compatibility path: " + tunnel.ALPN + " not negotiated)"
+	default:
 		return "", fmt.Errorf("%s, but the server does not speak HTTP/2, which the tunnel needs (is --server-addr the gateway's HTTPS port?)", detail)
 	}
 	return detail, nil

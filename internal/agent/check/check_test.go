@@ -72,6 +72,7 @@ func TestRun(t *testing.T) {
 	}{
 		{name: "not a gateway", server: addr, tls: &tls.Config{RootCAs: trusted, ServerName: "example.com"}, target: targetURL,
 			want: []string{"✓ server " + addr + ": resolves to 127.0.0.1", "certificate trusted",
+				"HTTP/2 (the tunnel's compatibility path: hopgate-tunnel/1 not negotiated)",
 				"✗ tunnel for app.example.com: the server does not offer the HopGate tunnel service",
 				"✓ local target " + target.URL + ": answers GET / with 418 I'm a teapot"}},
 		{name: "untrusted", server: addr, tls: &tls.Config{ServerName: "example.com"}, target: targetURL,

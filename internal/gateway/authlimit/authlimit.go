@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/hopgate/hopgate/internal/gateway/jsonapi"
 )
 
 // maxTracked bounds the table; addresses whose budget is full again are dropped first.
@@ -80,10 +82,8 @@ func (l *Limiter) Middleware(next http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if l.Blocked(r.RemoteAddr) {
-			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("Retry-After", "60")
-			w.WriteHeader(http.StatusTooManyRequests)
-			_, _ = w.Write([]byte(`{"success":false,"error":"too many failed attempts; retry later"}` + "\n"))
+			jsonapi.Write(w, http.StatusTooManyRequests, map[string]any{"success": false, "error": "too many failed attempts; retry later"})
 			return
 		}
 		sw := &statusRecorder{ResponseWriter: w}

@@ -1,6 +1,7 @@
 package authlimit
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -66,6 +67,23 @@ func TestMiddleware(t *testing.T) {
 	for i, s := range steps {
 		if got := do(s.auth); got != s.want {
 			t.Fatalf("step %d (%s): %d, want %d", i, s.auth, got, s.want)
+		}
+	}
+	// The refusal is one of the gateway's JSON answers: not cached, not sniffed, with a retry time.
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r.RemoteAddr = "198.51.100.7:4242"
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	var body struct {
+		Success bool   `json:"success"`
+		Error   string `json:"error"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body.Success || body.Error == "" {
+		t.Errorf("429 body %q (%v), want {success:false, error:…}", w.Body.String(), err)
+	}
+	for k, want := range map[string]string{"Retry-After": "60", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Content-Type": "application/json"} {
+		if got := w.Header().Get(k); got != want {
+			t.Errorf("429 %s = %q, want %q", k, got, want)
 		}
 	}
 }

@@ -13,20 +13,9 @@ import (
 	"time"
 
 	"github.com/hopgate/hopgate/internal/gateway/devcert"
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 	"github.com/hopgate/hopgate/internal/testutil/poll"
 )
-
-// freeAddr returns a loopback address that nothing listens on, for a gateway that starts later.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
 
 func listenOn(t *testing.T, addr string) net.Listener {
 	t.Helper()
@@ -59,7 +48,7 @@ func runAsync(t *testing.T, env map[string]string, args ...string) <-chan result
 // TLS yet (connections closed at once), then the admin API.
 func TestWaitForLateGateway(t *testing.T) {
 	t.Parallel()
-	addr := freeAddr(t)
+	addr := hoptest.FreeAddr(t)
 	dir := t.TempDir()
 	ca, keyFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "agent.key")
 	env := map[string]string{"HOP_ADMIN_URL": "https://" + addr, "HOP_ADMIN_API_KEY": adminKey, "HOP_ADMIN_CA_FILE": ca}
@@ -112,7 +101,7 @@ func TestWaitForLateGateway(t *testing.T) {
 // never appears.
 func TestWaitGivesUp(t *testing.T) {
 	t.Parallel()
-	addr := freeAddr(t)
+	addr := hoptest.FreeAddr(t)
 	tests := []struct {
 		name   string
 		env    map[string]string

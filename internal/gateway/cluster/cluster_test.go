@@ -12,6 +12,7 @@ import (
 	"github.com/hopgate/hopgate/internal/gateway/cluster"
 	"github.com/hopgate/hopgate/internal/gateway/registry"
 	"github.com/hopgate/hopgate/internal/testutil/pgtest"
+	"github.com/hopgate/hopgate/internal/testutil/poll"
 )
 
 func TestMain(m *testing.M) {
@@ -272,11 +273,11 @@ func TestClusterPresence(t *testing.T) {
 	b := join(t, dsn, "gw-b", map[string]int{"app.example.com": 2, "other.example.com": 1}, beat)
 	c := join(t, dsn, "gw-c", map[string]int{"app.example.com": 3}, beat)
 
-	eventually(t, "a sees b and c", func() bool {
+	poll.Until(t, 5*time.Second, "a sees b and c", func() bool {
 		return a.RemoteAgents("app.example.com") == 5 && a.RemoteAgents("other.example.com") == 1 && a.Gateways() == 3
 	})
 	b.tunnels.set("app.example.com", 0)
-	eventually(t, "a sees b's agent gone", func() bool { return a.RemoteAgents("app.example.com") == 3 })
+	poll.Until(t, 5*time.Second, "a sees b's agent gone", func() bool { return a.RemoteAgents("app.example.com") == 3 })
 
 	// A clean stop removes the gateway's rows at once.
 	c.stop()
@@ -289,28 +290,17 @@ func TestClusterPresence(t *testing.T) {
 			t.Fatalf("gw-c still has presence rows after its stop: %+v", rows)
 		}
 	}
-	eventually(t, "a sees c gone", func() bool { return a.RemoteAgents("app.example.com") == 0 && a.Gateways() == 2 })
+	poll.Until(t, 5*time.Second, "a sees c gone", func() bool { return a.RemoteAgents("app.example.com") == 0 && a.Gateways() == 2 })
 
 	// A gateway that dies leaves its rows behind; they stop counting after three heartbeats.
 	ghost := open(t, dsn)
 	if err := ghost.Heartbeat(context.Background(), "gw-ghost", map[string]int{"app.example.com": 7}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "a sees the ghost", func() bool { return a.RemoteAgents("app.example.com") == 7 && a.Gateways() == 3 })
+	poll.Until(t, 5*time.Second, "a sees the ghost", func() bool { return a.RemoteAgents("app.example.com") == 7 && a.Gateways() == 3 })
 	died := time.Now()
-	eventually(t, "the ghost's rows expire", func() bool { return a.RemoteAgents("app.example.com") == 0 && a.Gateways() == 2 })
+	poll.Until(t, 5*time.Second, "the ghost's rows expire", func() bool { return a.RemoteAgents("app.example.com") == 0 && a.Gateways() == 2 })
 	if d := time.Since(died); d < 2*beat {
 		t.Fatalf("the ghost expired after %s, before three heartbeats", d)
-	}
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -134,8 +134,8 @@ func checkHTTP(t *testing.T, f *fixture, c *tls.Conn, proto, wantALPN string) hi
 	return hits[0]
 }
 
-// ambiguousHead carries both framings of a body; the chunked one is complete, so a server that
-// (wrongly) accepted it would answer at once.
+// ambiguousCLFirst and ambiguousTEFirst carry both framings of a body; the chunked one is complete,
+// so a server that (wrongly) accepted it would answer at once.
 const (
 	ambiguousCLFirst = "POST /upload HTTP/1.1\r\nHost: " + tenantName + "\r\nContent-Length: 5\r\n" +
 		"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"

@@ -16,6 +16,7 @@ import (
 	"github.com/hopgate/hopgate/internal/config"
 	"github.com/hopgate/hopgate/internal/gateway"
 	"github.com/hopgate/hopgate/internal/gateway/healthcheck"
+	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 )
 
 func TestMain(m *testing.M) {
@@ -73,16 +74,6 @@ func health(e env, args ...string) (code int, stdout, stderr string) {
 	return code, out.String(), errOut.String()
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func TestHealth(t *testing.T) {
 	t.Parallel()
 	// Debug: a self-signed certificate nobody here trusts, which must not matter.
@@ -133,7 +124,7 @@ func TestHealth(t *testing.T) {
 			stdout: "on 127.0.0.1:" + debugPort + " answered 200 OK"},
 		{name: "no certificate yet", env: env{"HOP_SERVER_DOMAIN": "gate.example.test", "HOP_SERVER_HTTPS_LISTEN": pending}, code: 0,
 			stdout: "runs but holds no certificate for gate.example.test yet"},
-		{name: "nothing listening", env: env{"HOP_SERVER_DEBUG": "1", "HOP_SERVER_HTTPS_LISTEN": freeAddr(t)}, code: 1,
+		{name: "nothing listening", env: env{"HOP_SERVER_DEBUG": "1", "HOP_SERVER_HTTPS_LISTEN": hoptest.FreeAddr(t)}, code: 1,
 			stderr: "hopgate-server health: unhealthy: cannot connect to 127.0.0.1:"},
 		{name: "another name than the gateway's", env: env{"HOP_SERVER_DOMAIN": "other.example.test", "HOP_SERVER_HTTPS_LISTEN": debug}, code: 1,
 			stderr: "hopgate-server health: unhealthy: GET /healthz for other.example.test on " + debug + " answered 404 Not Found"},

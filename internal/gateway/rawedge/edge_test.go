@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/hopgate/hopgate/internal/gateway/access"
+	"github.com/hopgate/hopgate/internal/testutil/poll"
 	"github.com/hopgate/hopgate/internal/tunnel"
 	"github.com/hopgate/hopgate/internal/tunnel/tunneltest"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
@@ -37,7 +38,7 @@ func (f *fixture) result(mode, result string) float64 {
 // waitResult waits until n connections of mode ended with result.
 func (f *fixture) waitResult(t *testing.T, mode, result string, n float64) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("%v %s/%s connections", n, mode, result), func() bool { return f.result(mode, result) == n })
+	poll.Until(t, 5*time.Second, fmt.Sprintf("%v %s/%s connections", n, mode, result), func() bool { return f.result(mode, result) == n })
 }
 
 // TestHalfClose checks that each side's half-close reaches the other while the other direction
@@ -264,7 +265,7 @@ func TestAssign(t *testing.T) {
 		if port, err := f.e.Assign(ctx, "a.example.com", f.ports.Low, ok); err != nil || port != f.ports.Low {
 			t.Fatalf("move = %d, %v", port, err)
 		}
-		eventually(t, "the old port to be free", func() bool {
+		poll.Until(t, 5*time.Second, "the old port to be free", func() bool {
 			ln, err := net.Listen("tcp", f.addr(want))
 			if err == nil {
 				ln.Close()
@@ -706,7 +707,7 @@ func TestShutdown(t *testing.T) {
 		}
 		done := make(chan error, 1)
 		go func() { done <- f.e.Shutdown(context.Background()) }()
-		eventually(t, "the port to close", func() bool {
+		poll.Until(t, 5*time.Second, "the port to close", func() bool {
 			d, err := net.DialTimeout("tcp", f.addr(f.ports.Low), time.Second)
 			if err == nil {
 				d.Close()

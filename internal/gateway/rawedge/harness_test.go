@@ -323,18 +323,6 @@ func closedByGateway(c net.Conn, d time.Duration) error {
 	return nil
 }
 
-// eventually waits up to 5s for cond.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // logRecorder keeps the records written to it.
 type logRecorder struct {
 	mu      sync.Mutex

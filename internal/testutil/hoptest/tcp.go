@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"testing"
 )
 
 // Domain modes of the admin API (issue 17).
@@ -88,4 +89,16 @@ func rangeFree(low, n int) bool {
 		ln.Close()
 	}
 	return true
+}
+
+// FreeAddr is a loopback address for a listener a test starts later (or never, to be refused): a
+// port of FreePortRange, so unlike one the kernel picked for a listener that was closed again, no
+// other test's listener or outgoing connection takes it in between.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	low, _, err := FreePortRange(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", low)
 }
