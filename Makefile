@@ -42,10 +42,12 @@ clean:
 # Container images: hopgate-server, hopgate-client and hopgate-demo-target, tagged :latest and
 # :$(VERSION). The static binaries are built here into dist/image/linux-$(GOARCH)/ (the build context),
 # so the images are FROM scratch and need no base image from a registry. ENGINE is podman or docker.
-ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+# A docker CLI with no daemon behind it (common on CI machines) does not count.
+ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || { docker info >/dev/null 2>&1 && echo docker; })
 GOARCH ?= $(shell $(GO) env GOARCH)
 IMAGE_CONTEXT := dist/image
 images:
+	@[ -n "$(ENGINE)" ] || { echo "make images: no container engine: install podman (apt-get install podman) or start docker's daemon, or set ENGINE"; exit 1; }
 	rm -rf $(IMAGE_CONTEXT)
 	install -d -m 0700 $(IMAGE_CONTEXT)/rootfs-server/data
 	install -d -m 1777 $(IMAGE_CONTEXT)/rootfs-server/tmp $(IMAGE_CONTEXT)/rootfs-client/tmp
