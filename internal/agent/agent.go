@@ -1,7 +1,8 @@
 // Package agent assembles hopgate-client, in the same phases as the gateway: New builds the TLS
 // set-ups, the local proxies, the routing table and the metrics from the configuration (and fails
 // on bad input; nothing is dialled yet), Run keeps one tunnel call per hostname up to every gateway
-// until its context ends, Check tries the configuration once.
+// (the exact names under a wildcard of the configuration without a key of their own ride on the
+// wildcard's) until its context ends, Check tries the configuration once.
 package agent
 
 import (
@@ -13,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -75,6 +77,9 @@ type targetProxy struct {
 func New(cfg *config.Client, log *slog.Logger) (*Agent, error) {
 	serverTLS, err := serverTLS(cfg)
 	if err != nil {
+		if cfg.ConfigFile != "" {
+			return nil, fmt.Errorf("%s: ca_file (or HOP_CLIENT_CA_FILE, --ca-file): %w", cfg.ConfigFile, withoutPath(err))
+		}
 		return nil, fmt.Errorf("HOP_CLIENT_CA_FILE (--ca-file): %w", err)
 	}
 	if cfg.SkipVerify() {
@@ -143,7 +148,7 @@ func (a *Agent) proxyFor(s config.Service) (*targetProxy, error) {
 		if s.Where == "flags" {
 			return nil, fmt.Errorf("HOP_CLIENT_LOCAL_CA_FILE (--local-ca-file): %w", err)
 		}
-		return nil, fmt.Errorf("%s: ca_file: %w", s.Where, err)
+		return nil, fmt.Errorf("%s: ca_file: %w", s.Where, withoutPath(err))
 	}
 	conf := &tls.Config{RootCAs: roots, InsecureSkipVerify: s.TLSSkipVerify}
 	p := &targetProxy{Proxy: local.New(s.Target, local.Options{TLSConfig: conf, Logger: a.log}), tls: conf}
@@ -221,7 +226,8 @@ func (a *Agent) Check(ctx context.Context, w io.Writer) check.Result {
 		for _, s := range a.cfg.Services {
 			o := a.base
 			o.ServerAddr = addr
-			o.Domain, o.APIKey, o.Target = s.Hostname, s.APIKey, s.Target.String()
+			// An exact name riding on a wildcard's tunnel is known to the gateway as the wildcard.
+			o.Domain, o.APIKey, o.Target = s.TunnelHost(), s.APIKey, s.Target.String()
 			var targetTLS *tls.Config
 			if !s.Raw() {
 				p, _ := a.proxyFor(s) // New built it already: cannot fail
@@ -274,9 +280,24 @@ func loadRoots(path string) (*x509.CertPool, error) {
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+		return nil, fmt.Errorf("%s %w", path, errNoPEM)
 	}
 	return pool, nil
+}
+
+var errNoPEM = errors.New("holds no PEM certificate")
+
+// withoutPath is loadRoots's error without the path, for a file named by a config file's line: the
+// path may come from a ${VAR}, and the config's errors never show what a reference expanded to.
+func withoutPath(err error) error {
+	var pe *fs.PathError
+	switch {
+	case errors.As(err, &pe):
+		return fmt.Errorf("cannot read the file: %w", pe.Err)
+	case errors.Is(err, errNoPEM):
+		return fmt.Errorf("the file %w", errNoPEM)
+	}
+	return err
 }
 
 func defaultAgentID() string {

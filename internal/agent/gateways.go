@@ -249,12 +249,13 @@ func (f *fleet) join(p gatewayAddr, several bool) {
 	if p.addr != p.entry {
 		f.a.log.Info("gateway address joined", "server", p.addr, "entry", p.entry)
 	}
-	for _, host := range config.Hostnames(f.a.cfg.Services) {
+	for _, host := range config.TunnelHosts(f.a.cfg.Services) {
 		f.start(g, host, keyOf(f.a.cfg.Services, host))
 	}
 }
 
-// start runs the supervisor of host's tunnel on g.
+// start runs the supervisor of host's tunnel on g. host is a tunnel's hostname (see
+// config.Service.Tunnel): the exact names that ride on a wildcard's tunnel have none of their own.
 func (f *fleet) start(g *gateway, host, key string) {
 	tctx, cancel := context.WithCancel(f.ctx)
 	t := &hostTunnel{key: key, cancel: cancel}
@@ -264,6 +265,8 @@ func (f *fleet) start(g *gateway, host, key string) {
 	o.Target = targetsOf(f.a.cfg.Services, host)
 	o.Logger = f.a.log.With("domain", host)
 	health := f.a.health
+	// Only host's own services are reported: a path's health has no hostname, so the paths of the
+	// names riding on a wildcard's tunnel would stand for the wildcard's paths at the gateway.
 	o.Health = func() ([]*tunnelv1.PathHealth, <-chan struct{}) { return health.Paths(host) }
 	g.live++
 	f.live++

@@ -18,7 +18,8 @@ import (
 // one reload.
 const reloadDebounce = 200 * time.Millisecond
 
-// hostTunnel is the supervised tunnel call of one hostname.
+// hostTunnel is the supervised tunnel call of one hostname: a hostname of the configuration, or a
+// wildcard that also carries the exact names under it that have no key of their own.
 type hostTunnel struct {
 	key    string
 	cancel context.CancelFunc
@@ -117,8 +118,9 @@ func (a *Agent) isConfigEvent(ev fsnotify.Event) bool {
 
 // applyReload reads the configuration again and, if it is valid, swaps the routing table (streams
 // in flight finish on their old rule) and, on every gateway's set, starts a tunnel for each new
-// hostname, drains the tunnels of removed ones and reconnects a hostname whose key changed. A bad
-// configuration changes nothing.
+// tunnel hostname, drains the tunnels of removed ones and reconnects a hostname whose key changed.
+// An exact name added under a wildcard's tunnel, or removed from it, changes only the routing
+// table. A bad configuration changes nothing.
 func (a *Agent) applyReload(sets []tunnelSet) {
 	next, err := a.cfg.Reload()
 	if err != nil {
@@ -140,7 +142,7 @@ func (a *Agent) applyReload(sets []tunnelSet) {
 	a.dropUnused(next.Services)
 	a.health.Update(next.Services)
 
-	hosts := config.Hostnames(next.Services)
+	hosts := config.TunnelHosts(next.Services)
 	want := make(map[string]string, len(hosts))
 	for _, h := range hosts {
 		want[h] = keyOf(next.Services, h)
@@ -188,20 +190,22 @@ func (a *Agent) applyReload(sets []tunnelSet) {
 		"hostnames_started", added, "hostnames_removed", removed, "hostnames_rekeyed", rekeyed)
 }
 
+// keyOf is the key of the tunnel of host (a tunnel hostname).
 func keyOf(services []config.Service, host string) string {
 	for _, s := range services {
-		if s.Hostname == host {
+		if s.TunnelHost() == host {
 			return s.APIKey
 		}
 	}
 	return ""
 }
 
-// targetsOf lists the targets of host's services, for the tunnel's log lines.
+// targetsOf lists the targets of the services host's tunnel carries, for the tunnel's log lines;
+// those of the exact names riding on it are named with their hostname.
 func targetsOf(services []config.Service, host string) string {
 	var out []string
 	for _, s := range services {
-		if s.Hostname == host {
+		if s.TunnelHost() == host {
 			out = append(out, displayRule(s))
 		}
 	}
@@ -209,8 +213,12 @@ func targetsOf(services []config.Service, host string) string {
 }
 
 func displayRule(s config.Service) string {
-	if s.Path == "" {
+	rule := s.Path
+	if s.Hostname != s.TunnelHost() {
+		rule = s.Hostname + s.Path
+	}
+	if rule == "" {
 		return s.Target.Redacted()
 	}
-	return s.Path + " -> " + s.Target.Redacted()
+	return rule + " -> " + s.Target.Redacted()
 }

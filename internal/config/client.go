@@ -267,7 +267,9 @@ func (c *Client) applyFile(settings []setting, got loaded, lookupEnv func(string
 			continue
 		}
 		if err := s.bind.set(fs.value); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %s: %w", fs.where, fs.key, err))
+			// The check of the written text runs on a table of its own: it must not set c.
+			again := find(clientSettings(&Client{}), fs.env).bind.set
+			errs = append(errs, fmt.Errorf("%s: %s: %w", fs.where, fs.key, hideExpanded(err, fs.written, fs.value, fs.isPath, again)))
 		}
 	}
 	c.Services = file.services

@@ -26,9 +26,15 @@ type Service struct {
 	// /apix); "" matches every path. A trailing slash is dropped, so /api/ and /api are one rule.
 	Path   string
 	Target *url.URL
-	// APIKey is the hostname's client API key (secret); every service of a hostname carries it once
-	// validation has found it on one of them.
+	// APIKey is the key of the service's tunnel (secret): its hostname's client API key, found by
+	// validation on one of the hostname's services, or the wildcard's key when it rides on one.
 	APIKey string
+	// Tunnel is the hostname whose tunnel carries this service: Hostname itself, or the wildcard one
+	// label above it ("*.apps.example.com" for a.apps.example.com) when the file has that wildcard
+	// and the service gives no key of its own (or the wildcard's). The gateway sends the names under
+	// a wildcard to the wildcard's agents, so the exact name needs no registration and no call of
+	// its own; the routing table picks its rules by exact name. Empty means Hostname (see TunnelHost).
+	Tunnel string
 	// TLSSkipVerify and CAFile apply to an https:// target.
 	TLSSkipVerify bool
 	CAFile        string
@@ -36,6 +42,14 @@ type Service struct {
 	Health *Health
 	// Where is "FILE:LINE" of the rule in the config file, or "flags".
 	Where string
+}
+
+// TunnelHost is the hostname of the tunnel call that carries s (see Tunnel).
+func (s Service) TunnelHost() string {
+	if s.Tunnel != "" {
+		return s.Tunnel
+	}
+	return s.Hostname
 }
 
 // Raw tells whether s takes raw streams: its target is tcp://host:port. A raw service has no Path,
@@ -108,9 +122,11 @@ type healthYAML struct {
 }
 
 // fileSetting is a top-level value of the file, applied through the flag table's parser of the
-// setting with the same meaning.
+// setting with the same meaning. written is the value as the file gives it, ${VAR} unexpanded, for
+// its error message (see hideExpanded).
 type fileSetting struct {
-	key, env, value, where string
+	key, env, value, written, where string
+	isPath                          bool
 }
 
 // clientFile is a parsed and validated config file.
@@ -118,6 +134,11 @@ type clientFile struct {
 	settings []fileSetting
 	services []Service
 }
+
+// shownService is how the cross-service errors name a service's hostname and path: as the file
+// writes them when they hold ${VAR} references (whose values an error never shows), canonical
+// otherwise.
+type shownService struct{ host, path string }
 
 // fileAccess is how the parser reaches other files (key files, CA files), so that the fuzz test
 // can replace it: opening arbitrary paths could block on a FIFO.
@@ -181,21 +202,27 @@ func parseClientFile(name string, data []byte, lookupEnv func(string) (string, b
 		if !ok {
 			continue
 		}
+		written := written(g.node)
 		if g.isFile {
 			v = p.path(v)
+			if !hasRefs(g.node) {
+				written = v
+			}
 		}
-		out.settings = append(out.settings, fileSetting{key: g.key, env: g.env, value: v, where: p.where(g.node)})
+		out.settings = append(out.settings, fileSetting{key: g.key, env: g.env, value: v, written: written, isPath: g.isFile, where: p.where(g.node)})
 	}
 	if len(doc.Services) == 0 {
 		p.errorf(nil, "services", "required: at least one service {hostname, target, api_key or api_key_file}")
 	}
+	var shown []shownService
 	for i := range doc.Services {
 		if s, ok := p.service(i, &doc.Services[i]); ok {
 			out.services = append(out.services, s)
+			shown = append(shown, shownAs(s, &doc.Services[i]))
 		}
 	}
 	if len(p.errs) == 0 {
-		p.errs = append(p.errs, validateServices(out.services)...)
+		p.errs = append(p.errs, validateServices(out.services, shown)...)
 	}
 	if len(p.errs) > 0 {
 		return nil, errors.Join(p.errs...)
@@ -241,6 +268,70 @@ func (p *fileParser) scalar(key string, n *yaml.Node) (string, bool) {
 	return strings.TrimSpace(v), true
 }
 
+// written is a scalar's text as the file gives it: ${VAR} references unexpanded.
+func written(n *yaml.Node) string { return strings.TrimSpace(n.Value) }
+
+// hasRefs tells whether a scalar's text holds an environment reference.
+func hasRefs(n *yaml.Node) bool { return strings.Contains(n.Value, "${") }
+
+// hideExpanded is the error to show for a value that failed a check. The check ran on the value
+// (written with its ${VAR} references expanded), and its message quotes what it was given: a
+// password from ${PASS} in a target URL, say. When the references changed the text, the message is
+// therefore that of the same check on the written text, which fails too for most mistakes outside
+// the references; if the written text passes, the message names the written text alone. A path
+// (isPath: the check opened a file) is not checked again; the message's leading quote of the path
+// is replaced by the written path, the rest being the OS's reason.
+func hideExpanded(err error, written, value string, isPath bool, check func(string) error) error {
+	if written == value {
+		return err
+	}
+	if isPath {
+		if rest, ok := strings.CutPrefix(err.Error(), strconv.Quote(value)); ok && !strings.Contains(rest, value) {
+			return errors.New(strconv.Quote(written) + rest)
+		}
+		return fmt.Errorf("%q is not a readable file once its environment references are expanded", written)
+	}
+	if err := check(written); err != nil {
+		return err
+	}
+	return fmt.Errorf("%q is refused once its environment references are expanded (their values are not shown)", written)
+}
+
+// checkOf turns a parser into the check hideExpanded runs on the written text.
+func checkOf[T any](parse func(string) (T, error)) func(string) error {
+	return func(s string) error {
+		_, err := parse(s)
+		return err
+	}
+}
+
+// valueError records err about the value v of n (its expanded text), shown as hideExpanded says.
+func (p *fileParser) valueError(n *yaml.Node, key, v string, err error, check func(string) error) {
+	p.errorf(n, key, "%v", hideExpanded(err, written(n), v, false, check))
+}
+
+// pathError records err about the file the value of n names (full: the path opened). A written
+// path with references is shown as written: whether it is relative depends on their values.
+func (p *fileParser) pathError(n *yaml.Node, key, full string, err error) {
+	w := written(n)
+	if !hasRefs(n) {
+		w = p.path(w)
+	}
+	p.errorf(n, key, "%v", hideExpanded(err, w, full, true, nil))
+}
+
+// shownAs is how the errors across services name s (see shownService).
+func shownAs(s Service, y *serviceYAML) shownService {
+	sh := shownService{host: s.Hostname, path: s.Path}
+	if hasRefs(&y.Hostname) {
+		sh.host = written(&y.Hostname)
+	}
+	if hasRefs(&y.Path) {
+		sh.path = written(&y.Path)
+	}
+	return sh
+}
+
 // unset tells whether a key is absent or null ("hostname:" with no value).
 func unset(n *yaml.Node) bool {
 	return n.Kind == 0 || (n.Kind == yaml.ScalarNode && n.Tag == "!!null")
@@ -263,7 +354,7 @@ func (p *fileParser) service(i int, y *serviceYAML) (Service, bool) {
 	if v, ok := p.scalar(key("hostname"), &y.Hostname); ok {
 		d, err := parseTenantDomain(v)
 		if err != nil {
-			p.errorf(&y.Hostname, key("hostname"), "%v", err)
+			p.valueError(&y.Hostname, key("hostname"), v, err, checkOf(parseTenantDomain))
 		}
 		s.Hostname = d
 	} else if unset(&y.Hostname) {
@@ -272,7 +363,7 @@ func (p *fileParser) service(i int, y *serviceYAML) (Service, bool) {
 	if v, ok := p.scalar(key("target"), &y.Target); ok {
 		u, err := parseLocalTarget(v)
 		if err != nil {
-			p.errorf(&y.Target, key("target"), "%v", err)
+			p.valueError(&y.Target, key("target"), v, err, checkOf(parseLocalTarget))
 		}
 		s.Target = u
 	} else if unset(&y.Target) {
@@ -281,7 +372,7 @@ func (p *fileParser) service(i int, y *serviceYAML) (Service, bool) {
 	if v, ok := p.scalar(key("path"), &y.Path); ok {
 		path, err := parsePathPrefix(v)
 		if err != nil {
-			p.errorf(&y.Path, key("path"), "%v", err)
+			p.valueError(&y.Path, key("path"), v, err, checkOf(parsePathPrefix))
 		}
 		s.Path = path
 	}
@@ -299,21 +390,21 @@ func (p *fileParser) service(i int, y *serviceYAML) (Service, bool) {
 	case hasFile:
 		k, err := p.files.readKey(p.path(keyFile))
 		if err != nil {
-			p.errorf(&y.APIKeyFile, key("api_key_file"), "%v", err)
+			p.pathError(&y.APIKeyFile, key("api_key_file"), p.path(keyFile), err)
 		}
 		s.APIKey = k
 	}
 	if v, ok := p.scalar(key("tls_skip_verify"), &y.TLSSkipVerify); ok {
 		b, err := parseBool(v)
 		if err != nil {
-			p.errorf(&y.TLSSkipVerify, key("tls_skip_verify"), "%v", err)
+			p.valueError(&y.TLSSkipVerify, key("tls_skip_verify"), v, err, checkOf(parseBool))
 		}
 		s.TLSSkipVerify = b
 	}
 	if v, ok := p.scalar(key("ca_file"), &y.CAFile); ok && v != "" {
 		f, err := p.files.readable(p.path(v))
 		if err != nil {
-			p.errorf(&y.CAFile, key("ca_file"), "%v", err)
+			p.pathError(&y.CAFile, key("ca_file"), p.path(v), err)
 		}
 		s.CAFile = f
 	}
@@ -332,7 +423,7 @@ func (p *fileParser) service(i int, y *serviceYAML) (Service, bool) {
 		h := &Health{Interval: defaultHealthInterval}
 		if v, ok := p.scalar(key("health.path"), &y.Health.Path); ok {
 			if !strings.HasPrefix(v, "/") || strings.ContainsAny(v, "#\x00") {
-				p.errorf(&y.Health.Path, key("health.path"), "%q is not a path like /healthz", v)
+				p.errorf(&y.Health.Path, key("health.path"), "%q is not a path like /healthz", written(&y.Health.Path))
 			}
 			h.Path = v
 			if s.Raw() {
@@ -342,7 +433,7 @@ func (p *fileParser) service(i int, y *serviceYAML) (Service, bool) {
 		if v, ok := p.scalar(key("health.interval"), &y.Health.Interval); ok {
 			d, err := parsePositiveDuration(v)
 			if err != nil {
-				p.errorf(&y.Health.Interval, key("health.interval"), "%v", err)
+				p.valueError(&y.Health.Interval, key("health.interval"), v, err, checkOf(parsePositiveDuration))
 			}
 			h.Interval = d
 		}
@@ -374,9 +465,10 @@ func parsePathPrefix(s string) (string, error) {
 	return strings.TrimSuffix(s, "/"), nil
 }
 
-// validateServices checks the rules across services: one key per hostname and no duplicate rule.
-// A hostname's HTTP rules and its tcp:// rule are apart: a stream is either an HTTP request or raw.
-func validateServices(services []Service) []error {
+// validateServices checks the rules across services: one key per hostname, no duplicate rule, and
+// a tunnel for every hostname (see Service.Tunnel). A hostname's HTTP rules and its tcp:// rule are
+// apart: a stream is either an HTTP request or raw. shown[i] is how errors name services[i].
+func validateServices(services []Service, shown []shownService) []error {
 	var errs []error
 	type keyAt struct{ key, where string }
 	type ruleKey struct {
@@ -386,13 +478,14 @@ func validateServices(services []Service) []error {
 	keys := map[string]keyAt{}
 	rules := map[ruleKey]string{}
 	var hosts []string
-	for _, s := range services {
+	for i, s := range services {
+		sh := shown[i]
 		rule := ruleKey{s.Hostname, s.Path, s.Raw()}
 		switch at, dup := rules[rule]; {
 		case dup && rule.raw:
-			errs = append(errs, fmt.Errorf("%s: target: hostname %s already has a tcp:// target at %s: one per hostname", s.Where, s.Hostname, at))
+			errs = append(errs, fmt.Errorf("%s: target: hostname %s already has a tcp:// target at %s: one per hostname", s.Where, sh.host, at))
 		case dup:
-			errs = append(errs, fmt.Errorf("%s: path: hostname %s with path %q is already a rule at %s", s.Where, s.Hostname, displayPath(s.Path), at))
+			errs = append(errs, fmt.Errorf("%s: path: hostname %s with path %q is already a rule at %s", s.Where, sh.host, displayPath(sh.path), at))
 		default:
 			rules[rule] = s.Where
 		}
@@ -407,31 +500,64 @@ func validateServices(services []Service) []error {
 		case k.key == "":
 			keys[s.Hostname] = keyAt{s.APIKey, s.Where}
 		case k.key != s.APIKey:
-			errs = append(errs, fmt.Errorf("%s: api_key: hostname %s already has a different key at %s: one key per hostname", s.Where, s.Hostname, k.where))
+			errs = append(errs, fmt.Errorf("%s: api_key: hostname %s already has a different key at %s: one key per hostname", s.Where, sh.host, k.where))
 		}
 	}
+	// A hostname rides on the wildcard one label above it when it has no key of its own, or the
+	// wildcard's: then the gateway knows it only through the wildcard. With another key it is
+	// registered on its own and keeps its own tunnel.
+	tunnel := make(map[string]string, len(hosts))
 	for _, h := range hosts {
-		if keys[h].key == "" {
-			errs = append(errs, fmt.Errorf("%s: api_key: hostname %s has no key: give api_key or api_key_file on one of its services", firstWhere(services, h), h))
+		k := keys[h].key
+		if w, ok := wildcardOver(h); ok {
+			if wk := keys[w].key; wk != "" && (k == "" || k == wk) {
+				tunnel[h] = w
+				continue
+			}
 		}
+		if k == "" {
+			i := firstIndex(services, h)
+			hint := "give api_key or api_key_file on one of its services"
+			if w, ok := wildcardOver(h); ok {
+				hint += ", or add a service for " + w + " with its key to serve it through that wildcard's tunnel"
+			}
+			errs = append(errs, fmt.Errorf("%s: api_key: hostname %s has no key: %s", services[i].Where, shown[i].host, hint))
+			continue
+		}
+		tunnel[h] = h
 	}
 	if len(errs) > 0 {
 		return errs
 	}
-	// Every service of a hostname carries the hostname's key, wherever it was given.
+	// Every service carries its tunnel's key, wherever it was given.
 	for i := range services {
-		services[i].APIKey = keys[services[i].Hostname].key
+		t := tunnel[services[i].Hostname]
+		services[i].Tunnel, services[i].APIKey = t, keys[t].key
 	}
 	return nil
 }
 
-func firstWhere(services []Service, host string) string {
-	for _, s := range services {
+// wildcardOver is the wildcard hostname one label above h ("*.apps.example.com" for
+// a.apps.example.com), the only one the gateway would send h's requests to. A wildcard has none,
+// and neither has a name whose parent is one label (a wildcard needs two).
+func wildcardOver(h string) (string, bool) {
+	if strings.HasPrefix(h, "*.") {
+		return "", false
+	}
+	_, parent, ok := strings.Cut(h, ".")
+	if !ok || !strings.Contains(parent, ".") {
+		return "", false
+	}
+	return "*." + parent, true
+}
+
+func firstIndex(services []Service, host string) int {
+	for i, s := range services {
 		if s.Hostname == host {
-			return s.Where
+			return i
 		}
 	}
-	return ""
+	return 0
 }
 
 func displayPath(p string) string {
@@ -505,6 +631,21 @@ func yamlError(name string, err error) error {
 		errs = append(errs, fmt.Errorf("%s:%s: %s", name, sub[1], msg))
 	}
 	return errors.Join(errs...)
+}
+
+// TunnelHosts returns the distinct hostnames of the services' tunnels (see Service.Tunnel), sorted:
+// the tunnel calls an agent opens.
+func TunnelHosts(services []Service) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range services {
+		if h := s.TunnelHost(); !seen[h] {
+			seen[h] = true
+			out = append(out, h)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Hostnames returns the distinct hostnames of services, sorted.

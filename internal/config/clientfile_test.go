@@ -23,10 +23,12 @@ var fakeFiles = fileAccess{
 
 // TestParseClientFile: the validation table. Each bad case names FILE:LINE and the key.
 func TestParseClientFile(t *testing.T) {
-	vars := env{"APP_KEY": "app-key", "EMPTY": ""}
+	vars := env{"APP_KEY": "app-key", "EMPTY": "", "K": canaryKey, "PASS": "hunter2-pass", "Q": "?x", "IV": "soon"}
 	for _, tc := range []struct {
 		name, yaml string
 		want       string // substring of the error; "" = valid
+		// tunnels is the tunnel each hostname rides on, for a valid case that says.
+		tunnels map[string]string
 	}{
 		{name: "minimal", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: 127.0.0.1:80\n"},
 		{name: "key on another service of the hostname", yaml: "services:\n  - hostname: a.example.com\n    target: 127.0.0.1:80\n  - hostname: a.example.com\n    path: /api/\n    api_key_file: a.key\n    target: 127.0.0.1:81\n"},
@@ -68,6 +70,27 @@ func TestParseClientFile(t *testing.T) {
 		{name: "tcp target with health path", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: tcp://127.0.0.1:5432\n    health:\n      path: /healthz\n", want: "f.yaml:6: services[0].health.path: a tcp:// target is checked by a TCP connect"},
 		{name: "two tcp targets of one hostname", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: tcp://127.0.0.1:5432\n  - hostname: a.example.com\n    target: tcp://127.0.0.1:5433\n", want: "f.yaml:5: target: hostname a.example.com already has a tcp:// target at f.yaml:2"},
 		{name: "two documents", yaml: "services: []\n---\nx: 1\n", want: "second YAML document"},
+
+		// An error quotes a value as the file writes it: never what a ${VAR} in it expanded to.
+		{name: "env in a bad hostname (fuzz 245fbaca9f78fa13)", yaml: "services:\n  - hostname: ${K}!", want: `f.yaml:2: services[0].hostname: "${K}!" is not a domain name`},
+		{name: "credential in a bad target", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: http://u:${PASS}@host:bad\n", want: `f.yaml:4: services[0].target: "http://u:${PASS}@host:bad" is not a local target`},
+		{name: "credential in a target with a user", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: http://u:${PASS}@host:80\n", want: `f.yaml:4: services[0].target: "http://u:${PASS}@host:80" is not a local target`},
+		{name: "env makes a good path bad", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    path: /api${Q}\n    target: 127.0.0.1:80\n", want: `f.yaml:4: services[0].path: "/api${Q}" is refused once its environment references are expanded`},
+		{name: "env in a bad interval", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: 127.0.0.1:80\n    health: {interval: \"${IV}\"}\n", want: `f.yaml:5: services[0].health.interval: "${IV}" is not`},
+		{name: "env in a bad bool", yaml: "services:\n  - hostname: a.example.com\n    api_key: k\n    target: https://127.0.0.1:80\n    tls_skip_verify: ${IV}\n", want: `f.yaml:5: services[0].tls_skip_verify: "${IV}" is not a boolean`},
+		{name: "env in a missing key file", yaml: "services:\n  - hostname: a.example.com\n    api_key_file: ${IV}/missing.key\n    target: 127.0.0.1:80\n", want: `f.yaml:3: services[0].api_key_file: "${IV}/missing.key" is not a readable file`},
+		{name: "env in a duplicate rule", yaml: "services:\n  - hostname: ${K}.example.com\n    api_key: k\n    target: 127.0.0.1:80\n  - hostname: ${K}.example.com\n    target: 127.0.0.1:81\n", want: `f.yaml:5: path: hostname ${K}.example.com with path "/" is already a rule at f.yaml:2`},
+		{name: "env in a keyless hostname", yaml: "services:\n  - hostname: ${K}.example.com\n    target: 127.0.0.1:80\n", want: `f.yaml:2: api_key: hostname ${K}.example.com has no key`},
+
+		// Names one label under a wildcard of the file ride on its tunnel unless they have a key
+		// of their own (see Service.Tunnel).
+		{name: "exact names under a wildcard", yaml: "services:\n  - hostname: \"*.apps.example.com\"\n    api_key: kw\n    target: 127.0.0.1:80\n  - hostname: a.apps.example.com\n    target: 127.0.0.1:81\n  - hostname: b.apps.example.com\n    path: /c/\n    api_key: kw\n    target: 127.0.0.1:82\n  - hostname: own.apps.example.com\n    api_key: ko\n    target: 127.0.0.1:83\n  - hostname: app.example.com\n    api_key: ka\n    target: 127.0.0.1:84\n",
+			tunnels: map[string]string{"*.apps.example.com": "*.apps.example.com", "a.apps.example.com": "*.apps.example.com", "b.apps.example.com": "*.apps.example.com", "own.apps.example.com": "own.apps.example.com", "app.example.com": "app.example.com"}},
+		{name: "exact name before its wildcard", yaml: "services:\n  - hostname: a.apps.example.com\n    target: 127.0.0.1:81\n  - hostname: \"*.apps.example.com\"\n    api_key: kw\n    target: 127.0.0.1:80\n",
+			tunnels: map[string]string{"a.apps.example.com": "*.apps.example.com"}},
+		{name: "keyless, no wildcard in the file", yaml: "services:\n  - hostname: a.apps.example.com\n    target: 127.0.0.1:80\n", want: "f.yaml:2: api_key: hostname a.apps.example.com has no key: give api_key or api_key_file on one of its services, or add a service for *.apps.example.com"},
+		{name: "keyless, two labels under the wildcard", yaml: "services:\n  - hostname: \"*.apps.example.com\"\n    api_key: kw\n    target: 127.0.0.1:80\n  - hostname: x.a.apps.example.com\n    target: 127.0.0.1:81\n", want: "f.yaml:5: api_key: hostname x.a.apps.example.com has no key"},
+		{name: "keyless wildcard", yaml: "services:\n  - hostname: \"*.apps.example.com\"\n    target: 127.0.0.1:80\n  - hostname: a.apps.example.com\n    target: 127.0.0.1:81\n", want: "f.yaml:2: api_key: hostname *.apps.example.com has no key: give api_key or api_key_file on one of its services\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, err := parseClientFile("f.yaml", []byte(tc.yaml), vars.lookup, fakeFiles)
@@ -82,9 +105,19 @@ func TestParseClientFile(t *testing.T) {
 				if strings.Contains(err.Error(), "app-key") || strings.Contains(err.Error(), "k1") {
 					t.Errorf("error shows a key: %v", err)
 				}
+				for name, v := range vars {
+					if len(v) > 3 && strings.Contains(err.Error(), v) && !strings.Contains(tc.yaml, v) {
+						t.Errorf("error shows the value of ${%s}: %v", name, err)
+					}
+				}
 				return
 			}
 			checkValid(t, f)
+			for _, s := range f.services {
+				if want, ok := tc.tunnels[s.Hostname]; ok && s.TunnelHost() != want {
+					t.Errorf("%s rides on %q, want %q", s.Hostname, s.TunnelHost(), want)
+				}
+			}
 		})
 	}
 }
@@ -98,9 +131,25 @@ func checkValid(t *testing.T, f *clientFile) {
 	}
 	keys := map[string]string{}
 	rules := map[string]bool{}
+	hosts := map[string]bool{}
+	for _, s := range f.services {
+		hosts[s.Hostname] = true
+	}
 	for _, s := range f.services {
 		if s.Hostname == "" || s.Target == nil || s.APIKey == "" {
 			t.Fatalf("accepted an incomplete service: %v", s)
+		}
+		// A service rides on its own tunnel, or on the wildcard one label above it that the file
+		// has; either way it carries that tunnel's key.
+		if tun := s.TunnelHost(); tun != s.Hostname {
+			if w, ok := wildcardOver(s.Hostname); !ok || tun != w || !hosts[tun] {
+				t.Fatalf("%s rides on %q, not the wildcard over it", s.Hostname, tun)
+			}
+			for _, o := range f.services {
+				if o.Hostname == tun && o.APIKey != s.APIKey {
+					t.Fatalf("%s rides on %s with another key", s.Hostname, tun)
+				}
+			}
 		}
 		if k, ok := keys[s.Hostname]; ok && k != s.APIKey {
 			t.Fatalf("hostname %s has two keys", s.Hostname)
@@ -207,6 +256,11 @@ func TestExampleConfig(t *testing.T) {
 	if len(f.services) < 3 {
 		t.Errorf("the example shows %d services, want the issue's three", len(f.services))
 	}
+	for _, s := range f.services {
+		if s.Hostname == "docs.apps.example.com" && s.TunnelHost() != "*.apps.example.com" {
+			t.Errorf("the example's docs.apps rides on %q, want the wildcard's tunnel", s.TunnelHost())
+		}
+	}
 }
 
 // FuzzParseClientFile: the parser never panics, and whatever it accepts is valid; its errors
@@ -218,6 +272,10 @@ func FuzzParseClientFile(f *testing.F) {
 	f.Add([]byte("services: [{hostname: b.example.com, api_key_file: k, target: 'h:1'}, {hostname: b.example.com, path: /, target: 'h:2'}]"))
 	f.Add([]byte("services:\n  - &a {hostname: a.example.com, api_key: ${K}, target: 'h:1'}\n  - *a\n"))
 	f.Add([]byte("x: !!binary AAAA\n"))
+	// Errors quote values as written, never what ${K} expanded to (the first was a fuzz find).
+	f.Add([]byte("services:\n  - hostname: ${K}!"))
+	f.Add([]byte("services:\n  - hostname: a.example.com\n    api_key: k\n    target: http://u:${K}@host:bad\n"))
+	f.Add([]byte("server_addr: ${K}\nservices:\n  - {hostname: \"*.a.example.com\", api_key: k, target: 'h:1'}\n  - {hostname: ${K}.a.example.com, path: /${K}, target: 'h:2'}\n"))
 	f.Add([]byte("services:\n  - hostname: a.example.com\n    api_key: ${K}\n    target: tcp://h:1\n    health: {interval: 1s}\n  - hostname: a.example.com\n    target: 'h:2'\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := parseClientFile("f.yaml", data, env{"K": canaryKey}.lookup, fakeFiles)
@@ -254,5 +312,28 @@ func TestLoadClientFileGateways(t *testing.T) {
 	if _, err := LoadClient([]string{"--config", file}, env{}.lookup, noDotenv(t)); err == nil ||
 		!strings.Contains(err.Error(), file+":2: ha_connections: ") {
 		t.Errorf("ha_connections: 0: err = %v", err)
+	}
+}
+
+// TestLoadClientFileHidesExpanded: a top-level value of the file is checked by the flag's parser
+// after ${VAR} expansion, but its error quotes the value as the file writes it.
+func TestLoadClientFileHidesExpanded(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "hopgate.yaml")
+	if err := os.WriteFile(file, []byte("server_addr: gw.example.com\nping_interval: ${PI}\nca_file: ${CA}/ca.pem\nagent_id: a\nservices:\n  - {hostname: a.example.com, api_key: k, target: 127.0.0.1:3000}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	vars := env{"PI": "hunter2-pass", "CA": "/hunter2-dir"}
+	_, err := LoadClient([]string{"--config", file}, vars.lookup, noDotenv(t))
+	if err == nil {
+		t.Fatal("accepted a bad ping_interval and a missing ca_file")
+	}
+	for _, want := range []string{file + `:2: ping_interval: "${PI}" is not`, file + `:3: ca_file: "${CA}/ca.pem" is not a readable file`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q, want it to contain %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error shows an expanded value: %v", err)
 	}
 }

@@ -151,10 +151,14 @@ services:
 	}
 }
 
-// TestAgentConfigReload: while a 100 MiB download runs through one service, a reload adds a
-// hostname and removes another; the download completes byte-exact, the new hostname answers, the
-// removed one gets the agent's 404 while its tunnel drains and then the gateway's 503 (registered,
-// no agent). A bad config on reload is refused with a log line naming its line; the old one stays.
+// TestAgentConfigReload: while a 100 MiB download runs through one service, a SIGHUP reload adds a
+// hostname, removes another, and removes a path rule of the hostname that stays; the download
+// completes byte-exact, the new hostname answers, the removed path gets the agent's 404 (no rule of
+// the kept hostname matches it any more), and the removed hostname gets the agent's 404 while its
+// tunnel drains and then the gateway's 503 (registered, no agent). The config path is a symlink
+// whose target is rewritten in another directory, where the file watch cannot see it: only the
+// SIGHUP can apply that reload. A bad config saved over the path (which the watch sees) is refused
+// with a log line naming its line; the old one stays.
 func TestAgentConfigReload(t *testing.T) {
 	g := startGateway(t, gatewayOptions{})
 	bulkKey, oldKey, newKey := g.register("bulk.example.test"), g.register("old.example.test"), g.register("new.example.test")
@@ -168,17 +172,26 @@ func TestAgentConfigReload(t *testing.T) {
 		_ = bw.Flush()
 	}))
 	t.Cleanup(bulk.Close)
-	oldT, newT := startNamedTarget(t, "old"), startNamedTarget(t, "new")
-	dir := t.TempDir()
-	file := filepath.Join(dir, "hopgate.yaml")
+	oldT, newT, apiT := startNamedTarget(t, "old"), startNamedTarget(t, "new"), startNamedTarget(t, "api")
+	dir, realDir := t.TempDir(), t.TempDir()
+	file, real := filepath.Join(dir, "hopgate.yaml"), filepath.Join(realDir, "agent.yaml")
 	head := fmt.Sprintf("server_addr: %s\nca_file: %s\nshutdown_timeout: 10s\nservices:\n", g.addr, g.caFile)
 	svc := func(host, key, target string) string {
 		return fmt.Sprintf("  - hostname: %s\n    api_key: %s\n    target: %s\n", host, key, target)
 	}
-	writeConfig(t, file, head+svc("bulk.example.test", bulkKey, bulk.URL)+svc("old.example.test", oldKey, oldT.url))
+	// bulk.example.test has path rules only: /big (the download) and /api/.
+	bulkSvc := fmt.Sprintf("  - hostname: bulk.example.test\n    path: /big\n    api_key: %s\n    target: %s\n", bulkKey, bulk.URL)
+	apiSvc := fmt.Sprintf("  - hostname: bulk.example.test\n    path: /api/\n    target: %s\n", apiT.url)
+	writeConfig(t, real, head+bulkSvc+apiSvc+svc("old.example.test", oldKey, oldT.url))
+	if err := os.Symlink(real, file); err != nil {
+		t.Fatal(err)
+	}
 	p := g.startConfigAgent(t, file, nil, "bulk.example.test", "old.example.test")
 
 	c := g.httpClient(false)
+	if code, body := getText(t, c, g.url("bulk.example.test", "/api/x")); code != 200 || body != "api /api/x" {
+		t.Fatalf("path rule before the reload = %d %q", code, body)
+	}
 	res, err := c.Get(g.url("bulk.example.test", "/big"))
 	if err != nil {
 		t.Fatal(err)
@@ -189,11 +202,23 @@ func TestAgentConfigReload(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	writeConfig(t, file, head+svc("bulk.example.test", bulkKey, bulk.URL)+svc("new.example.test", newKey, newT.url))
+	writeConfig(t, real, head+bulkSvc+svc("new.example.test", newKey, newT.url))
+	// Well past the watch's debounce: nothing may have reloaded yet.
+	time.Sleep(time.Second)
+	if n := g.agents("new.example.test"); n != 0 || len(lines(p, "configuration reloaded")) > 0 {
+		t.Fatalf("reloaded without SIGHUP (new hostname agents = %d): the test no longer isolates SIGHUP", n)
+	}
 	p.signal(syscall.SIGHUP)
 	waitFor(t, 20*time.Second, "new hostname served", func() bool { return g.agents("new.example.test") == 1 })
 	if code, body := getText(t, c, g.url("new.example.test", "/hi")); code != 200 || body != "new /hi" {
 		t.Errorf("new service = %d %q", code, body)
+	}
+	code, body := getText(t, c, g.url("bulk.example.test", "/api/x"))
+	if code != 404 || !strings.Contains(body, "no service for this hostname and path") {
+		t.Errorf("removed path rule = %d %q, want the agent's 404", code, body)
+	}
+	if apiT.hits.Load() != 1 {
+		t.Errorf("the removed path rule's target got %d requests, want 1 (before the reload)", apiT.hits.Load())
 	}
 	waitFor(t, 20*time.Second, "removed hostname's tunnel closed", func() bool {
 		code, _ := getText(t, c, g.url("old.example.test", "/"))
@@ -206,7 +231,7 @@ func TestAgentConfigReload(t *testing.T) {
 		t.Errorf("the removed service's target got %d requests", oldT.hits.Load())
 	}
 
-	// Line 4 holds the unknown key.
+	// Saved over the watched path (replacing the symlink). Line 4 holds the unknown key.
 	writeConfig(t, file, fmt.Sprintf("server_addr: %s\nca_file: %s\nservices:\n  - hostnme: x.example.test\n", g.addr, g.caFile))
 	waitFor(t, 10*time.Second, "bad config refused", func() bool {
 		return len(lines(p, "config reload refused")) > 0
