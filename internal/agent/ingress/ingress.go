@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/hopgate/hopgate/internal/tunnel"
+	"github.com/hopgate/hopgate/internal/tunnel/httpwire"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
 
@@ -129,11 +130,13 @@ func Refuse(st *tunnel.Stream) {
 		fmt.Sprintf("this agent has no TCP service for %s", CanonicalHost(st.Request().Host)))
 }
 
-// notFoundText is the agent's answer when no service matches: the gateway passes it through, so
-// the visitor learns the gateway reached an agent that serves nothing at that name and path.
+// notFoundText is the agent's answer when no service matches. A gateway that knows NoRouteHeader
+// shows its own 404 page instead; an older one passes this through, so the visitor still learns the
+// gateway reached an agent that serves nothing at that name and path.
 const notFoundText = "404 not found: this HopGate agent has no service for this hostname and path\n"
 
-// NotFound answers st with 404, as JSON when the visitor asked for JSON, else plain text.
+// NotFound answers st with 404, as JSON when the visitor asked for JSON, else plain text, marked
+// with httpwire.NoRouteHeader.
 func NotFound(st *tunnel.Stream) {
 	defer st.Close()
 	h := st.Request()
@@ -149,6 +152,7 @@ func NotFound(st *tunnel.Stream) {
 		Headers: []*tunnelv1.Header{
 			{Name: "Content-Type", Values: []string{ctype}},
 			{Name: "X-Content-Type-Options", Values: []string{"nosniff"}},
+			{Name: httpwire.NoRouteHeader, Values: []string{"1"}},
 		},
 	}
 	if st.CanSendWholeResponse(len(body)) {

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/hopgate/hopgate/internal/tunnel"
+	"github.com/hopgate/hopgate/internal/tunnel/httpwire"
 	"github.com/hopgate/hopgate/internal/tunnel/tunneltest"
 	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
@@ -69,7 +70,7 @@ func TestMatch(t *testing.T) {
 }
 
 // TestServeNotFound: a stream no rule matches gets the agent's own 404, as JSON when the visitor
-// asks for JSON and as text otherwise; a matching stream reaches its rule.
+// asks for JSON and as text otherwise, marked for the gateway; a matching stream reaches its rule.
 func TestServeNotFound(t *testing.T) {
 	served := make(chan string, 1)
 	table := New([]Rule{{Hostname: "app.example.com", Path: "/api", Serve: func(st *tunnel.Stream) {
@@ -86,6 +87,10 @@ func TestServeNotFound(t *testing.T) {
 		head, body := roundTrip(t, p.Server, tc.host, tc.path, tc.accept)
 		if head.Status != 404 || !strings.Contains(string(body), tc.wantBody) || !strings.HasPrefix(headerOf(head, "Content-Type"), tc.wantType) {
 			t.Errorf("%s%s: %d %s %q", tc.host, tc.path, head.Status, headerOf(head, "Content-Type"), body)
+		}
+		// The gateway shows its own 404 page only for an answer carrying the marker.
+		if headerOf(head, httpwire.NoRouteHeader) == "" {
+			t.Errorf("%s%s: the 404 lacks %s", tc.host, tc.path, httpwire.NoRouteHeader)
 		}
 	}
 	roundTrip(t, p.Server, "app.example.com", "/api/x", "")

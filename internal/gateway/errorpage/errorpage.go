@@ -30,7 +30,10 @@ const maxRequestIDLen = 128
 // Page is the data every error page template is executed with. errors/README.md documents it for
 // operators writing their own pages.
 type Page struct {
-	Code                       int
+	Code int
+	// Reason is the failure's reason word (as in the access log: "target_down", "no_route", …) when
+	// the gateway gave one, else empty; an override page for a status may word its reasons apart.
+	Reason                     string
 	Title, Message, Hint       string
 	TitleKo, MessageKo, HintKo string
 	RequestID                  string
@@ -129,16 +132,16 @@ func (wr *Writer) load(dir fs.FS, name, from string, code int) (*template.Templa
 	if code == 0 {
 		code = http.StatusBadGateway
 	}
-	if err := tmpl.Execute(&bytes.Buffer{}, wr.page(code, "sample-request-id")); err != nil {
+	if err := tmpl.Execute(&bytes.Buffer{}, wr.page(code, "", "sample-request-id")); err != nil {
 		return nil, fmt.Errorf("render error page %s: %w", path, err)
 	}
 	return tmpl, nil
 }
 
-func (wr *Writer) page(code int, requestID string) Page {
-	t := textFor(code)
+func (wr *Writer) page(code int, reason, requestID string) Page {
+	t := wordingFor(code, reason)
 	return Page{
-		Code: code, Title: t.Title, Message: t.Message, Hint: t.Hint,
+		Code: code, Reason: reason, Title: t.Title, Message: t.Message, Hint: t.Hint,
 		TitleKo: t.TitleKo, MessageKo: t.MessageKo, HintKo: t.HintKo,
 		RequestID: requestID, CSS: wr.css, Logo: wr.logo,
 	}
@@ -160,7 +163,14 @@ type jsonError struct {
 // The whole body is rendered before the status is written, so Content-Length is always exact and a
 // HEAD request gets the same headers as a GET.
 func (wr *Writer) Write(w http.ResponseWriter, r *http.Request, code int, msg string) {
-	t := textFor(code)
+	wr.WriteReason(w, r, code, "", msg)
+}
+
+// WriteReason is Write for a failure with a reason word: a reason with wording of its own for code
+// (ReasonNoRoute, ReasonTargetDown) gets it on the page, and, when msg is empty, in the JSON and text
+// answers too, so that every form says the same thing.
+func (wr *Writer) WriteReason(w http.ResponseWriter, r *http.Request, code int, reason, msg string) {
+	t := wordingFor(code, reason)
 	if msg == "" {
 		msg = t.Message
 	}
@@ -175,7 +185,7 @@ func (wr *Writer) Write(w http.ResponseWriter, r *http.Request, code int, msg st
 		body, ctype = append(b, '\n'), "application/json"
 	case kindHTML:
 		var buf bytes.Buffer
-		if err := wr.template(code).Execute(&buf, wr.page(code, requestID(w, r))); err != nil {
+		if err := wr.template(code).Execute(&buf, wr.page(code, reason, requestID(w, r))); err != nil {
 			// New rendered every template once, so this is unexpected; the visitor still gets text.
 			slog.Error("render error page", "status", code, "error", err)
 			break

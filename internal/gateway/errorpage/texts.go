@@ -66,6 +66,42 @@ var texts = map[int]text{
 	},
 }
 
+// reasonText is the wording of one failure whose status alone would say the wrong thing.
+type reasonText struct {
+	code int
+	text
+}
+
+// reasonTexts holds wording for some reason words of hopgate_proxy_errors_total, used in place of
+// their status's when the status matches: a 503 for a target that is down must not say the agent
+// is not connected, and a 404 from an agent must not say the gateway does not serve the domain.
+var reasonTexts = map[string]reasonText{
+	ReasonNoRoute: {http.StatusNotFound, text{
+		"No matching service", "This domain's agent has no service for this hostname and path.", "Check the address for typos; the site's owner may not publish this path.",
+		"일치하는 서비스 없음", "이 도메인의 에이전트에 이 호스트 이름과 경로에 맞는 서비스가 없습니다.", "주소에 오타가 없는지 확인해 주세요. 사이트 운영자가 이 경로를 공개하지 않았을 수 있습니다.",
+	}},
+	ReasonTargetDown: {http.StatusServiceUnavailable, text{
+		"Service not answering", "The service behind this domain's agent is not answering: the agent is connected to the gateway, but its local service is down.", "Try again in a few minutes; the site's owner may be restarting the service.",
+		"서비스 응답 없음", "이 도메인의 에이전트 뒤에 있는 서비스가 응답하지 않습니다. 에이전트는 게이트웨이에 연결되어 있지만 로컬 서비스가 중단되어 있습니다.", "몇 분 뒤 다시 시도해 주세요. 사이트 운영자가 서비스를 다시 시작하는 중일 수 있습니다.",
+	}},
+}
+
+// Reason words with wording of their own (WriteReason).
+const (
+	// ReasonNoRoute: the agent has no service for the request's hostname and path (404).
+	ReasonNoRoute = "no_route"
+	// ReasonTargetDown: every agent of the domain is connected but reports its target down (503).
+	ReasonTargetDown = "target_down"
+)
+
+// wordingFor returns the wording of reason when it has its own for code, else textFor(code).
+func wordingFor(code int, reason string) text {
+	if rt, ok := reasonTexts[reason]; ok && rt.code == code {
+		return rt.text
+	}
+	return textFor(code)
+}
+
 // textFor returns the wording for code, or a generic one built from the standard status text.
 func textFor(code int) text {
 	if t, ok := texts[code]; ok {

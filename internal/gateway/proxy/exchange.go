@@ -64,7 +64,7 @@ func (x *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		Headers:       httpwire.ToWire(req.Header),
 		ContentLength: req.ContentLength,
 		EndStream:     !hasBody && !upgrade,
-		TrailerNames:  httpwire.TrailerNames(req.Trailer),
+		TrailerNames:  httpwire.TrailerNames(withoutIdentity(req.Trailer)),
 		RemoteAddr:    req.RemoteAddr,
 	}
 	st, err := x.agent.OpenStream(ctx, head)
@@ -125,13 +125,24 @@ func (x *exchange) RoundTrip(req *http.Request) (*http.Response, error) {
 		st.Close()
 		return nil, errors.Join(ErrUpstream, err)
 	}
+	header := httpwire.FromWire(rh.Headers)
+	if _, marked := header[httpwire.NoRouteHeader]; marked {
+		if rh.Status == http.StatusNotFound {
+			// The agent's own 404: the visitor gets the gateway's page for it. A target that sends
+			// the marker gets the same page and nothing more.
+			stop()
+			st.Close()
+			return nil, ErrNoRoute
+		}
+		delete(header, httpwire.NoRouteHeader)
+	}
 	res := &http.Response{
 		Status:        http.StatusText(int(rh.Status)),
 		StatusCode:    int(rh.Status),
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
 		ProtoMinor:    1,
-		Header:        httpwire.FromWire(rh.Headers),
+		Header:        header,
 		ContentLength: rh.ContentLength,
 		Trailer:       httpwire.Announced(rh.TrailerNames),
 		Request:       req,
@@ -160,7 +171,8 @@ func sendBody(st *tunnel.Stream, req *http.Request) {
 		}
 		return
 	}
-	_ = st.CloseWrite(httpwire.ToWire(req.Trailer))
+	// The trailers came with the body's end, so only now can the identity look-alikes among them go.
+	_ = st.CloseWrite(httpwire.ToWire(withoutIdentity(req.Trailer)))
 }
 
 // responseBody reads the agent's response; it is also the writable side of an upgraded connection.

@@ -3,6 +3,8 @@ package proxy
 import (
 	"errors"
 	"net/http"
+
+	"github.com/hopgate/hopgate/internal/gateway/errorpage"
 )
 
 // Why a tenant request failed. Each maps to one outcome (outcomeOf); wrap them to add a cause.
@@ -14,6 +16,9 @@ var (
 	// ErrTargetDown: the domain's agents are connected but each reports the local target for the
 	// request's path down (503).
 	ErrTargetDown = errors.New("the service behind this domain's agent is not answering; try again shortly")
+	// ErrNoRoute: the agent answered that none of its services matches the request's hostname and
+	// path (its 404 marked with httpwire.NoRouteHeader).
+	ErrNoRoute = errors.New("the agent has no service for this hostname and path")
 	// ErrStoreUnavailable: the registry could not say whether the domain exists (503).
 	ErrStoreUnavailable = errors.New("domain store unavailable")
 	// ErrOverloaded: memory is near GOMEMLIMIT and new requests are shed (503, Retry-After).
@@ -31,7 +36,8 @@ var (
 )
 
 // outcome is what a failed request becomes: its status, the reason word of hopgate_proxy_errors_total
-// and the access log, the message on the error page, and a Retry-After value if any.
+// and the access log, the detail for API clients (empty: the page's own wording for the status, or
+// for the reason when errorpage has wording for it), and a Retry-After value if any.
 type outcome struct {
 	status     int
 	reason     string
@@ -48,7 +54,9 @@ var outcomes = []struct {
 	{ErrOverloaded, outcome{http.StatusServiceUnavailable, "overload", ErrOverloaded.Error(), "5"}},
 	{ErrStoreUnavailable, outcome{http.StatusServiceUnavailable, "store_unavailable", "", ""}},
 	{ErrNoAgent, outcome{http.StatusServiceUnavailable, "no_agent", ErrNoAgent.Error(), ""}},
-	{ErrTargetDown, outcome{http.StatusServiceUnavailable, "target_down", ErrTargetDown.Error(), ""}},
+	// The page's wording for these two says more than the error does, and every form says the same.
+	{ErrTargetDown, outcome{http.StatusServiceUnavailable, errorpage.ReasonTargetDown, "", ""}},
+	{ErrNoRoute, outcome{http.StatusNotFound, errorpage.ReasonNoRoute, "", ""}},
 	{ErrBodyTooLarge, outcome{http.StatusRequestEntityTooLarge, "body_too_large", ErrBodyTooLarge.Error(), ""}},
 	{ErrBadRequestBody, outcome{http.StatusBadRequest, "bad_request", ErrBadRequestBody.Error(), ""}},
 	{ErrHeaderTimeout, outcome{http.StatusGatewayTimeout, "timeout", http.StatusText(http.StatusGatewayTimeout), ""}},

@@ -142,9 +142,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = &x.body
 	}
 	defer x.finish(r)
-	// The identity headers are the gateway's word (set by Access); a visitor's own copies never pass.
-	r.Header.Del(access.HeaderUser)
-	r.Header.Del(access.HeaderEmail)
+	// The identity headers are the gateway's word (set by Access); a visitor's own copies never pass,
+	// nor look-alikes a target may read as them (identityName). Trailers are filtered as they are sent.
+	dropIdentity(r.Header)
 	if err := x.pick(r.Context(), r.URL.Path); err != nil {
 		h.fail(x, r, err)
 		return
@@ -303,7 +303,7 @@ func (h *Handler) fail(x *exchange, r *http.Request, err error) {
 		x.Header().Set("Retry-After", o.retryAfter)
 	}
 	h.o.Logger.Debug("proxy error", "domain", x.domain, "status", o.status, "reason", o.reason, "err", err)
-	h.o.Errors.Write(x, r, o.status, o.message)
+	h.o.Errors.WriteReason(x, r, o.status, o.reason, o.message)
 }
 
 // deny renders a request the domain's policy refused. Denials are the policy working, not the proxy
@@ -490,3 +490,57 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize);
 
 func (bufferPool) Get() []byte  { return *(copyBuffers.Get().(*[]byte)) }
 func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
+
+// identityName reports whether a header name is X-HopGate-User or X-HopGate-Email in any case and
+// with '_' for '-': CGI, WSGI, Rack and PHP fold both to HTTP_X_HOPGATE_USER, and nginx can be told
+// to pass underscores, so `X_HopGate_User` would reach such a target as the gateway's own word.
+func identityName(name string) bool {
+	return lookalike(name, access.HeaderUser) || lookalike(name, access.HeaderEmail)
+}
+
+// lookalike compares ASCII names case-insensitively, '_' counting as '-'.
+func lookalike(name, canonical string) bool {
+	if len(name) != len(canonical) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c, w := name[i], canonical[i]
+		if c == '_' {
+			c = '-'
+		}
+		if lowerASCII(c) != lowerASCII(w) {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// dropIdentity removes every identity look-alike from h.
+func dropIdentity(h http.Header) {
+	for name := range h {
+		if identityName(name) {
+			delete(h, name)
+		}
+	}
+}
+
+// withoutIdentity is a visitor's trailers without identity look-alikes: t itself when it has none
+// (almost always), else a copy. A copy, because the HTTP server owns t and fills it at the body's
+// end.
+func withoutIdentity(t http.Header) http.Header {
+	for name := range t {
+		if identityName(name) {
+			c := t.Clone()
+			dropIdentity(c)
+			return c
+		}
+	}
+	return t
+}

@@ -79,3 +79,8 @@ func Announced(names []string) http.Header {
 	}
 	return t
 }
+
+// NoRouteHeader marks an agent's own 404 for a request none of its services matches. The gateway
+// removes it and answers with its own 404 page instead (reason no_route); a gateway that predates
+// it passes the agent's plain 404 through. A target that sends it only gets that same page.
+const NoRouteHeader = "X-Hopgate-No-Route"
