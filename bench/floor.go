@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/mem"
 
+	"github.com/hopgate/hopgate/internal/pause"
 	"github.com/hopgate/hopgate/internal/testutil/hoptest"
 	"github.com/hopgate/hopgate/internal/tlscork"
 	"github.com/hopgate/hopgate/internal/tunnel"
@@ -64,7 +66,8 @@ func (floorCodec) Unmarshal(data mem.BufferSlice, v any) error {
 
 // floorPipe serves one stream. The first message says what the stream does: "echo" sends every
 // message back, "sink" counts what arrives and answers the total when the client closes its side,
-// "source N" sends N bytes in ChunkSize messages, "idle" waits for the client to go away.
+// "source N" sends N bytes in ChunkSize messages, "idle" waits for the client to go away, "memstats"
+// answers the bytes of heap and stacks in use.
 func floorPipe(_ any, st grpc.ServerStream) error {
 	var cmd []byte
 	if err := st.RecvMsg(&cmd); err != nil {
@@ -112,6 +115,15 @@ func floorPipe(_ any, st grpc.ServerStream) error {
 	case "idle":
 		var m []byte
 		return ignoreEOF(st.RecvMsg(&m))
+	case "memstats":
+		// Heap and stacks in use after collections: steadier than RSS, which moves with the GC's pace.
+		// Two, because sync.Pool keeps what it held through one.
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		b := []byte(strconv.FormatUint(ms.HeapInuse+ms.StackInuse, 10))
+		return st.SendMsg(&b)
 	}
 	return fmt.Errorf("floor: unknown command %q", cmd)
 }
@@ -272,7 +284,9 @@ func (r *runner) s15(ctx context.Context) scenarioResult {
 
 	// Idle: one connection and one waiting stream each, like a tunnel of its own.
 	n := p.S8Steps[len(p.S8Steps)-1]
-	base, err := settleRSS(ctx, proc.Pid(), time.Second)
+	// Heap and stacks, not RSS: the bulk transfers above left freed memory the process has not given
+	// back, which would hide what the idle connections take.
+	base, err := floorInuse(ctx, cc)
 	if err != nil {
 		return s.fail(err)
 	}
@@ -293,15 +307,32 @@ func (r *runner) s15(ctx context.Context) scenarioResult {
 			return s.fail(err)
 		}
 	}
-	rss, err := settleRSS(ctx, proc.Pid(), 2*time.Second)
+	if err := pause.For(ctx, time.Second); err != nil {
+		return s.fail(err)
+	}
+	inuse, err := floorInuse(ctx, cc)
 	if err != nil {
 		return s.fail(err)
 	}
-	per := float64(rss-base) / float64(n)
-	s.set("floor", "kib_per_idle_conn", per)
-	s.rows = append(s.rows, row{Metric: fmt.Sprintf("server KiB per idle connection + stream (0→%d)", n), Result: fmt.Sprintf("%.1f KiB", per)})
-	s.Notes = append(s.Notes, "S15 is the transport alone (grpc-go over TLS 1.3 on loopback with the tunnel's grpc options and corked writes, 128 KiB messages): compare its CPU per round trip with S1's hop-http minus rproxy, its CPU-s/GB with S4/S5's, its KiB with S8's")
+	per := float64(inuse-base) / 1024 / float64(n)
+	s.set("floor", "kib_inuse_per_idle_conn", per)
+	s.rows = append(s.rows, row{Metric: fmt.Sprintf("server KiB per idle connection + stream (0→%d), heap + stacks after GC", n),
+		Result: fmt.Sprintf("%.1f KiB", per)})
+	s.Notes = append(s.Notes, "S15 is the transport alone (grpc-go over TLS 1.3 on loopback with the tunnel's grpc options and corked writes, 128 KiB messages): compare its CPU per round trip with S1's hop-http minus rproxy, its CPU-s/GB with S4/S5's, its KiB with S8's heap + stacks line")
 	return s
+}
+
+// floorInuse asks the server for its heap and stacks in use.
+func floorInuse(ctx context.Context, cc *grpc.ClientConn) (int64, error) {
+	st, err := openPipe(ctx, cc, "memstats")
+	if err != nil {
+		return 0, err
+	}
+	var b []byte
+	if err := st.RecvMsg(&b); err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(string(b), 10, 64)
 }
 
 func floorDownload(ctx context.Context, cc *grpc.ClientConn, size int64) error {
