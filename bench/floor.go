@@ -141,9 +141,18 @@ func serveFloor(ctx context.Context, certFile, keyFile string) error {
 	if err != nil {
 		return fmt.Errorf("load -cert/-key: %w", err)
 	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("ADDR http=%s\n", ln.Addr())
+	return serveFloorOn(ctx, ln, newFloorServer(cert))
+}
+
+// newFloorServer is the gateway's tunnel options (write buffer, buffer pool, no read buffer, 16 MiB
+// windows, corked TLS) with the raw codec in place of the tunnel's.
+func newFloorServer(cert tls.Certificate) *grpc.Server {
 	creds := tlscork.Credentials(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}))
-	// The gateway's tunnel options (write buffer, buffer pool, no read buffer, 16 MiB windows) with
-	// the raw codec in place of the tunnel's.
 	srv := grpc.NewServer(append(tunnel.ServerOptions(), grpc.Creds(creds), grpc.ForceServerCodecV2(floorCodec{}),
 		grpc.ReadBufferSize(0), grpc.InitialWindowSize(floorWindow), grpc.InitialConnWindowSize(floorWindow))...)
 	srv.RegisterService(&grpc.ServiceDesc{
@@ -151,11 +160,10 @@ func serveFloor(ctx context.Context, certFile, keyFile string) error {
 		HandlerType: (*any)(nil),
 		Streams:     []grpc.StreamDesc{{StreamName: "Pipe", Handler: floorPipe, ServerStreams: true, ClientStreams: true}},
 	}, struct{}{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	fmt.Printf("ADDR http=%s\n", ln.Addr())
+	return srv
+}
+
+func serveFloorOn(ctx context.Context, ln net.Listener, srv *grpc.Server) error {
 	go func() {
 		<-ctx.Done()
 		srv.Stop()
