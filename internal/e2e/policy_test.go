@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/hopgate/hopgate/internal/testutil/oidctest"
-	"github.com/hopgate/hopgate/internal/testutil/pgtest"
 	"github.com/hopgate/hopgate/internal/testutil/poll"
+	"google.golang.org/grpc/codes"
 )
 
 // Access policy through the real binaries, on both stores: IP rules on the visitor's real address,
@@ -234,62 +234,73 @@ func TestPolicyBasicAuth(t *testing.T) {
 
 func TestPolicyRateLimit(t *testing.T) {
 	t.Parallel()
-	const domain = "rate.policy.test"
-	target := newPolicyTarget(t)
-	g := startGateway(t, gatewayOptions{})
-	g.startAgent(domain, g.register(domain), target.url)
-	setPolicy(t, g, domain, `{"rate_limit": {"rps": 0.5, "burst": 3}}`)
-	c := g.httpClient(false)
-	var codes []int
-	var retryAfter string
-	for range 5 {
-		code, h, _ := visitWith(t, c, g, domain, nil)
-		codes = append(codes, code)
-		if code == http.StatusTooManyRequests {
-			retryAfter = h.Get("Retry-After")
-		}
-	}
-	want := []int{200, 200, 200, 429, 429}
-	for i := range want {
-		if codes[i] != want[i] {
-			t.Fatalf("statuses %v, want %v", codes, want)
-		}
-	}
-	if retryAfter == "" || retryAfter == "0" {
-		t.Errorf("429 without a Retry-After: %q", retryAfter)
-	}
-	if target.count() != 3 {
-		t.Errorf("the target got %d requests, want 3", target.count())
+	for _, st := range gwStores {
+		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
+			const domain = "rate.policy.test"
+			target := newPolicyTarget(t)
+			g := startGateway(t, gatewayOptions{DSN: st.dsn(t)})
+			g.startAgent(domain, g.register(domain), target.url)
+			setPolicy(t, g, domain, `{"rate_limit": {"rps": 0.5, "burst": 3}}`)
+			c := g.httpClient(false)
+			var codes []int
+			var retryAfter string
+			for range 5 {
+				code, h, _ := visitWith(t, c, g, domain, nil)
+				codes = append(codes, code)
+				if code == http.StatusTooManyRequests {
+					retryAfter = h.Get("Retry-After")
+				}
+			}
+			want := []int{200, 200, 200, 429, 429}
+			for i := range want {
+				if codes[i] != want[i] {
+					t.Fatalf("statuses %v, want %v", codes, want)
+				}
+			}
+			if retryAfter == "" || retryAfter == "0" {
+				t.Errorf("429 without a Retry-After: %q", retryAfter)
+			}
+			if target.count() != 3 {
+				t.Errorf("the target got %d requests, want 3", target.count())
+			}
+		})
 	}
 }
 
 // TestPolicyChangeWithoutRestart: a new policy and its removal take effect within a second.
 func TestPolicyChangeWithoutRestart(t *testing.T) {
 	t.Parallel()
-	const domain = "change.policy.test"
-	target := newPolicyTarget(t)
-	g := startGateway(t, gatewayOptions{})
-	g.startAgent(domain, g.register(domain), target.url)
-	c := g.httpClient(false)
-	if code, _, _ := visitWith(t, c, g, domain, nil); code != http.StatusOK {
-		t.Fatalf("before any policy: %d", code)
+	for _, st := range gwStores {
+		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
+			const domain = "change.policy.test"
+			target := newPolicyTarget(t)
+			g := startGateway(t, gatewayOptions{DSN: st.dsn(t)})
+			g.startAgent(domain, g.register(domain), target.url)
+			c := g.httpClient(false)
+			if code, _, _ := visitWith(t, c, g, domain, nil); code != http.StatusOK {
+				t.Fatalf("before any policy: %d", code)
+			}
+			setPolicy(t, g, domain, `{"ip_deny": ["127.0.0.0/8", "::1"]}`)
+			poll.Until(t, time.Second, "the deny rule to apply", func() bool {
+				code, _, _ := visitWith(t, c, g, domain, nil)
+				return code == http.StatusForbidden
+			})
+			setPolicy(t, g, domain, `{}`)
+			poll.Until(t, time.Second, "the policy's removal to apply", func() bool {
+				code, _, _ := visitWith(t, c, g, domain, nil)
+				return code == http.StatusOK
+			})
+		})
 	}
-	setPolicy(t, g, domain, `{"ip_deny": ["127.0.0.0/8", "::1"]}`)
-	poll.Until(t, time.Second, "the deny rule to apply", func() bool {
-		code, _, _ := visitWith(t, c, g, domain, nil)
-		return code == http.StatusForbidden
-	})
-	setPolicy(t, g, domain, `{}`)
-	poll.Until(t, time.Second, "the policy's removal to apply", func() bool {
-		code, _, _ := visitWith(t, c, g, domain, nil)
-		return code == http.StatusOK
-	})
 }
 
 // TestPolicySingleSignOn: the whole sign-in with a real OpenID provider through the real gateway: a
 // browser is sent to the provider and back, gets a session, and the target sees who signed in (and
 // never what the visitor claims); an account outside the allowed set, a tampered cookie and an API
-// call without a session are refused; logout ends the session; a restart keeps it.
+// or gRPC call without a session are refused; logout ends the session; a restart keeps it. On each
+// store: the session key a restart needs is kept there.
 func TestPolicySingleSignOn(t *testing.T) {
 	t.Parallel()
 	const domain = "sso.policy.test"
@@ -301,95 +312,107 @@ func TestPolicySingleSignOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := []string{"HOP_SERVER_OIDC_CA_ROOTS=" + roots}
-	dsn, dataDir := pgtest.DSN(t), t.TempDir()
-	target := newPolicyTarget(t)
-	g := startGateway(t, gatewayOptions{DSN: dsn, DataDir: dataDir, Env: env})
-	key := g.register(domain)
-	g.startAgent(domain, key, target.url)
-	setPolicy(t, g, domain, fmt.Sprintf(`{"oidc": {"issuer": %q, "client_id": %q, "client_secret": %q, "allowed_domains": ["example.com"]}}`,
-		idp.Issuer, oidctest.ClientID, idp.ClientSecret))
+	// One provider serves both stores' gateways: each has its own address, so its own callback URL.
+	for _, st := range gwStores {
+		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
+			dsn, dataDir := st.dsn(t), t.TempDir()
+			target := newPolicyTarget(t)
+			g := startGateway(t, gatewayOptions{DSN: dsn, DataDir: dataDir, Env: env})
+			key := g.register(domain)
+			g.startAgent(domain, key, target.url)
+			setPolicy(t, g, domain, fmt.Sprintf(`{"oidc": {"issuer": %q, "client_id": %q, "client_secret": %q, "allowed_domains": ["example.com"]}}`,
+				idp.Issuer, oidctest.ClientID, idp.ClientSecret))
 
-	browser := ssoBrowser(t, g, idp)
-	page := func(c *http.Client, path string, header map[string]string) *http.Response {
-		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, g.url(domain, path), nil)
-		req.Header.Set("Accept", "text/html")
-		for k, v := range header {
-			req.Header.Set(k, v)
-		}
-		res, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res
-	}
-	signIn := func(c *http.Client, user, password string) *http.Response {
-		t.Helper()
-		res := page(c, "/private?x=1", nil)
-		if res.StatusCode != http.StatusFound || !strings.HasPrefix(res.Header.Get("Location"), idp.Issuer) {
-			t.Fatalf("without a session: %d to %q, want a redirect to the provider", res.StatusCode, res.Header.Get("Location"))
-		}
-		back, err := idp.Login(c, res, user, password)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return back
-	}
+			browser := ssoBrowser(t, g, idp)
+			page := func(c *http.Client, path string, header map[string]string) *http.Response {
+				t.Helper()
+				req, _ := http.NewRequest(http.MethodGet, g.url(domain, path), nil)
+				req.Header.Set("Accept", "text/html")
+				for k, v := range header {
+					req.Header.Set(k, v)
+				}
+				res, err := c.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res
+			}
+			signIn := func(c *http.Client, user, password string) *http.Response {
+				t.Helper()
+				res := page(c, "/private?x=1", nil)
+				if res.StatusCode != http.StatusFound || !strings.HasPrefix(res.Header.Get("Location"), idp.Issuer) {
+					t.Fatalf("without a session: %d to %q, want a redirect to the provider", res.StatusCode, res.Header.Get("Location"))
+				}
+				back, err := idp.Login(c, res, user, password)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return back
+			}
 
-	back := signIn(browser, "alice", "alice-pw")
-	back.Body.Close()
-	if back.StatusCode != http.StatusFound || back.Header.Get("Location") != "/private?x=1" {
-		t.Fatalf("callback: %d to %q, want the page first asked for", back.StatusCode, back.Header.Get("Location"))
-	}
-	res := page(browser, "/private?x=1", map[string]string{"X-HopGate-Email": "root@example.com", "X-HopGate-User": "root"})
-	res.Body.Close()
-	if res.StatusCode != http.StatusOK {
-		t.Fatalf("signed in: %d", res.StatusCode)
-	}
-	if seen := target.last(); seen.Get("X-HopGate-Email") != "alice@example.com" || seen.Get("X-HopGate-User") != "alice" ||
-		len(seen.Values("X-HopGate-Email")) != 1 || len(seen.Values("X-HopGate-User")) != 1 {
-		t.Errorf("the target saw %q / %q, want alice's verified identity only", seen.Values("X-HopGate-User"), seen.Values("X-HopGate-Email"))
-	}
+			back := signIn(browser, "alice", "alice-pw")
+			back.Body.Close()
+			if back.StatusCode != http.StatusFound || back.Header.Get("Location") != "/private?x=1" {
+				t.Fatalf("callback: %d to %q, want the page first asked for", back.StatusCode, back.Header.Get("Location"))
+			}
+			res := page(browser, "/private?x=1", map[string]string{"X-HopGate-Email": "root@example.com", "X-HopGate-User": "root"})
+			res.Body.Close()
+			if res.StatusCode != http.StatusOK {
+				t.Fatalf("signed in: %d", res.StatusCode)
+			}
+			if seen := target.last(); seen.Get("X-HopGate-Email") != "alice@example.com" || seen.Get("X-HopGate-User") != "alice" ||
+				len(seen.Values("X-HopGate-Email")) != 1 || len(seen.Values("X-HopGate-User")) != 1 {
+				t.Errorf("the target saw %q / %q, want alice's verified identity only", seen.Values("X-HopGate-User"), seen.Values("X-HopGate-Email"))
+			}
 
-	// An account of the provider outside allowed_domains.
-	if back := signIn(ssoBrowser(t, g, idp), "bob", "bob-pw"); back.StatusCode != http.StatusForbidden {
-		t.Errorf("bob's callback: %d, want 403", back.StatusCode)
-	}
-	// An API call without a session is refused, not redirected.
-	req, _ := http.NewRequest(http.MethodPost, g.url(domain, "/api"), strings.NewReader("{}"))
-	req.Header.Set("Accept", "application/json")
-	if res, err := ssoBrowser(t, g, idp).Do(req); err != nil || res.StatusCode != http.StatusUnauthorized {
-		t.Errorf("API call without a session: %v %v, want 401", res, err)
-	}
-	// A tampered session cookie is no session.
-	u, _ := url.Parse(g.url(domain, "/"))
-	forged := ssoBrowser(t, g, idp)
-	for _, ck := range browser.Jar.Cookies(u) {
-		v := []byte(ck.Value)
-		v[len(v)/2] ^= 1
-		forged.Jar.SetCookies(u, []*http.Cookie{{Name: ck.Name, Value: string(v), Path: "/", Secure: true}})
-	}
-	if res := page(forged, "/private", nil); res.StatusCode != http.StatusFound {
-		t.Errorf("tampered cookie: %d, want a new sign-in (302)", res.StatusCode)
-	}
+			// An account of the provider outside allowed_domains.
+			if back := signIn(ssoBrowser(t, g, idp), "bob", "bob-pw"); back.StatusCode != http.StatusForbidden {
+				t.Errorf("bob's callback: %d, want 403", back.StatusCode)
+			}
+			// An API call without a session is refused, not redirected.
+			req, _ := http.NewRequest(http.MethodPost, g.url(domain, "/api"), strings.NewReader("{}"))
+			req.Header.Set("Accept", "application/json")
+			if res, err := ssoBrowser(t, g, idp).Do(req); err != nil || res.StatusCode != http.StatusUnauthorized {
+				t.Errorf("API call without a session: %v %v, want 401", res, err)
+			}
+			// So is a gRPC call: a redirect would reach grpc-go as Unknown, a 401 as Unauthenticated.
+			before := target.count()
+			pgExpectUnary(t, g, domain, codes.Unauthenticated)
+			if target.count() != before {
+				t.Errorf("a gRPC call without a session reached the target")
+			}
+			// A tampered session cookie is no session.
+			u, _ := url.Parse(g.url(domain, "/"))
+			forged := ssoBrowser(t, g, idp)
+			for _, ck := range browser.Jar.Cookies(u) {
+				v := []byte(ck.Value)
+				v[len(v)/2] ^= 1
+				forged.Jar.SetCookies(u, []*http.Cookie{{Name: ck.Name, Value: string(v), Path: "/", Secure: true}})
+			}
+			if res := page(forged, "/private", nil); res.StatusCode != http.StatusFound {
+				t.Errorf("tampered cookie: %d, want a new sign-in (302)", res.StatusCode)
+			}
 
-	// Sessions survive a restart: the key is in the store.
-	addr := g.addr
-	g.signal(syscall.SIGTERM)
-	if code := g.wait(t, 15*time.Second); code != 0 {
-		t.Fatalf("gateway exit %d", code)
-	}
-	g = startGateway(t, gatewayOptions{DSN: dsn, DataDir: dataDir, Addr: addr, Env: env})
-	g.startAgent(domain, key, target.url)
-	if res := page(browser, "/private", nil); res.StatusCode != http.StatusOK {
-		t.Errorf("after a restart: %d, want the session to hold", res.StatusCode)
-	}
+			// Sessions survive a restart: the key is in the store.
+			addr := g.addr
+			g.signal(syscall.SIGTERM)
+			if code := g.wait(t, 15*time.Second); code != 0 {
+				t.Fatalf("gateway exit %d", code)
+			}
+			g = startGateway(t, gatewayOptions{DSN: dsn, DataDir: dataDir, Addr: addr, Env: env})
+			g.startAgent(domain, key, target.url)
+			if res := page(browser, "/private", nil); res.StatusCode != http.StatusOK {
+				t.Errorf("after a restart: %d, want the session to hold", res.StatusCode)
+			}
 
-	if res := page(browser, "/.hopgate/logout", nil); res.StatusCode != http.StatusOK {
-		t.Errorf("logout: %d", res.StatusCode)
-	}
-	if res := page(browser, "/private", nil); res.StatusCode != http.StatusFound {
-		t.Errorf("after logout: %d, want a new sign-in", res.StatusCode)
+			if res := page(browser, "/.hopgate/logout", nil); res.StatusCode != http.StatusOK {
+				t.Errorf("logout: %d", res.StatusCode)
+			}
+			if res := page(browser, "/private", nil); res.StatusCode != http.StatusFound {
+				t.Errorf("after logout: %d, want a new sign-in", res.StatusCode)
+			}
+		})
 	}
 }
 
