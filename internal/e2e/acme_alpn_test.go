@@ -45,14 +45,8 @@ func TestACMETLSALPNOnly(t *testing.T) {
 	httpsPort, httpPort := pebbletest.FreePort(t), pebbletest.FreePort(t)
 	p := bin.Start(t, pebbletest.Config{HTTPPort: trapPort, TLSPort: httpsPort})
 	httpsAddr := fmt.Sprintf("127.0.0.1:%d", httpsPort)
-	g := startGateway(t, gatewayOptions{Addr: httpsAddr, Env: []string{
-		"HOP_SERVER_DEBUG=false",
-		"HOP_SERVER_DOMAIN=" + gwName,
-		fmt.Sprintf("HOP_SERVER_HTTP_LISTEN=127.0.0.1:%d", httpPort),
-		"HOP_ACME_CA_DIR=" + p.DirURL,
-		"HOP_ACME_CA_ROOTS=" + bin.MinicaPath(),
-		"HOP_ACME_EMAIL=ops@acme.test",
-	}})
+	g := startGateway(t, gatewayOptions{Addr: httpsAddr, Env: pebbleEnv(bin, p, gwName, fmt.Sprintf("127.0.0.1:%d", httpPort),
+		"HOP_ACME_EMAIL=ops@acme.test")})
 
 	waitFor(t, 50*time.Second, "a certificate for "+gwName+" verified by Pebble's root", func() bool {
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", httpsAddr,

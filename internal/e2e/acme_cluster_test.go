@@ -34,15 +34,8 @@ func TestACMECluster(t *testing.T) {
 		if i == 0 {
 			addr, httpListen = fmt.Sprintf("127.0.0.1:%d", httpsPort), fmt.Sprintf("127.0.0.1:%d", httpPort)
 		}
-		gws = append(gws, startGateway(t, gatewayOptions{DSN: dsn, Addr: addr, Env: []string{
-			"HOP_SERVER_ID=" + id,
-			"HOP_SERVER_DEBUG=false",
-			"HOP_SERVER_DOMAIN=" + gwName,
-			"HOP_SERVER_HTTP_LISTEN=" + httpListen,
-			"HOP_ACME_CA_DIR=" + p.DirURL,
-			"HOP_ACME_CA_ROOTS=" + bin.MinicaPath(),
-			"HOP_ACME_EMAIL=ops@acmecluster.test",
-		}}))
+		gws = append(gws, startGateway(t, gatewayOptions{DSN: dsn, Addr: addr, Env: pebbleEnv(bin, p, gwName, httpListen,
+			"HOP_SERVER_ID="+id, "HOP_ACME_EMAIL=ops@acmecluster.test")}))
 	}
 
 	handshake := func(g *gateway, name string) (*x509.Certificate, error) {

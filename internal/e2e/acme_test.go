@@ -41,6 +41,18 @@ func buildPebble(t *testing.T) *pebbletest.Binary {
 	return pebbleBin
 }
 
+// pebbleEnv is the environment of a gateway outside debug mode named name that gets its
+// certificates from p: its HTTP listener (where p sends HTTP-01), p's directory and root.
+func pebbleEnv(bin *pebbletest.Binary, p *pebbletest.Pebble, name, httpListen string, extra ...string) []string {
+	return append([]string{
+		"HOP_SERVER_DEBUG=false",
+		"HOP_SERVER_DOMAIN=" + name,
+		"HOP_SERVER_HTTP_LISTEN=" + httpListen,
+		"HOP_ACME_CA_DIR=" + p.DirURL,
+		"HOP_ACME_CA_ROOTS=" + bin.MinicaPath(),
+	}, extra...)
+}
+
 // TestACMEThroughTheBinary runs hopgate-server outside debug mode against Pebble: it obtains a
 // certificate for its own name at start and for a domain when it is registered, serves them by SNI
 // (verified against Pebble's root), reports the certificate in domains/status and the expiry metric,
@@ -53,15 +65,8 @@ func TestACMEThroughTheBinary(t *testing.T) {
 	p := bin.Start(t, pebbletest.Config{HTTPPort: httpPort, TLSPort: httpsPort})
 	httpsAddr := fmt.Sprintf("127.0.0.1:%d", httpsPort)
 
-	g := startGateway(t, gatewayOptions{Addr: httpsAddr, Env: []string{
-		"HOP_SERVER_DEBUG=false",
-		"HOP_SERVER_DOMAIN=" + gwName,
-		fmt.Sprintf("HOP_SERVER_HTTP_LISTEN=127.0.0.1:%d", httpPort),
-		"HOP_SERVER_METRICS_LISTEN=127.0.0.1:0",
-		"HOP_ACME_CA_DIR=" + p.DirURL,
-		"HOP_ACME_CA_ROOTS=" + bin.MinicaPath(),
-		"HOP_ACME_EMAIL=ops@acme.test",
-	}})
+	g := startGateway(t, gatewayOptions{Addr: httpsAddr, Env: pebbleEnv(bin, p, gwName, fmt.Sprintf("127.0.0.1:%d", httpPort),
+		"HOP_SERVER_METRICS_LISTEN=127.0.0.1:0", "HOP_ACME_EMAIL=ops@acme.test")})
 	metrics := tnMetricsAddr(t, g)
 
 	handshake := func(name string) (*x509.Certificate, error) {

@@ -187,15 +187,8 @@ func TestTLSPassthroughNoCertificate(t *testing.T) {
 	httpsPort, httpPort := pebbletest.FreePort(t), pebbletest.FreePort(t)
 	p := bin.Start(t, pebbletest.Config{HTTPPort: httpPort, TLSPort: httpsPort})
 	httpsAddr := fmt.Sprintf("127.0.0.1:%d", httpsPort)
-	g := startGateway(t, gatewayOptions{Addr: httpsAddr, Env: []string{
-		"HOP_SERVER_DEBUG=false",
-		"HOP_SERVER_DOMAIN=" + gwName,
-		fmt.Sprintf("HOP_SERVER_HTTP_LISTEN=127.0.0.1:%d", httpPort),
-		"HOP_SERVER_METRICS_LISTEN=127.0.0.1:0",
-		"HOP_ACME_CA_DIR=" + p.DirURL,
-		"HOP_ACME_CA_ROOTS=" + bin.MinicaPath(),
-		"HOP_ACME_EMAIL=ops@pass.test",
-	}})
+	g := startGateway(t, gatewayOptions{Addr: httpsAddr, Env: pebbleEnv(bin, p, gwName, fmt.Sprintf("127.0.0.1:%d", httpPort),
+		"HOP_SERVER_METRICS_LISTEN=127.0.0.1:0", "HOP_ACME_EMAIL=ops@pass.test")})
 	metrics := tnMetricsAddr(t, g)
 	pebble := ptClient(t, httpsAddr, p.Root, false)
 	admin := func(method, path string, body any) (int, map[string]any) {

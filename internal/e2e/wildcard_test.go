@@ -34,15 +34,8 @@ func TestWildcardThroughTheBinary(t *testing.T) {
 	p := bin.Start(t, pebbletest.Config{HTTPPort: httpPort, TLSPort: httpsPort, DNSServer: chall.DNSAddr})
 	httpsAddr := fmt.Sprintf("127.0.0.1:%d", httpsPort)
 
-	env := append([]string{
-		"HOP_SERVER_DEBUG=false",
-		"HOP_SERVER_DOMAIN=" + gwName,
-		fmt.Sprintf("HOP_SERVER_HTTP_LISTEN=127.0.0.1:%d", httpPort),
-		"HOP_ACME_CA_DIR=" + p.DirURL,
-		"HOP_ACME_CA_ROOTS=" + bin.MinicaPath(),
-		"HOP_ACME_DNS_PROVIDER=exec",
-		"HOP_ACME_DNS_RESOLVER=" + chall.DNSAddr,
-	}, bin.ExecProviderEnv(t, chall)...)
+	env := pebbleEnv(bin, p, gwName, fmt.Sprintf("127.0.0.1:%d", httpPort),
+		append([]string{"HOP_ACME_DNS_PROVIDER=exec", "HOP_ACME_DNS_RESOLVER=" + chall.DNSAddr}, bin.ExecProviderEnv(t, chall)...)...)
 	g := startGateway(t, gatewayOptions{Addr: httpsAddr, Env: env})
 
 	// Every request goes to the gateway; the URL's host is the SNI and Host.
