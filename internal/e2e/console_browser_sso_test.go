@@ -1,10 +1,7 @@
 package e2e
 
 import (
-	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -26,16 +23,7 @@ import (
 // localhost), so the way back is a cross-site redirect chain, from which Chromium withholds the
 // console's SameSite=Strict cookie; the console must still be signed in on the first page after it.
 func TestBrowserConsoleSingleSignOn(t *testing.T) {
-	if os.Getenv("HOP_BROWSER_TESTS") != "1" {
-		t.Skip("set HOP_BROWSER_TESTS=1 to run the browser test")
-	}
-	chrome := findChromium()
-	if chrome == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("HOP_BROWSER_TESTS=1 on CI but no chromium found (set HOP_CHROMIUM or install chromium)")
-		}
-		t.Skip("no chromium found (set HOP_CHROMIUM)")
-	}
+	chrome := chromium(t)
 	idp := oidctest.Start(t, oidctest.User{ID: "u-ops", Username: "ops", Password: "ops-pw", Email: "ops@example.com", EmailVerified: true})
 	roots := filepath.Join(t.TempDir(), "idp-ca.pem")
 	if err := os.WriteFile(roots, idp.CAPEM, 0o644); err != nil {
@@ -59,21 +47,8 @@ func TestBrowserConsoleSingleSignOn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256(idpCert.RawSubjectPublicKeyInfo)
-	pins = append(pins, base64.StdEncoding.EncodeToString(sum[:]))
-
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(t.Context(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chrome),
-		chromedp.NoSandbox,
-		chromedp.Flag("host-resolver-rules", "MAP * 127.0.0.1"),
-		chromedp.Flag("ignore-certificate-errors-spki-list", strings.Join(pins, ",")),
-		chromedp.WindowSize(1280, 900),
-	)...)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
-	defer cancelBrowser()
-	ctx, cancel := context.WithTimeout(bctx, 90*time.Second)
-	defer cancel()
+	pins = append(pins, spkiPin(idpCert))
+	ctx := startBrowser(t, chrome, pins, 90*time.Second)
 	var mu sync.Mutex
 	var problems []string
 	if err := chromedp.Listen(ctx, func(ev any) {

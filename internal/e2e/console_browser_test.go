@@ -40,16 +40,7 @@ import (
 // screenshots at 1280 px, 360 px and in dark mode. Any console error, exception or CSP violation in
 // the browser fails it. It runs only with HOP_BROWSER_TESTS=1; on CI a missing Chromium is a failure.
 func TestBrowserConsole(t *testing.T) {
-	if os.Getenv("HOP_BROWSER_TESTS") != "1" {
-		t.Skip("set HOP_BROWSER_TESTS=1 to run the browser test")
-	}
-	chrome := findChromium()
-	if chrome == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("HOP_BROWSER_TESTS=1 on CI but no chromium found (set HOP_CHROMIUM or install chromium)")
-		}
-		t.Skip("no chromium found (set HOP_CHROMIUM)")
-	}
+	chrome := chromium(t)
 	shots := os.Getenv("HOP_SCREENSHOT_DIR")
 	if shots == "" {
 		shots = t.TempDir()
@@ -71,19 +62,7 @@ func TestBrowserConsole(t *testing.T) {
 
 	// Chromium trusts exactly the keys of the gateway's development CA and of the certificate it
 	// serves for localhost (pinned by SPKI), not every certificate; every name resolves to loopback.
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(t.Context(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chrome),
-		chromedp.NoSandbox,
-		chromedp.Flag("host-resolver-rules", "MAP * 127.0.0.1"),
-		chromedp.Flag("ignore-certificate-errors-spki-list", strings.Join(spkiPins(t, g), ",")),
-		chromedp.Flag("lang", "en-US"),
-		chromedp.WindowSize(1280, 900),
-	)...)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
-	defer cancelBrowser()
-	ctx, cancel := context.WithTimeout(bctx, 150*time.Second)
-	defer cancel()
+	ctx := startBrowser(t, chrome, spkiPins(t, g), 150*time.Second, chromedp.Flag("lang", "en-US"))
 
 	var mu sync.Mutex
 	var problems, dialogs, origins []string
@@ -372,6 +351,47 @@ func containsHangul(s string) bool {
 	return false
 }
 
+// chromium is the browser the test runs: HOP_CHROMIUM, or the first Chromium or Chrome on PATH. The
+// browser tests run only with HOP_BROWSER_TESTS=1; then, on CI, a missing browser fails the test.
+func chromium(t *testing.T) string {
+	t.Helper()
+	if os.Getenv("HOP_BROWSER_TESTS") != "1" {
+		t.Skip("set HOP_BROWSER_TESTS=1 to run the browser test")
+	}
+	chrome := findChromium()
+	if chrome == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("HOP_BROWSER_TESTS=1 on CI but no chromium found (set HOP_CHROMIUM or install chromium)")
+		}
+		t.Skip("no chromium found (set HOP_CHROMIUM)")
+	}
+	return chrome
+}
+
+// startBrowser runs headless chrome, which trusts exactly the certificates whose keys are pinned (not
+// every certificate) and resolves every name to loopback. Its context ends after timeout or with
+// the test.
+func startBrowser(t *testing.T, chrome string, pins []string, timeout time.Duration, opts ...chromedp.ExecAllocatorOption) context.Context {
+	t.Helper()
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(t.Context(), append(append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chrome),
+		chromedp.NoSandbox,
+		chromedp.Flag("host-resolver-rules", "MAP * 127.0.0.1"),
+		chromedp.Flag("ignore-certificate-errors-spki-list", strings.Join(pins, ",")),
+		chromedp.WindowSize(1280, 900),
+	), opts...)...)
+	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
+	ctx, cancel := context.WithTimeout(bctx, timeout)
+	t.Cleanup(func() { cancel(); cancelBrowser(); cancelAlloc() })
+	return ctx
+}
+
+// spkiPin is the base64 SHA-256 digest of c's public key, as Chromium's SPKI pin list takes it.
+func spkiPin(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
 // findChromium is HOP_CHROMIUM, or the first Chromium or Chrome on PATH.
 func findChromium() string {
 	if p := os.Getenv("HOP_CHROMIUM"); p != "" {
@@ -390,10 +410,7 @@ func findChromium() string {
 func spkiPins(t *testing.T, g *gateway) []string {
 	t.Helper()
 	var pins []string
-	pin := func(c *x509.Certificate) {
-		sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-		pins = append(pins, base64.StdEncoding.EncodeToString(sum[:]))
-	}
+	pin := func(c *x509.Certificate) { pins = append(pins, spkiPin(c)) }
 	raw, err := os.ReadFile(g.caFile)
 	if err != nil {
 		t.Fatal(err)
