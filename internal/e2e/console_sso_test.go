@@ -51,20 +51,7 @@ func TestConsoleSingleSignOn(t *testing.T) {
 	// answer to the provider's redirect back.
 	viaProvider := func(c *http.Client, user, password string) *http.Response {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, g.url(own, "/console/sign-in/sso"), nil)
-		req.Header.Set("Accept", "text/html")
-		res, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if res.StatusCode != http.StatusFound || !strings.HasPrefix(res.Header.Get("Location"), idp.Issuer) {
-			t.Fatalf("sign-in/sso: %d to %q, want a redirect to the provider", res.StatusCode, res.Header.Get("Location"))
-		}
-		back, err := idp.Login(c, res, user, password)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return back
+		return ssoLogin(t, c, idp, g.url(own, "/console/sign-in/sso"), user, password)
 	}
 	consoleCookie := func(c *http.Client) bool {
 		u, _ := url.Parse(g.url(own, "/"))

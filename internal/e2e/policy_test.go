@@ -340,15 +340,7 @@ func TestPolicySingleSignOn(t *testing.T) {
 			}
 			signIn := func(c *http.Client, user, password string) *http.Response {
 				t.Helper()
-				res := page(c, "/private?x=1", nil)
-				if res.StatusCode != http.StatusFound || !strings.HasPrefix(res.Header.Get("Location"), idp.Issuer) {
-					t.Fatalf("without a session: %d to %q, want a redirect to the provider", res.StatusCode, res.Header.Get("Location"))
-				}
-				back, err := idp.Login(c, res, user, password)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return back
+				return ssoLogin(t, c, idp, g.url(domain, "/private?x=1"), user, password)
 			}
 
 			back := signIn(browser, "alice", "alice-pw")
@@ -418,6 +410,26 @@ func TestPolicySingleSignOn(t *testing.T) {
 
 // ssoBrowser is a browser with its own cookie jar that reaches the gateway under any tenant name and
 // the provider at its own address, trusting both, and does not follow redirects (the test does).
+// ssoLogin asks for start as a browser without a session, expects to be sent to the provider, and
+// signs in there; it returns the gateway's answer to the provider's redirect back.
+func ssoLogin(t *testing.T, c *http.Client, idp *oidctest.Provider, start, user, password string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, start, nil)
+	req.Header.Set("Accept", "text/html")
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != http.StatusFound || !strings.HasPrefix(res.Header.Get("Location"), idp.Issuer) {
+		t.Fatalf("%s without a session: %d to %q, want a redirect to the provider", start, res.StatusCode, res.Header.Get("Location"))
+	}
+	back, err := idp.Login(c, res, user, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return back
+}
+
 func ssoBrowser(t *testing.T, g *gateway, idp *oidctest.Provider) *http.Client {
 	t.Helper()
 	pool := g.tlsConfig().RootCAs.Clone()
