@@ -1,6 +1,7 @@
 package tunnelsvc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -105,5 +106,28 @@ func echoAgent(t *testing.T) func(*tunnel.Stream) {
 			return
 		}
 		_ = st.CloseWrite(nil)
+	}
+}
+
+// echoThrough POSTs body to an echoAgent over a stream of a and checks that it comes back whole.
+func echoThrough(t *testing.T, ctx context.Context, a *Agent, body []byte) {
+	t.Helper()
+	st, err := a.OpenStream(ctx, &tunnelv1.RequestHead{Method: "POST", Path: "/", ContentLength: int64(len(body))})
+	if err != nil {
+		t.Fatalf("OpenStream: %v", err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	if _, err := st.Write(body); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if err := st.CloseWrite(nil); err != nil {
+		t.Fatalf("CloseWrite: %v", err)
+	}
+	if _, err := st.AwaitResponse(ctx); err != nil {
+		t.Fatalf("AwaitResponse: %v", err)
+	}
+	back, err := io.ReadAll(st)
+	if err != nil || !bytes.Equal(back, body) {
+		t.Fatalf("echo of %d bytes came back as %d bytes (%v)", len(body), len(back), err)
 	}
 }

@@ -1,7 +1,6 @@
 package tunnelsvc
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/hopgate/hopgate/internal/testutil/poll"
 	"github.com/hopgate/hopgate/internal/tunnel"
-	tunnelv1 "github.com/hopgate/hopgate/proto/hopgate/tunnel/v1"
 )
 
 // TestServiceOverNetHTTP serves the tunnel through the compatibility path: net/http's HTTP/2 server
@@ -62,25 +60,7 @@ func TestServiceOverNetHTTP(t *testing.T) {
 
 	ctx := testCtx(t, 10*time.Second)
 	a := hub.Pick("example.test")
-	body := payload(9, 1<<20)
-	st, err := a.OpenStream(ctx, &tunnelv1.RequestHead{Method: "POST", Path: "/", ContentLength: int64(len(body))})
-	if err != nil {
-		t.Fatalf("OpenStream: %v", err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	if _, err := st.Write(body); err != nil {
-		t.Fatalf("Write: %v", err)
-	}
-	if err := st.CloseWrite(nil); err != nil {
-		t.Fatalf("CloseWrite: %v", err)
-	}
-	if _, err := st.AwaitResponse(ctx); err != nil {
-		t.Fatalf("AwaitResponse: %v", err)
-	}
-	back, err := io.ReadAll(st)
-	if err != nil || !bytes.Equal(back, body) {
-		t.Fatalf("echo of %d bytes came back as %d bytes (%v)", len(body), len(back), err)
-	}
+	echoThrough(t, ctx, a, payload(9, 1<<20))
 	hub.Release(a)
 
 	if err := svc.Shutdown(ctx); err != nil {

@@ -1,7 +1,6 @@
 package tunnelsvc
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -223,25 +222,7 @@ func TestServiceAccepts(t *testing.T) {
 	}
 	hub.Release(a)
 
-	body := payload(5, 3<<20)
-	st, err := a.OpenStream(ctx, &tunnelv1.RequestHead{Method: "POST", Path: "/", ContentLength: int64(len(body))})
-	if err != nil {
-		t.Fatalf("OpenStream: %v", err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	if _, err := st.Write(body); err != nil {
-		t.Fatalf("Write: %v", err)
-	}
-	if err := st.CloseWrite(nil); err != nil {
-		t.Fatalf("CloseWrite: %v", err)
-	}
-	if _, err := st.AwaitResponse(ctx); err != nil {
-		t.Fatalf("AwaitResponse: %v", err)
-	}
-	back, err := io.ReadAll(st)
-	if err != nil || !bytes.Equal(back, body) {
-		t.Fatalf("echo of %d bytes came back as %d bytes (%v)", len(body), len(back), err)
-	}
+	echoThrough(t, ctx, a, payload(5, 3<<20))
 
 	// Shutdown: GoAway reaches the agent, and with nothing in flight the session closes.
 	drained := make(chan struct{})
