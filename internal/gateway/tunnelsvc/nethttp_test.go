@@ -47,7 +47,8 @@ func TestServiceOverNetHTTP(t *testing.T) {
 	if err != nil || f.GetAccepted() == nil {
 		t.Fatalf("first frame = %v, %v; want Accepted", f, err)
 	}
-	agent := tunnel.NewSession(stream, tunnel.Config{Accept: echoAgent(t), PeerWindow: f.GetAccepted().InitialWindow})
+	// LocalWindow is what hello() announces.
+	agent := tunnel.NewSession(stream, tunnel.Config{Accept: echoAgent(t), LocalWindow: 512 << 10, PeerWindow: f.GetAccepted().InitialWindow})
 	agentDone := make(chan error, 1)
 	go func() { agentDone <- agent.Run(context.Background()) }()
 	t.Cleanup(func() {
