@@ -20,29 +20,11 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // removed one and reconnects the one whose key changed, sharing proxies between equal targets; a
 // bad one changes nothing and logs one line naming the file and line.
 func TestApplyReload(t *testing.T) {
-	dir := t.TempDir()
-	file := filepath.Join(dir, "hopgate.yaml")
-	write := func(text string) {
-		t.Helper()
-		if err := os.WriteFile(file, []byte("server_addr: gw.example.com\nservices:\n"+text), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(`  - {hostname: a.example.com, api_key: ka, target: "127.0.0.1:1"}
+	a, cfg, write, logs := reloadAgent(t, `  - {hostname: a.example.com, api_key: ka, target: "127.0.0.1:1"}
   - {hostname: a.example.com, path: /api, target: "127.0.0.1:2"}
   - {hostname: b.example.com, api_key: kb, target: "127.0.0.1:1"}
   - {hostname: c.example.com, api_key: kc, target: "127.0.0.1:3"}
 `)
-	cfg, err := config.LoadClient([]string{"--config", file}, func(string) (string, bool) { return "", false }, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs bytes.Buffer
-	a, err := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
 	if len(a.proxies) != 3 {
 		t.Errorf("%d proxies for 3 distinct targets", len(a.proxies))
 	}
@@ -99,29 +81,11 @@ func TestApplyReload(t *testing.T) {
 // own key, and a reload that adds or removes riders changes the routing table only; a rider given
 // its own key gets its own tunnel.
 func TestWildcardRiders(t *testing.T) {
-	dir := t.TempDir()
-	file := filepath.Join(dir, "hopgate.yaml")
-	write := func(text string) {
-		t.Helper()
-		if err := os.WriteFile(file, []byte("server_addr: gw.example.com\nservices:\n"+text), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(`  - {hostname: "*.apps.example.com", api_key: kw, target: "127.0.0.1:1"}
+	a, cfg, write, _ := reloadAgent(t, `  - {hostname: "*.apps.example.com", api_key: kw, target: "127.0.0.1:1"}
   - {hostname: a.apps.example.com, target: "127.0.0.1:2"}
   - {hostname: b.apps.example.com, path: /c, target: "127.0.0.1:3"}
   - {hostname: own.apps.example.com, api_key: ko, target: "127.0.0.1:4"}
 `)
-	cfg, err := config.LoadClient([]string{"--config", file}, func(string) (string, bool) { return "", false }, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs bytes.Buffer
-	a, err := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
 	// join starts one tunnel per entry of TunnelHosts, with keyOf's key.
 	running := map[string]*hostTunnel{}
 	cancelled := map[string]bool{}
@@ -170,4 +134,29 @@ func TestWildcardRiders(t *testing.T) {
 	if len(a.proxies) != 4 {
 		t.Errorf("%d proxies after the reload, want 4 (a.apps's dropped)", len(a.proxies))
 	}
+}
+
+// reloadAgent builds an agent from a config file whose services are services; write replaces
+// them in the file (a reload reads it), and logs holds what the agent logged.
+func reloadAgent(t *testing.T, services string) (a *Agent, cfg *config.Client, write func(string), logs *bytes.Buffer) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "hopgate.yaml")
+	write = func(text string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte("server_addr: gw.example.com\nservices:\n"+text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(services)
+	cfg, err := config.LoadClient([]string{"--config", file}, func(string) (string, bool) { return "", false }, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs = &bytes.Buffer{}
+	a, err = New(cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Close)
+	return a, cfg, write, logs
 }
